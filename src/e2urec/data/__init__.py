@@ -1,0 +1,1 @@
+"""Data flows one way: raw files → tidy tables → samples (histories, labels) → prompts → splits → parquet."""

@@ -1,0 +1,241 @@
+"""`e2urec prepare`: raw files → prompt samples with splits, forget flags and shards, written atomically.
+
+Output contract (read by every later stage): `samples.parquet` (one row per sample) and `manifest.json`
+(config, counts, checksums of inputs and of samples.parquet).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from e2urec import __version__
+from e2urec.data.prompts import ANSWERS, build_prompts, profile_text
+from e2urec.data.readers import ITEM_NOUN, read_dataset
+from e2urec.data.samples import gather_lists, history_index, order_events
+from e2urec.data.splits import (
+    choose_forget_users,
+    receraser_shards,
+    sisa_shards,
+    temporal_split,
+)
+from e2urec.data.tables import RawData
+from e2urec.errors import E2URecError
+from e2urec.io import atomic_dir, sha256_file, write_json_atomic
+
+SAMPLES_FILE = "samples.parquet"
+MANIFEST_FILE = "manifest.json"
+
+
+@dataclass
+class PrepareConfig:
+    """The data protocol (DESIGN §3); defaults are the paper's."""
+
+    dataset: str
+    data_dir: str | None = None
+    last_n: int = 100_000
+    history: int = 10
+    min_history: int = 5
+    label_threshold: float = 3.0
+    forget_fraction: float | None = None
+    forget_users: list[str] | None = None
+    forget_interactions: str | None = None
+    shards: int = 4
+    seed: int = 0
+    reader_options: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        chosen = [self.forget_fraction is not None, self.forget_users is not None,
+                  self.forget_interactions is not None]
+        if sum(chosen) > 1:
+            raise E2URecError("give only one of --forget-fraction, --forget-users, --forget-interactions")
+        if sum(chosen) == 0:
+            self.forget_fraction = 0.2
+        if self.forget_fraction is not None and not 0.0 < self.forget_fraction < 1.0:
+            raise E2URecError(f"--forget-fraction must be strictly between 0 and 1, got {self.forget_fraction}")
+        if self.forget_users is not None and not self.forget_users:
+            raise E2URecError("--forget-users is empty: name at least one user id")
+        for name, value, low in (("--last-n", self.last_n, 1), ("--history", self.history, 1),
+                                 ("--min-history", self.min_history, 0), ("--shards", self.shards, 1)):
+            if value < low:
+                raise E2URecError(f"{name} must be at least {low}, got {value}")
+
+
+def _cast_like(values: pd.Series, like: pd.Series, what: str) -> pd.Series:
+    """Cast user-given ids to the dataset's id type, so "42" matches the integer id 42."""
+    if pd.api.types.is_integer_dtype(like):
+        numbers = pd.to_numeric(values.astype(str).str.strip(), errors="coerce")
+        bad = values[numbers.isna() | (numbers % 1 != 0)]
+        if len(bad):
+            raise E2URecError(f"{what}: ids must be integers for this dataset, got {bad.tolist()[:10]}")
+        return numbers.astype("int64")
+    return values.astype(str).str.strip()
+
+
+def _read_forget_interactions(path: Path, events: pd.DataFrame) -> np.ndarray:
+    """Mask of the events named in a CSV (user_id, item_id[, timestamp]); unknown pairs are an error."""
+    try:
+        wanted = pd.read_csv(path, dtype=str)
+    except FileNotFoundError as exc:
+        raise E2URecError(f"{path}: forget-interactions file not found") from exc
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise E2URecError(f"{path}: cannot parse as CSV ({exc})") from exc
+    keys = [c for c in ("user_id", "item_id", "timestamp") if c in wanted.columns]
+    if keys[:2] != ["user_id", "item_id"]:
+        raise E2URecError(
+            f"{path}: needs columns user_id,item_id (optionally timestamp); found {list(wanted.columns)}"
+        )
+    if wanted.empty:
+        raise E2URecError(f"{path}: no interactions listed; the forget set would be empty")
+    for key in keys:
+        wanted[key] = _cast_like(wanted[key], events[key], f"{path} column {key}")
+    marked = events[keys].reset_index().merge(wanted[keys].drop_duplicates(), on=keys, how="inner")
+    found = wanted.merge(events[keys].drop_duplicates(), on=keys, how="left", indicator=True)
+    missing = found[found["_merge"] == "left_only"]
+    if len(missing):
+        rows = [tuple(r) for r in missing[keys].itertuples(index=False)][:20]
+        raise E2URecError(f"{path}: {len(missing)} interactions are not in the dataset: {rows}")
+    mask = np.zeros(len(events), dtype=bool)
+    mask[marked["index"].to_numpy()] = True
+    return mask
+
+
+def build_samples(raw: RawData, cfg: PrepareConfig) -> tuple[pd.DataFrame, dict]:
+    """The whole protocol on tidy tables; returns the samples table and facts for the manifest."""
+    events = order_events(raw.interactions)
+    user_codes = pd.factorize(events["user_id"])[0]
+    forgotten = (
+        _read_forget_interactions(Path(cfg.forget_interactions), events)
+        if cfg.forget_interactions is not None
+        else np.zeros(len(events), dtype=bool)
+    )
+    full_index, full_count = history_index(user_codes, np.ones(len(events), dtype=bool), cfg.history)
+    eligible = np.flatnonzero(full_count >= cfg.min_history)
+    if len(eligible) == 0:
+        raise E2URecError(
+            f"no rating has at least {cfg.min_history} earlier ratings of the same user; lower --min-history"
+        )
+    rows = eligible[-cfg.last_n:]
+    samples = events.iloc[rows].reset_index(drop=True)
+    samples.insert(0, "sample_id", np.arange(len(samples), dtype=np.int64))
+    samples["label"] = (samples["rating"] > cfg.label_threshold).astype(np.int8)
+    samples["answer"] = np.asarray(ANSWERS, dtype=object)[samples["label"].to_numpy()]
+    samples["split"] = temporal_split(len(samples))
+    is_train = (samples["split"] == "train").to_numpy()
+
+    facts: dict = {}
+    if cfg.forget_interactions is not None:
+        forget = forgotten[rows] & is_train
+        facts["forget_interactions_requested"] = int(forgotten.sum())
+        facts["forget_interactions_history_only"] = int(forgotten.sum() - forget.sum())
+    else:
+        train_users = samples.loc[is_train, "user_id"]
+        if cfg.forget_users is not None:
+            wanted = _cast_like(pd.Series(cfg.forget_users), samples["user_id"], "--forget-users").unique()
+            unknown = sorted(set(wanted) - set(events["user_id"]))
+            if unknown:
+                raise E2URecError(f"--forget-users: {len(unknown)} ids are not in the dataset: {unknown[:20]}")
+            untrained = sorted(set(wanted) - set(train_users))
+            if untrained:
+                raise E2URecError(
+                    f"--forget-users: {len(untrained)} users have no training samples, nothing to forget: "
+                    f"{untrained[:20]}"
+                )
+            chosen = np.sort(wanted)
+        else:
+            chosen = choose_forget_users(train_users.to_numpy(), cfg.forget_fraction, cfg.seed)
+        forget = is_train & samples["user_id"].isin(chosen).to_numpy()
+    if not forget.any():
+        raise E2URecError("the forget set is empty: no training sample matches the forget request")
+    samples["forget"] = forget
+
+    sisa = np.full(len(samples), -1, dtype=np.int16)
+    sisa[is_train] = sisa_shards(int(is_train.sum()), cfg.shards, cfg.seed)
+    samples["sisa_shard"] = sisa
+    train = samples[is_train]
+    groups = receraser_shards(train["user_id"].to_numpy(), train["item_id"].to_numpy(),
+                              train["rating"].to_numpy(), cfg.shards, cfg.seed)
+    receraser = np.full(len(samples), -1, dtype=np.int16)
+    receraser[is_train] = train["user_id"].map(groups).to_numpy()
+    samples["receraser_shard"] = receraser
+
+    titles = raw.items.drop_duplicates("item_id").set_index("item_id")["title"]
+    profiles = profile_text(raw.users.drop_duplicates("user_id").reset_index(drop=True))
+    sample_profiles = samples["user_id"].map(profiles).fillna("").to_numpy()
+    target_titles = samples["item_id"].map(titles).to_numpy()
+    noun = ITEM_NOUN.get(cfg.dataset, "item")
+    item_ids = events["item_id"].to_numpy()
+    event_titles = events["item_id"].map(titles).to_numpy()
+    event_ratings = events["rating"].to_numpy()
+
+    def render(index: np.ndarray) -> tuple[list[str], list[list], list[list]]:
+        hist_items = gather_lists(index, item_ids)
+        hist_ratings = gather_lists(index, event_ratings)
+        prompts = build_prompts(sample_profiles, gather_lists(index, event_titles), hist_ratings,
+                                target_titles, noun)
+        return prompts, hist_items, hist_ratings
+
+    original_prompts, hist_items, hist_ratings = render(full_index[rows])
+    if forgotten.any():
+        visible_index, _ = history_index(user_codes, ~forgotten, cfg.history)
+        prompts, hist_items, hist_ratings = render(visible_index[rows])
+        differs = np.array([a != b for a, b in zip(prompts, original_prompts, strict=True)])
+        samples["prompt"] = prompts
+        samples["prompt_original"] = pd.Series(original_prompts, dtype=object).where(differs, None)
+        facts["prompts_rebuilt"] = int(differs.sum())
+    else:
+        samples["prompt"] = original_prompts
+        samples["prompt_original"] = pd.Series([None] * len(samples), dtype=object)
+    samples["history_item_ids"] = hist_items
+    samples["history_ratings"] = hist_ratings
+    return samples, facts
+
+
+def summarise(samples: pd.DataFrame) -> dict:
+    """Counts for the manifest and the printed summary."""
+    split = samples["split"]
+    counts = {
+        "users": int(samples["user_id"].nunique()),
+        "items": int(samples["item_id"].nunique()),
+        "samples": int(len(samples)),
+        **{f"{s}_samples": int((split == s).sum()) for s in ("train", "valid", "test")},
+        "train_users": int(samples.loc[split == "train", "user_id"].nunique()),
+        "forget_users": int(samples.loc[samples["forget"], "user_id"].nunique()),
+        "forget_samples": int(samples["forget"].sum()),
+        "retain_samples": int(((split == "train") & ~samples["forget"]).sum()),
+        "positive_rate": round(float(samples["label"].mean()), 4),
+    }
+    return counts
+
+
+def prepare(cfg: PrepareConfig, out: str | Path, overwrite: bool = False) -> dict:
+    """Run the protocol and write `out/` atomically; an existing `out` survives any failure untouched."""
+    from e2urec.data.sources import FETCHABLE, fetch
+
+    out = Path(out)
+    if cfg.data_dir is None and cfg.dataset in FETCHABLE:
+        source = fetch(cfg.dataset)
+        data_path, served_by = source.path, source.source
+    elif cfg.data_dir is None:
+        raise E2URecError(f"dataset {cfg.dataset!r} needs --data-dir pointing at its files")
+    else:
+        data_path, served_by = Path(cfg.data_dir), "data-dir"
+    if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
+        raise E2URecError(f"{out}: already exists and is not empty; pass --overwrite to replace it")
+    raw = read_dataset(cfg.dataset, data_path, **cfg.reader_options)
+    samples, facts = build_samples(raw, cfg)
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        samples.to_parquet(tmp / SAMPLES_FILE, index=False, compression="zstd")
+        manifest = {
+            "e2urec_version": __version__,
+            "config": asdict(cfg),
+            "source": served_by,
+            "counts": {**summarise(samples), **facts},
+            "inputs_sha256": {str(p.name): sha256_file(p) for p in raw.files},
+            "samples_sha256": sha256_file(tmp / SAMPLES_FILE),
+        }
+        write_json_atomic(tmp / MANIFEST_FILE, manifest)
+    return manifest

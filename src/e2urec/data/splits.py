@@ -1,0 +1,93 @@
+"""Temporal split, forget-set selection and shard assignment. Every random choice draws from its own
+seeded stream, so changing one option never reshuffles another's outcome."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from scipy.sparse import csr_matrix
+from sklearn.cluster import KMeans
+from sklearn.decomposition import TruncatedSVD
+
+from e2urec.errors import E2URecError
+
+SPLITS = ("train", "valid", "test")
+# Independent random streams derived from the one user seed.
+STREAM_FORGET, STREAM_SISA, STREAM_RECERASER = 1, 2, 3
+
+
+def rng(seed: int, stream: int) -> np.random.Generator:
+    return np.random.default_rng([seed, stream])
+
+
+def split_sizes(n: int, fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)) -> tuple[int, int, int]:
+    """Train and valid sizes are floored; test takes the remainder, so the sizes always sum to n."""
+    n_train = int(n * fractions[0])
+    n_valid = int(n * fractions[1])
+    return n_train, n_valid, n - n_train - n_valid
+
+
+def temporal_split(n: int, fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)) -> np.ndarray:
+    """Rows already in time order: the first 60% train, the next 20% valid, the rest test."""
+    n_train, n_valid, n_test = split_sizes(n, fractions)
+    return np.repeat(np.array(SPLITS, dtype=object), [n_train, n_valid, n_test])
+
+
+def choose_forget_users(train_users: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """A seeded random `fraction` of the distinct train users (at least one), returned sorted."""
+    if not 0.0 < fraction < 1.0:
+        raise E2URecError(f"--forget-fraction must be strictly between 0 and 1, got {fraction}")
+    users = np.sort(pd.unique(train_users))
+    count = max(1, int(round(fraction * len(users))))
+    chosen = rng(seed, STREAM_FORGET).choice(len(users), size=count, replace=False)
+    return np.sort(users[chosen])
+
+
+def sisa_shards(n_train: int, shards: int, seed: int) -> np.ndarray:
+    """SISA: each training sample to a uniformly random shard."""
+    return rng(seed, STREAM_SISA).integers(0, shards, size=n_train)
+
+
+def receraser_shards(
+    users: np.ndarray, items: np.ndarray, ratings: np.ndarray, shards: int, seed: int, iterations: int = 10
+) -> dict:
+    """RecEraser's balanced partition: similar users share a shard, every shard holds about as many users.
+
+    Users are embedded by a truncated SVD of their (centred) rating vectors, clustered by k-means, then
+    re-assigned greedily, closest (user, centroid) pairs first, under a capacity of ceil(users/shards), and
+    centroids re-estimated; a few rounds of that converge. Returns {user_id: shard}.
+    """
+    user_codes, user_ids = pd.factorize(users, sort=True)
+    item_codes, _ = pd.factorize(items, sort=True)
+    n_users = len(user_ids)
+    if n_users < shards:
+        raise E2URecError(f"--shards {shards} exceeds the {n_users} training users; use fewer shards")
+    matrix = csr_matrix((ratings - 3.0, (user_codes, item_codes)), shape=(n_users, item_codes.max() + 1))
+    dims = max(1, min(32, min(matrix.shape) - 1))
+    if dims < min(matrix.shape):
+        vectors = TruncatedSVD(n_components=dims, random_state=seed).fit_transform(matrix)
+    else:
+        vectors = matrix.toarray()
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True) + 1e-12
+    centroids = KMeans(n_clusters=shards, n_init=4, random_state=seed).fit(vectors).cluster_centers_
+    capacity = -(-n_users // shards)
+    assignment = np.full(n_users, -1)
+    for _ in range(iterations):
+        dist = ((vectors[:, None, :] - centroids[None, :, :]) ** 2).sum(-1)
+        order = np.argsort(dist, axis=None, kind="stable")
+        assignment = np.full(n_users, -1)
+        load = np.zeros(shards, dtype=np.int64)
+        placed = 0
+        for flat in order:
+            user, shard = divmod(int(flat), shards)
+            if assignment[user] < 0 and load[shard] < capacity:
+                assignment[user] = shard
+                load[shard] += 1
+                placed += 1
+                if placed == n_users:
+                    break
+        new = np.stack([vectors[assignment == s].mean(0) for s in range(shards)])
+        if np.allclose(new, centroids):
+            break
+        centroids = new
+    return dict(zip(user_ids.tolist(), assignment.tolist(), strict=True))
