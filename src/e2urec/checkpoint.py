@@ -1,0 +1,71 @@
+"""Model directories: `save_pretrained` output (safetensors) or a PEFT adapter, plus meta.json.
+
+Nothing is pickled, and a directory holding a pickle-format weight file is refused rather than loaded:
+unpickling an untrusted file can run arbitrary code.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from peft import PeftModel
+
+from e2urec.errors import E2URecError
+from e2urec.io import read_json, write_json_atomic
+from e2urec.model.backbone import Backbone, load_backbone
+
+META_FILE = "meta.json"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return getattr(model, "module", model)
+
+
+def save_model(backbone: Backbone, folder: Path, meta: dict) -> None:
+    """Write weights (adapter only, for a PEFT model), tokenizer and meta.json into `folder`."""
+    model = unwrap(backbone.model)
+    model.save_pretrained(folder, safe_serialization=True)
+    backbone.tokenizer.save_pretrained(folder)
+    write_json_atomic(folder / META_FILE, {"kind": backbone.kind, **meta})
+
+
+def refuse_pickles(folder: Path) -> None:
+    pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if pickles:
+        raise E2URecError(
+            f"{folder}: holds pickle-format weights {pickles}; e2urec loads safetensors only, because "
+            f"unpickling can run arbitrary code. Re-save the model with save_pretrained(safe_serialization=True)"
+        )
+
+
+def base_reference(folder: Path, base_dir: Path) -> str:
+    """How an adapter names its base model: a path relative to the adapter, so a run folder can move."""
+    return os.path.relpath(base_dir.resolve(), folder.resolve())
+
+
+def load_model(folder: str | Path, trainable: bool = False) -> tuple[Backbone, dict]:
+    """Load a model directory written by e2urec (full weights or adapter over a base), with its meta."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise E2URecError(f"{folder}: model directory not found")
+    refuse_pickles(folder)
+    meta = read_json(folder / META_FILE) if (folder / META_FILE).is_file() else {}
+    if not meta:
+        raise E2URecError(f"{folder}: no {META_FILE}; not a model directory written by e2urec")
+    if (folder / "adapter_config.json").is_file():
+        base = meta.get("base", {})
+        if "model" in base:
+            backbone, _ = load_model((folder / base["model"]).resolve())
+        else:
+            backbone = load_backbone(base.get("backbone", meta.get("backbone")), seed=base.get("seed", 0))
+        try:
+            backbone.model = PeftModel.from_pretrained(backbone.model, folder, is_trainable=trainable)
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise E2URecError(f"{folder}: cannot load the adapter ({exc})") from exc
+    else:
+        backbone = load_backbone(str(folder))
+        backbone.name = meta.get("backbone", backbone.name)
+    return backbone, meta

@@ -1,0 +1,201 @@
+"""LLMRec: instruction-tune a backbone on prepared samples (`e2urec train`) and score it (`evaluate`)."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from peft import LoraConfig, get_peft_model
+
+from e2urec import __version__
+from e2urec.checkpoint import load_model, save_model
+from e2urec.data.store import load_prepared
+from e2urec.engine import Batch, FitResult, TrainConfig, count_parameters, fit, make_accelerator
+from e2urec.errors import E2URecError
+from e2urec.evaluation import utility_metrics
+from e2urec.io import atomic_dir, write_json_atomic
+from e2urec.model.backbone import Backbone, load_backbone
+from e2urec.model.scoring import PromptSet, answer_logits, encode_prompts, p_yes_from_logits, per_sample
+
+ROLES = ("original", "retrain")
+SPLITS = ("train", "valid", "test", "forget", "retain")
+LORA_DEFAULTS = {"r": 16, "alpha": 32, "dropout": 0.05}
+
+
+def rows_for(samples: pd.DataFrame, split: str) -> pd.DataFrame:
+    """The rows a split name means: forget/retain partition the train split."""
+    if split not in SPLITS:
+        raise E2URecError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+    is_train = samples["split"] == "train"
+    if split == "forget":
+        return samples[is_train & samples["forget"]]
+    if split == "retain":
+        return samples[is_train & ~samples["forget"]]
+    return samples[samples["split"] == split]
+
+
+def prompts_seen_by_original(rows: pd.DataFrame) -> list[str]:
+    """The Original trained before any deletion: prompts whose history was rebuilt use their old text."""
+    return rows["prompt_original"].where(rows["prompt_original"].notna(), rows["prompt"]).tolist()
+
+
+def prompt_set(backbone: Backbone, rows: pd.DataFrame, max_length: int | None = None,
+               prompts: list[str] | None = None) -> PromptSet:
+    ids = encode_prompts(backbone.tokenizer, prompts if prompts is not None else rows["prompt"].tolist(),
+                         max_length)
+    targets = np.asarray(backbone.answer_ids)[rows["label"].to_numpy(dtype=int)]
+    return PromptSet(ids, targets)
+
+
+class AnswerCrossEntropy:
+    """Instruction tuning: cross-entropy of the answer token at the answer position (prompt masked)."""
+
+    def __init__(self, kind: str, stream: str = "train"):
+        self.kind = kind
+        self.stream = stream
+
+    def streams(self, epoch: int) -> tuple[str, ...]:
+        return (self.stream,)
+
+    def loss(self, model: torch.nn.Module, batches: dict[str, Batch]) -> torch.Tensor:
+        batch = batches[self.stream]
+        return F.cross_entropy(answer_logits(model, batch, self.kind).float(), batch["target"])
+
+
+def per_sample_p_yes(backbone: Backbone, data: PromptSet, batch_size: int,
+                     accelerator: Accelerator | None = None, model: torch.nn.Module | None = None) -> np.ndarray:
+    model = model if model is not None else backbone.model
+    model.eval()
+    yes = torch.as_tensor(backbone.answer_ids)
+    return per_sample(backbone, data, lambda b: p_yes_from_logits(answer_logits(model, b, backbone.kind), yes),
+                      batch_size, accelerator, desc="p(yes)")
+
+
+def valid_loss_fn(backbone: Backbone, data: PromptSet, batch_size: int):
+    """Mean answer cross-entropy on validation samples (the early-stopping signal)."""
+
+    def compute(model: torch.nn.Module, accelerator: Accelerator) -> float:
+        model.eval()
+        losses = per_sample(
+            backbone, data,
+            lambda b: F.cross_entropy(answer_logits(model, b, backbone.kind).float(), b["target"], reduction="none"),
+            batch_size, accelerator, desc="valid")
+        model.train()
+        return float(losses.mean())
+
+    return compute
+
+
+def add_lora(backbone: Backbone, r: int, alpha: int, dropout: float, targets: list[str] | None = None) -> None:
+    """Freeze the backbone and insert LoRA modules (peft's per-architecture defaults: q/v projections)."""
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets,
+                        task_type="SEQ_2_SEQ_LM" if backbone.kind == "seq2seq" else "CAUSAL_LM")
+    backbone.model = get_peft_model(backbone.model, config)
+
+
+def fit_role(
+    samples: pd.DataFrame,
+    manifest: dict,
+    role: str,
+    backbone_name: str,
+    cfg: TrainConfig,
+    accelerator: Accelerator,
+    lora: dict | None = None,
+    checkpoint_dir: Path | None = None,
+) -> tuple[Backbone, FitResult, dict]:
+    """Tune a fresh backbone on the rows a role names, early-stopped on valid; returns it and what happened."""
+    if role not in ROLES:
+        raise E2URecError(f"unknown role {role!r}; choose one of {', '.join(ROLES)}")
+    backbone = load_backbone(backbone_name, seed=cfg.seed)
+    if lora:
+        add_lora(backbone, lora["r"], lora["alpha"], lora["dropout"])
+    else:
+        backbone.model.requires_grad_(True)
+    train_rows = rows_for(samples, "train" if role == "original" else "retain")
+    valid_rows = rows_for(samples, "valid")
+    prompts = prompts_seen_by_original(train_rows) if role == "original" else None
+    data = {"train": prompt_set(backbone, train_rows, cfg.max_length, prompts)}
+    valid = prompt_set(backbone, valid_rows, cfg.max_length)
+    backbone.model.to(accelerator.device)
+    fingerprint = {"data": manifest["samples_sha256"], "role": role, "backbone": backbone_name, "lora": lora}
+    result = fit(backbone, AnswerCrossEntropy(backbone.kind), data, cfg,
+                 valid_loss=valid_loss_fn(backbone, valid, cfg.eval_batch_size),
+                 checkpoint_dir=checkpoint_dir, fingerprint=fingerprint, accelerator=accelerator, desc=role)
+    p_valid = per_sample_p_yes(backbone, valid, cfg.eval_batch_size, accelerator)
+    trainable, total = count_parameters(backbone.model)
+    facts = {
+        "role": role,
+        "backbone": backbone_name,
+        "base": {"backbone": backbone_name, "seed": cfg.seed},
+        "lora": lora,
+        "data": {"samples_sha256": manifest["samples_sha256"]},
+        "config": asdict(cfg),
+        "fit": asdict(result),
+        "trainable_params": trainable,
+        "total_params": total,
+        "train_samples": len(train_rows),
+        "valid": utility_metrics(valid_rows["label"].to_numpy(), p_valid),
+    }
+    return backbone, result, facts
+
+
+def train(
+    data_dir: Path,
+    role: str,
+    backbone_name: str,
+    out: Path,
+    cfg: TrainConfig,
+    lora: bool = False,
+    lora_r: int = LORA_DEFAULTS["r"],
+    lora_alpha: int = LORA_DEFAULTS["alpha"],
+    lora_dropout: float = LORA_DEFAULTS["dropout"],
+    overwrite: bool = False,
+) -> dict:
+    """Train an Original (all train samples) or a Retrain (train minus forget) model into `out`."""
+    out = Path(out)
+    if out.exists() and not overwrite and (out / "meta.json").is_file():
+        raise E2URecError(f"{out}: a trained model is already there; pass --overwrite to replace it")
+    accelerator = make_accelerator()
+    samples, manifest = load_prepared(data_dir)
+    resume = out.parent / f".{out.name}.resume"
+    started = time.perf_counter()
+    backbone, _, facts = fit_role(samples, manifest, role, backbone_name, cfg, accelerator,
+                                  {"r": lora_r, "alpha": lora_alpha, "dropout": lora_dropout} if lora else None,
+                                  checkpoint_dir=resume)
+    meta = {"e2urec_version": __version__, **facts, "train_seconds": round(time.perf_counter() - started, 3)}
+    meta["data"]["dir"] = str(Path(data_dir).resolve())
+    if accelerator.is_main_process:
+        with atomic_dir(out, overwrite=True) as tmp:
+            save_model(backbone, tmp, meta)
+        shutil.rmtree(resume, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return meta
+
+
+def evaluate(model_dir: Path, data_dir: Path, split: str, out: Path, batch_size: int = 64,
+             max_length: int | None = None) -> dict:
+    """P(yes) for every sample of a split, AUC/ACC/LogLoss, written to `out` (metrics.json, predictions)."""
+    accelerator = make_accelerator()
+    samples, manifest = load_prepared(data_dir)
+    backbone, meta = load_model(model_dir)
+    backbone.model.to(accelerator.device)
+    rows = rows_for(samples, split)
+    if rows.empty:
+        raise E2URecError(f"{data_dir}: split {split!r} has no samples")
+    p = per_sample_p_yes(backbone, prompt_set(backbone, rows, max_length), batch_size, accelerator)
+    metrics = {**utility_metrics(rows["label"].to_numpy(), p), "split": split, "model": str(model_dir),
+               "data_samples_sha256": manifest["samples_sha256"]}
+    if accelerator.is_main_process:
+        with atomic_dir(out, overwrite=True) as tmp:
+            pd.DataFrame({"sample_id": rows["sample_id"].to_numpy(), "p_yes": p,
+                          "label": rows["label"].to_numpy()}).to_parquet(tmp / "predictions.parquet", index=False)
+            write_json_atomic(tmp / "metrics.json", metrics)
+    accelerator.wait_for_everyone()
+    return metrics
