@@ -1,0 +1,59 @@
+"""The math of unlearning and of forgetting metrics, on plain tensors so it can be tested by hand.
+
+Teacher distributions are stored compactly as their top-k probabilities plus the leftover mass ("rest"):
+at an answer position a tuned model puts nearly all mass on a few tokens, so k = 64 keeps the soft
+cross-entropy essentially exact while a cached row costs 64 ids + 64 probabilities instead of a vocabulary.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def forgetting_teacher_logits(z_orig: Tensor, z_aug: Tensor, alpha: float) -> Tensor:
+    """z_fgt = z_orig − α·ReLU(z_aug − z_orig): push down whatever training on the forget set pushed up."""
+    return z_orig - alpha * F.relu(z_aug - z_orig)
+
+
+def soft_cross_entropy(student_logits: Tensor, teacher_probs: Tensor) -> Tensor:
+    """Mean over rows of −Σ p_teacher · log p_student (KL(teacher ‖ student) up to the teacher's entropy)."""
+    return -(teacher_probs * F.log_softmax(student_logits.float(), dim=-1)).sum(-1).mean()
+
+
+def compress(logits: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
+    """(top-k token ids, their probabilities, the remaining mass) of softmax(logits), per row."""
+    probs = F.softmax(logits.float(), dim=-1)
+    top_p, top_i = probs.topk(min(k, probs.shape[-1]), dim=-1)
+    return top_i.to(torch.int32), top_p, (1.0 - top_p.sum(-1)).clamp(min=0.0)
+
+
+def compressed_soft_cross_entropy(student_logits: Tensor, top_i: Tensor, top_p: Tensor, rest: Tensor) -> Tensor:
+    """Soft cross-entropy to a compressed teacher: its top-k tokens, then one bucket for everything else.
+
+    −Σ_{v∈K} p_t(v) log p_s(v) − r_t log(1 − Σ_{v∈K} p_s(v)); exact for the bucketed distributions.
+    """
+    log_p = F.log_softmax(student_logits.float(), dim=-1)
+    top_log = log_p.gather(-1, top_i.long())
+    rest_log = torch.log1p(-top_log.exp().sum(-1).clamp(max=1 - 1e-6))
+    return -((top_p * top_log).sum(-1) + rest * rest_log).mean()
+
+
+def jsd(log_p: Tensor, log_q: Tensor) -> Tensor:
+    """Jensen–Shannon divergence per row (natural log), from log-probabilities; symmetric, in [0, ln 2]."""
+    log_m = torch.logsumexp(torch.stack([log_p, log_q]), dim=0) - torch.log(torch.tensor(2.0))
+    kl_pm = (log_p.exp() * (log_p - log_m)).sum(-1)
+    kl_qm = (log_q.exp() * (log_q - log_m)).sum(-1)
+    return (0.5 * (kl_pm + kl_qm)).clamp(min=0.0)
+
+
+def l2(log_p: Tensor, log_q: Tensor) -> Tensor:
+    """Euclidean distance between the two probability vectors, per row."""
+    return (log_p.exp() - log_q.exp()).norm(dim=-1)
+
+
+def flip_targets(targets: Tensor, answer_ids: tuple[int, int]) -> Tensor:
+    """Swap the Yes and No answer tokens (the reference code's 'Bad-T' labels)."""
+    no_id, yes_id = answer_ids
+    return torch.where(targets == yes_id, no_id, yes_id)

@@ -1,0 +1,119 @@
+"""`e2urec unlearn`: run a registered method from an Original and write the unlearned model with its costs."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from e2urec import __version__
+from e2urec.checkpoint import base_reference, save_model
+from e2urec.engine import FitResult, TrainConfig, count_parameters, make_accelerator
+from e2urec.errors import E2URecError
+from e2urec.io import atomic_dir
+from e2urec.model.backbone import Backbone
+from e2urec.training import fit_role
+from e2urec.unlearning.base import REGISTRY, Job, Method, MethodConfig, register
+
+
+class PeakMemory:
+    """Peak memory of the unlearning itself: CUDA's allocator peak on a GPU, else the process's peak RSS
+    (Linux VmHWM, reset at the start through /proc/self/clear_refs so loading before does not count)."""
+
+    def __enter__(self) -> PeakMemory:
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        else:
+            with contextlib.suppress(OSError):
+                Path("/proc/self/clear_refs").write_text("5")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if torch.cuda.is_available():
+            self.bytes = int(torch.cuda.max_memory_allocated())
+            return
+        self.bytes = 0
+        with contextlib.suppress(OSError):
+            for line in Path("/proc/self/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    self.bytes = int(line.split()[1]) * 1024
+
+
+@dataclass
+class RetrainConfig(MethodConfig):
+    """Retrain follows the Original's recipe; a field set here (not None) overrides that recipe."""
+
+    epochs: int | None = None
+    lr: float | None = None
+    batch_size: int | None = None
+    seed: int | None = None
+
+
+@register
+class Retrain(Method):
+    """Exact unlearning: the Original's own recipe (backbone, LoRA or not, optimiser) on the retain set only."""
+
+    name = "retrain"
+    Config = RetrainConfig
+
+    def run(self, job: Job) -> tuple[Backbone, FitResult]:
+        meta = job.original_meta
+        overrides = {k: v for k, v in asdict(self.cfg).items() if v is not None}
+        cfg = TrainConfig(**{**meta["config"], **overrides})
+        backbone, result, _ = fit_role(job.samples, job.manifest, "retrain", meta["backbone"], cfg,
+                                       job.accelerator, meta.get("lora"), checkpoint_dir=job.work / "resume")
+        return backbone, result
+
+
+def result_seed(job: Job, cfg: MethodConfig) -> int:
+    return cfg.seed if cfg.seed is not None else job.original_meta["config"]["seed"]
+
+
+def unlearn(method: str, original: Path, data: Path, out: Path, options: dict[str, Any] | None = None,
+            keep_intermediates: bool = False, overwrite: bool = False) -> dict:
+    """Unlearn the forget set of `data` from `original` with `method`; write `out` and return its meta."""
+    if method not in REGISTRY:
+        raise E2URecError(f"unknown method {method!r}; choose one of {', '.join(sorted(REGISTRY))}")
+    out, original = Path(out), Path(original)
+    if out.exists() and not overwrite and (out / "meta.json").is_file():
+        raise E2URecError(f"{out}: already holds a model; pass --overwrite to replace it")
+    cls: type[Method] = REGISTRY[method]
+    cfg: MethodConfig = cls.Config.from_options(options or {})
+    accelerator = make_accelerator()
+    job = Job(original, Path(data), out, out.parent / f".{out.name}.work", accelerator, keep_intermediates)
+    with PeakMemory() as peak:
+        started = time.perf_counter()
+        model, result = cls(cfg).run(job)
+        seconds = time.perf_counter() - started
+    trainable, total = count_parameters(model.model)
+    meta = {
+        "e2urec_version": __version__,
+        "method": method,
+        "backbone": job.original_meta.get("backbone"),
+        "original": str(original.resolve()),
+        "data": {"dir": str(Path(data).resolve()), "samples_sha256": job.manifest["samples_sha256"]},
+        "hyperparameters": asdict(cfg),
+        "lora": job.original_meta.get("lora") if method == "retrain" else None,
+        "unlearn_seconds": round(seconds, 3),
+        "trainable_params": trainable,
+        "total_params": total,
+        "peak_memory_bytes": peak.bytes,
+        "peak_memory_kind": "cuda_allocated" if torch.cuda.is_available() else "process_rss",
+        "steps": result.steps,
+        "fit": asdict(result),
+        "forget_samples": int(job.samples["forget"].sum()),
+    }
+    if cls.lora:
+        meta["base"] = {"model": base_reference(out, original)}
+    elif method == "retrain":
+        meta["base"] = {"backbone": job.original_meta["backbone"], "seed": result_seed(job, cfg)}
+    if accelerator.is_main_process:
+        with atomic_dir(out, overwrite=True) as tmp:
+            save_model(model, tmp, meta)
+        job.purge()
+    accelerator.wait_for_everyone()
+    return meta
