@@ -23,7 +23,7 @@ from e2urec.engine import TrainConfig, fit, trainable_state
 from e2urec.errors import E2URecError
 from e2urec.evaluation import utility_metrics
 from e2urec.model.backbone import load_backbone
-from e2urec.training import AnswerCrossEntropy, evaluate, prompt_set, rows_for, train
+from e2urec.training import AnswerCrossEntropy, EvalConfig, evaluate, prompt_set, rows_for, train
 
 runner = CliRunner()
 FAST = TrainConfig(epochs=1, lr=1e-3, batch_size=16, max_steps=6, eval_batch_size=64)
@@ -185,7 +185,7 @@ def test_two_processes_train_and_count_every_sample_once(data: Path, tmp_path: P
                                     "--batch-size", "7", "--out", str(tmp_path / "e2")], env=env,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    single = evaluate(model, data, "test", tmp_path / "e1", batch_size=7)
+    single = evaluate(model, data, "test", tmp_path / "e1", EvalConfig(batch_size=7))
     two = pd.read_parquet(tmp_path / "e2" / "predictions.parquet").set_index("sample_id")
     one = pd.read_parquet(tmp_path / "e1" / "predictions.parquet").set_index("sample_id")
     assert len(two) == single["n"] and two.index.is_unique

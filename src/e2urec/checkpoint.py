@@ -11,12 +11,17 @@ from pathlib import Path
 
 import torch
 from peft import PeftModel
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 
 from e2urec.errors import E2URecError
 from e2urec.io import read_json, write_json_atomic
 from e2urec.model.backbone import Backbone, load_backbone
+from e2urec.model.ensemble import AttentionAggregator, ShardEnsemble
 
 META_FILE = "meta.json"
+SYSTEM_FILE = "system.json"
+AGGREGATOR_FILE = "aggregator.safetensors"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 
 
@@ -55,6 +60,8 @@ def load_model(folder: str | Path, trainable: bool = False) -> tuple[Backbone, d
     meta = read_json(folder / META_FILE) if (folder / META_FILE).is_file() else {}
     if not meta:
         raise E2URecError(f"{folder}: no {META_FILE}; not a model directory written by e2urec")
+    if (folder / SYSTEM_FILE).is_file():
+        return _load_system(folder), meta
     if (folder / "adapter_config.json").is_file():
         base = meta.get("base", {})
         if "model" in base:
@@ -63,9 +70,29 @@ def load_model(folder: str | Path, trainable: bool = False) -> tuple[Backbone, d
             backbone = load_backbone(base.get("backbone", meta.get("backbone")), seed=base.get("seed", 0))
         try:
             backbone.model = PeftModel.from_pretrained(backbone.model, folder, is_trainable=trainable)
-        except (OSError, ValueError, RuntimeError) as exc:
+        except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
             raise E2URecError(f"{folder}: cannot load the adapter ({exc})") from exc
     else:
-        backbone = load_backbone(str(folder))
+        try:
+            backbone = load_backbone(str(folder))
+        except SafetensorError as exc:
+            raise E2URecError(f"{folder}: the weights file is corrupt or truncated ({exc}); retrain or restore "
+                              f"it") from exc
         backbone.name = meta.get("backbone", backbone.name)
     return backbone, meta
+
+
+def _load_system(folder: Path) -> Backbone:
+    """A sharded system folder: shard model folders plus system.json (and the learned aggregator)."""
+    system = read_json(folder / SYSTEM_FILE)
+    shards = [load_model(folder / name)[0] for name in system["shards"]]
+    aggregator = None
+    if system["aggregator"] == "attention":
+        aggregator = AttentionAggregator(system.get("hidden", 16))
+        try:
+            aggregator.load_state_dict(load_file(folder / AGGREGATOR_FILE))
+        except (OSError, RuntimeError, SafetensorError) as exc:
+            raise E2URecError(f"{folder / AGGREGATOR_FILE}: cannot load the aggregator ({exc})") from exc
+    first = shards[0]
+    ensemble = ShardEnsemble([s.model for s in shards], first.answer_ids, aggregator)
+    return Backbone(ensemble, first.tokenizer, first.kind, first.name, first.answer_ids)

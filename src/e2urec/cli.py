@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from e2urec.errors import E2URecError
@@ -25,8 +26,8 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Fetch real datasets into the cache.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
-console = Console(stderr=True)
-out_console = Console()
+console = Console(stderr=True, soft_wrap=True)
+out_console = Console(soft_wrap=True)
 
 
 def friendly(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -37,7 +38,7 @@ def friendly(func: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return func(*args, **kwargs)
         except E2URecError as exc:
-            console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+            console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
 
     return wrapper
@@ -140,7 +141,9 @@ def train_config(epochs: int, lr: float, batch_size: int, grad_accum: int, patie
 def train(
     data: Annotated[Path, typer.Option(help="prepared data folder")],
     out: Annotated[Path, typer.Option(help="model folder to write")],
-    role: Annotated[str, typer.Option(help="original (all train rows) | retrain (train minus forget)")] = "original",
+    role: Annotated[str, typer.Option(
+        help="original (all train rows) | retrain (train minus forget) | sisa | receraser (shard systems)")
+    ] = "original",
     backbone: Annotated[str, typer.Option(help="tiny | tiny-t5 | smollm2-135m | hub id | local path")] = "tiny",
     lora: Annotated[bool, typer.Option(help="train LoRA adapters only (peft) instead of full fine-tuning")] = False,
     lora_r: Annotated[int, typer.Option(help="LoRA rank")] = 16,
@@ -158,8 +161,14 @@ def train(
 ) -> None:
     """Instruction-tune a backbone: the Original (all train samples) or Retrain (without the forget set)."""
     from e2urec.training import train as run_train
+    from e2urec.unlearning.sharded import SYSTEMS, train_system
 
     cfg = train_config(epochs, lr, batch_size, grad_accum, patience, max_steps, max_length, seed)
+    if role in SYSTEMS:
+        lora_cfg = {"r": lora_r, "alpha": lora_alpha, "dropout": lora_dropout} if lora else None
+        meta = train_system(data, role, backbone, out, cfg, lora_cfg, overwrite=overwrite)
+        out_console.print(f"{role} system → {out}: {meta['shards']} shards in {meta['train_seconds']:.1f} s")
+        return
     meta = run_train(data, role, backbone, out, cfg, lora=lora, lora_r=lora_r, lora_alpha=lora_alpha,
                      lora_dropout=lora_dropout, overwrite=overwrite)
     valid = meta["valid"]
@@ -177,12 +186,94 @@ def evaluate(
     data: Annotated[Path, typer.Option(help="prepared data folder")],
     out: Annotated[Path, typer.Option(help="folder for metrics.json and predictions.parquet")],
     split: Annotated[str, typer.Option(help="test | valid | forget | retain | train")] = "test",
+    reference: Annotated[Path | None, typer.Option(help="Retrain model: adds JSD/L2 to it (and its MIA)")] = None,
     batch_size: Annotated[int, typer.Option(help="prompts per forward pass")] = 64,
     max_length: Annotated[int | None, typer.Option(help="truncate prompts to this many tokens")] = None,
+    mia_samples: Annotated[int, typer.Option(help="members sampled for the membership attack")] = 1000,
+    seed: Annotated[int, typer.Option(help="seed for the attack's samples")] = 0,
 ) -> None:
-    """Score a split: P(yes) per sample, AUC, accuracy and log-loss."""
+    """Score a split: AUC, accuracy, log-loss; forgetting metrics against a --reference; MIA on forget."""
+    from e2urec.training import EvalConfig
     from e2urec.training import evaluate as run_evaluate
 
-    metrics = run_evaluate(model, data, split, out, batch_size=batch_size, max_length=max_length)
-    print_counts(f"{split} metrics → {out}", {k: v if isinstance(v, int) else round(v, 4)
-                                              for k, v in metrics.items() if k in ("auc", "acc", "logloss", "n")})
+    cfg = EvalConfig(batch_size=batch_size, max_length=max_length, mia_samples=mia_samples, seed=seed)
+    metrics = run_evaluate(model, data, split, out, cfg, reference=reference)
+    shown = ("auc", "acc", "logloss", "jsd", "l2", "jsd_yesno", "l2_yesno", "mia_auc", "mia_auc_reference", "n")
+    print_counts(f"{split} metrics → {out}", {k: metrics[k] if isinstance(metrics[k], int) else round(metrics[k], 4)
+                                              for k in shown if metrics.get(k) is not None})
+
+
+def parse_options(pairs: list[str], config_cls: type) -> dict[str, Any]:
+    """`key=value` pairs typed by the method's config dataclass (int, float, bool, str, or `none`)."""
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(config_cls)
+    names = {f.name for f in dataclasses.fields(config_cls)}
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in names:
+            raise E2URecError(f"--set {pair!r}: expected key=value with key one of {sorted(names)}")
+        kinds = [t for t in typing.get_args(hints[key]) or (hints[key],) if t is not type(None)]
+        if raw.lower() == "none":
+            options[key] = None
+            continue
+        try:
+            options[key] = raw.lower() in ("1", "true", "yes") if kinds[0] is bool else kinds[0](raw)
+        except ValueError as exc:
+            raise E2URecError(f"--set {pair!r}: {raw!r} is not a valid {kinds[0].__name__}") from exc
+    return options
+
+
+@app.command()
+@friendly
+def unlearn(
+    method: Annotated[str, typer.Option(help="e2urec | retrain | neggrad | badt | label-flip | sisa | receraser")],
+    model: Annotated[Path, typer.Option(help="the Original (or the sisa/receraser system) to unlearn from")],
+    data: Annotated[Path, typer.Option(help="prepared data folder; its forget rows are forgotten")],
+    out: Annotated[Path, typer.Option(help="folder for the unlearned model")],
+    epochs: Annotated[int | None, typer.Option(help="epochs (method default if unset)")] = None,
+    lr: Annotated[float | None, typer.Option(help="learning rate (method default if unset)")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="batch size (method default if unset)")] = None,
+    max_steps: Annotated[int | None, typer.Option(help="stop after this many steps")] = None,
+    seed: Annotated[int | None, typer.Option(help="seed")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="other method option, key=value (see `methods`)")
+                    ] = None,
+    keep_intermediates: Annotated[bool, typer.Option(help="keep the augmented model and caches")] = False,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing --out")] = False,
+) -> None:
+    """Unlearn the prepared forget set from a trained model with one registered method."""
+    from e2urec.unlearning.base import REGISTRY
+    from e2urec.unlearning.run import unlearn as run_unlearn
+
+    if method not in REGISTRY:
+        raise E2URecError(f"unknown method {method!r}; choose one of {', '.join(sorted(REGISTRY))}")
+    options = parse_options(set_ or [], REGISTRY[method].Config)
+    for key, value in (("epochs", epochs), ("lr", lr), ("batch_size", batch_size), ("max_steps", max_steps),
+                       ("seed", seed)):
+        if value is not None:
+            options[key] = value
+    meta = run_unlearn(method, model, data, out, options, keep_intermediates=keep_intermediates,
+                       overwrite=overwrite)
+    share = meta["trainable_params"] / max(meta["total_params"], 1)
+    out_console.print(f"{method} → {out}: {meta['unlearn_seconds']:.1f} s, {meta['steps']} steps, "
+                      f"{meta['trainable_params']:,} trainable parameters ({share:.2%})")
+
+
+@app.command()
+def methods() -> None:
+    """List the unlearning methods and their options with defaults (set them with `unlearn --set k=v`)."""
+    import dataclasses
+
+    from e2urec.unlearning.base import REGISTRY
+
+    table = Table(title="unlearning methods")
+    table.add_column("method")
+    table.add_column("what it does")
+    table.add_column("options (defaults)")
+    for name, cls in sorted(REGISTRY.items()):
+        fields = ", ".join(f"{f.name}={f.default}" for f in dataclasses.fields(cls.Config))
+        table.add_row(name, (cls.__doc__ or name).strip().splitlines()[0], fields)
+    out_console.print(table)

@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 from sklearn.metrics import log_loss, roc_auc_score
+from torch import Tensor
 
 EPS = 1e-7
 
@@ -20,3 +22,41 @@ def utility_metrics(labels: np.ndarray, p_yes: np.ndarray) -> dict:
         "logloss": float(log_loss(labels, p, labels=[0, 1])),
         "n": int(len(labels)),
     }
+
+
+def mia_features(labels: np.ndarray, p_yes: np.ndarray) -> np.ndarray:
+    """Per-sample loss and confidence in the true answer: what a loss-based membership attack sees."""
+    p_true = np.clip(np.where(np.asarray(labels) == 1, p_yes, 1 - np.asarray(p_yes)), EPS, 1 - EPS)
+    return np.stack([-np.log(p_true), p_true], axis=1)
+
+
+def membership_inference_auc(members: np.ndarray, non_members: np.ndarray, targets: np.ndarray, seed: int = 0) -> float:
+    """AUC of an attack that tells `targets` (e.g. the forget set) from held-out non-members.
+
+    The attack (logistic regression on loss and confidence) is trained on members (retained training
+    samples) vs half of the non-members; it is then scored on targets vs the other half. Near 0.5 means
+    the targets look like data the model never saw; Retrain's own value is the target to match.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    order = np.random.default_rng([seed, 5]).permutation(len(non_members))
+    fit_half, test_half = order[: len(order) // 2], order[len(order) // 2:]
+    x = np.concatenate([members, non_members[fit_half]])
+    y = np.r_[np.ones(len(members)), np.zeros(len(fit_half))]
+    attack = LogisticRegression(class_weight="balanced").fit(x, y)
+    scores = attack.predict_proba(np.concatenate([targets, non_members[test_half]]))[:, 1]
+    truth = np.r_[np.ones(len(targets)), np.zeros(len(test_half))]
+    return float(roc_auc_score(truth, scores))
+
+
+def jsd(log_p: Tensor, log_q: Tensor) -> Tensor:
+    """Jensen–Shannon divergence per row (natural log), from log-probabilities; symmetric, in [0, ln 2]."""
+    log_m = torch.logsumexp(torch.stack([log_p, log_q]), dim=0) - torch.log(torch.tensor(2.0))
+    kl_pm = (log_p.exp() * (log_p - log_m)).sum(-1)
+    kl_qm = (log_q.exp() * (log_q - log_m)).sum(-1)
+    return (0.5 * (kl_pm + kl_qm)).clamp(min=0.0)
+
+
+def l2(log_p: Tensor, log_q: Tensor) -> Tensor:
+    """Euclidean distance between the two probability vectors, per row."""
+    return (log_p.exp() - log_q.exp()).norm(dim=-1)

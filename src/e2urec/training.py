@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shutil
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +19,7 @@ from e2urec.checkpoint import load_model, save_model
 from e2urec.data.store import load_prepared
 from e2urec.engine import Batch, FitResult, TrainConfig, count_parameters, fit, make_accelerator
 from e2urec.errors import E2URecError
-from e2urec.evaluation import utility_metrics
+from e2urec.evaluation import jsd, l2, membership_inference_auc, mia_features, utility_metrics
 from e2urec.io import atomic_dir, write_json_atomic
 from e2urec.model.backbone import Backbone, load_backbone
 from e2urec.model.scoring import PromptSet, answer_logits, encode_prompts, p_yes_from_logits, per_sample
@@ -100,38 +100,37 @@ def add_lora(backbone: Backbone, r: int, alpha: int, dropout: float, targets: li
     backbone.model = get_peft_model(backbone.model, config)
 
 
-def fit_role(
+def fit_rows(
     samples: pd.DataFrame,
     manifest: dict,
-    role: str,
+    train_rows: pd.DataFrame,
     backbone_name: str,
     cfg: TrainConfig,
     accelerator: Accelerator,
     lora: dict | None = None,
+    prompts: list[str] | None = None,
     checkpoint_dir: Path | None = None,
+    desc: str = "train",
 ) -> tuple[Backbone, FitResult, dict]:
-    """Tune a fresh backbone on the rows a role names, early-stopped on valid; returns it and what happened."""
-    if role not in ROLES:
-        raise E2URecError(f"unknown role {role!r}; choose one of {', '.join(ROLES)}")
+    """Tune a fresh backbone on `train_rows`, early-stopped on the valid split; returns it, what the engine
+    reported, and the facts a model's meta.json records."""
     backbone = load_backbone(backbone_name, seed=cfg.seed)
     if lora:
         add_lora(backbone, lora["r"], lora["alpha"], lora["dropout"])
     else:
         backbone.model.requires_grad_(True)
-    train_rows = rows_for(samples, "train" if role == "original" else "retain")
     valid_rows = rows_for(samples, "valid")
-    prompts = prompts_seen_by_original(train_rows) if role == "original" else None
     data = {"train": prompt_set(backbone, train_rows, cfg.max_length, prompts)}
     valid = prompt_set(backbone, valid_rows, cfg.max_length)
     backbone.model.to(accelerator.device)
-    fingerprint = {"data": manifest["samples_sha256"], "role": role, "backbone": backbone_name, "lora": lora}
+    fingerprint = {"data": manifest["samples_sha256"], "rows": train_rows["sample_id"].tolist(),
+                   "backbone": backbone_name, "lora": lora}
     result = fit(backbone, AnswerCrossEntropy(backbone.kind), data, cfg,
                  valid_loss=valid_loss_fn(backbone, valid, cfg.eval_batch_size),
-                 checkpoint_dir=checkpoint_dir, fingerprint=fingerprint, accelerator=accelerator, desc=role)
+                 checkpoint_dir=checkpoint_dir, fingerprint=fingerprint, accelerator=accelerator, desc=desc)
     p_valid = per_sample_p_yes(backbone, valid, cfg.eval_batch_size, accelerator)
     trainable, total = count_parameters(backbone.model)
     facts = {
-        "role": role,
         "backbone": backbone_name,
         "base": {"backbone": backbone_name, "seed": cfg.seed},
         "lora": lora,
@@ -144,6 +143,17 @@ def fit_role(
         "valid": utility_metrics(valid_rows["label"].to_numpy(), p_valid),
     }
     return backbone, result, facts
+
+
+def role_rows(samples: pd.DataFrame, role: str) -> tuple[pd.DataFrame, list[str] | None]:
+    """Rows and prompt texts a role trains on: the Original saw every train row as it was before deletion;
+    Retrain sees only retained rows, in their rebuilt form."""
+    if role == "original":
+        rows = rows_for(samples, "train")
+        return rows, prompts_seen_by_original(rows)
+    if role == "retrain":
+        return rows_for(samples, "retain"), None
+    raise E2URecError(f"unknown role {role!r}; choose one of {', '.join(ROLES)}")
 
 
 def train(
@@ -166,10 +176,12 @@ def train(
     samples, manifest = load_prepared(data_dir)
     resume = out.parent / f".{out.name}.resume"
     started = time.perf_counter()
-    backbone, _, facts = fit_role(samples, manifest, role, backbone_name, cfg, accelerator,
+    rows, prompts = role_rows(samples, role)
+    backbone, _, facts = fit_rows(samples, manifest, rows, backbone_name, cfg, accelerator,
                                   {"r": lora_r, "alpha": lora_alpha, "dropout": lora_dropout} if lora else None,
-                                  checkpoint_dir=resume)
-    meta = {"e2urec_version": __version__, **facts, "train_seconds": round(time.perf_counter() - started, 3)}
+                                  prompts, checkpoint_dir=resume, desc=role)
+    meta = {"e2urec_version": __version__, "role": role, **facts,
+            "train_seconds": round(time.perf_counter() - started, 3)}
     meta["data"]["dir"] = str(Path(data_dir).resolve())
     if accelerator.is_main_process:
         with atomic_dir(out, overwrite=True) as tmp:
@@ -179,19 +191,80 @@ def train(
     return meta
 
 
-def evaluate(model_dir: Path, data_dir: Path, split: str, out: Path, batch_size: int = 64,
-             max_length: int | None = None) -> dict:
-    """P(yes) for every sample of a split, AUC/ACC/LogLoss, written to `out` (metrics.json, predictions)."""
+def sample_rows(rows: pd.DataFrame, n: int, seed: int, stream: int) -> pd.DataFrame:
+    if len(rows) <= n:
+        return rows
+    return rows.iloc[np.sort(np.random.default_rng([seed, stream]).choice(len(rows), size=n, replace=False))]
+
+
+def membership_auc(backbone: Backbone, samples: pd.DataFrame, targets: pd.DataFrame, p_targets: np.ndarray,
+                   cfg: EvalConfig, accelerator: Accelerator) -> float:
+    """MIA AUC of `targets` for this model: members are retained training samples, non-members test ones."""
+    members = sample_rows(rows_for(samples, "retain"), cfg.mia_samples, cfg.seed, 21)
+    non_members = sample_rows(rows_for(samples, "test"), 2 * cfg.mia_samples, cfg.seed, 22)
+    p_members, p_non = (per_sample_p_yes(backbone, prompt_set(backbone, r, cfg.max_length), cfg.batch_size,
+                                         accelerator) for r in (members, non_members))
+    return membership_inference_auc(mia_features(members["label"].to_numpy(), p_members),
+                                    mia_features(non_members["label"].to_numpy(), p_non),
+                                    mia_features(targets["label"].to_numpy(), p_targets), cfg.seed)
+
+
+def distances(model: Backbone, reference: Backbone, data: PromptSet, cfg: EvalConfig,
+              accelerator: Accelerator) -> dict:
+    """Mean JSD and L2 to the reference's answer-position distributions: full vocabulary (the paper's) and
+    the two answer tokens only."""
+    if model.answer_ids != reference.answer_ids or len(model.tokenizer) != len(reference.tokenizer):
+        raise E2URecError("--reference uses a different tokenizer; compare models of the same backbone")
+    answer = list(model.answer_ids)
+    model.model.eval()
+    reference.model.eval()
+
+    def fn(batch: Batch) -> torch.Tensor:
+        zp = answer_logits(model.model, batch, model.kind).float()
+        zq = answer_logits(reference.model, batch, reference.kind).float()
+        lp, lq = torch.log_softmax(zp, -1), torch.log_softmax(zq, -1)
+        yp, yq = torch.log_softmax(zp[:, answer], -1), torch.log_softmax(zq[:, answer], -1)
+        return torch.stack([jsd(lp, lq), l2(lp, lq), jsd(yp, yq), l2(yp, yq)], dim=1)
+
+    values = per_sample(model, data, fn, cfg.batch_size, accelerator, desc="distance").mean(0)
+    return dict(zip(("jsd", "l2", "jsd_yesno", "l2_yesno"), map(float, values), strict=True))
+
+
+@dataclass
+class EvalConfig:
+    batch_size: int = 64
+    max_length: int | None = None
+    mia_samples: int = 1000
+    seed: int = 0
+
+
+def evaluate(model_dir: Path, data_dir: Path, split: str, out: Path, cfg: EvalConfig | None = None,
+             reference: Path | None = None) -> dict:
+    """Score a split: P(yes), AUC/ACC/LogLoss; with a reference (Retrain) also JSD/L2 to it; on the forget
+    split also the membership-inference AUC (and the reference's own, the value to match)."""
+    cfg = cfg or EvalConfig()
     accelerator = make_accelerator()
     samples, manifest = load_prepared(data_dir)
-    backbone, meta = load_model(model_dir)
+    backbone, _ = load_model(model_dir)
     backbone.model.to(accelerator.device)
     rows = rows_for(samples, split)
     if rows.empty:
         raise E2URecError(f"{data_dir}: split {split!r} has no samples")
-    p = per_sample_p_yes(backbone, prompt_set(backbone, rows, max_length), batch_size, accelerator)
+    data = prompt_set(backbone, rows, cfg.max_length)
+    p = per_sample_p_yes(backbone, data, cfg.batch_size, accelerator)
     metrics = {**utility_metrics(rows["label"].to_numpy(), p), "split": split, "model": str(model_dir),
                "data_samples_sha256": manifest["samples_sha256"]}
+    ref = None
+    if reference is not None:
+        ref, _ = load_model(reference)
+        ref.model.to(accelerator.device)
+        metrics.update(distances(backbone, ref, data, cfg, accelerator))
+        metrics["reference"] = str(reference)
+    if split == "forget":
+        metrics["mia_auc"] = membership_auc(backbone, samples, rows, p, cfg, accelerator)
+        if ref is not None:
+            p_ref = per_sample_p_yes(ref, data, cfg.batch_size, accelerator)
+            metrics["mia_auc_reference"] = membership_auc(ref, samples, rows, p_ref, cfg, accelerator)
     if accelerator.is_main_process:
         with atomic_dir(out, overwrite=True) as tmp:
             pd.DataFrame({"sample_id": rows["sample_id"].to_numpy(), "p_yes": p,

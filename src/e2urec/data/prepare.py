@@ -135,10 +135,10 @@ def build_samples(raw: RawData, cfg: PrepareConfig) -> tuple[pd.DataFrame, dict]
         train_users = samples.loc[is_train, "user_id"]
         if cfg.forget_users is not None:
             wanted = _cast_like(pd.Series(cfg.forget_users), samples["user_id"], "--forget-users").unique()
-            unknown = sorted(set(wanted) - set(events["user_id"]))
+            unknown = sorted(set(wanted.tolist()) - set(events["user_id"].tolist()))
             if unknown:
                 raise E2URecError(f"--forget-users: {len(unknown)} ids are not in the dataset: {unknown[:20]}")
-            untrained = sorted(set(wanted) - set(train_users))
+            untrained = sorted(set(wanted.tolist()) - set(train_users.tolist()))
             if untrained:
                 raise E2URecError(
                     f"--forget-users: {len(untrained)} users have no training samples, nothing to forget: "

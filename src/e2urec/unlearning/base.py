@@ -14,10 +14,11 @@ import pandas as pd
 import torch
 from accelerate import Accelerator
 
-from e2urec.checkpoint import load_model
+from e2urec.checkpoint import META_FILE, load_model, save_model
 from e2urec.data.store import load_prepared
 from e2urec.engine import Batch, FitResult, TrainConfig, fit
 from e2urec.errors import E2URecError
+from e2urec.io import read_json
 from e2urec.model.backbone import Backbone
 from e2urec.model.scoring import PromptSet, answer_logits, per_sample
 from e2urec.training import add_lora, prompt_set, rows_for
@@ -42,10 +43,9 @@ class Job:
 
     def __post_init__(self) -> None:
         self.samples, self.manifest = load_prepared(self.data)
-        _, self.original_meta = load_model(self.original) if (self.original / "meta.json").is_file() else (
-            None, {})
-        if not self.original_meta:
+        if not (self.original / META_FILE).is_file():
             raise E2URecError(f"{self.original}: not a model directory written by `e2urec train`")
+        self.original_meta = read_json(self.original / META_FILE)
         if rows_for(self.samples, "forget").empty:
             raise E2URecError(f"{self.data}: the forget set is empty; nothing to unlearn")
 
@@ -103,9 +103,14 @@ class Method:
 
     def __init__(self, cfg: MethodConfig):
         self.cfg = cfg
+        self.facts: dict[str, Any] = {}  # method-specific entries for meta.json, set by run
 
     def run(self, job: Job) -> tuple[Backbone, FitResult]:
         raise NotImplementedError
+
+    def save(self, job: Job, backbone: Backbone, folder: Path, meta: dict) -> None:
+        """Write the unlearned model (adapter only, for a LoRA student) with its meta.json."""
+        save_model(backbone, folder, meta)
 
 
 class ObjectiveMethod(Method):

@@ -40,19 +40,6 @@ def compressed_soft_cross_entropy(student_logits: Tensor, top_i: Tensor, top_p: 
     return -((top_p * top_log).sum(-1) + rest * rest_log).mean()
 
 
-def jsd(log_p: Tensor, log_q: Tensor) -> Tensor:
-    """Jensen–Shannon divergence per row (natural log), from log-probabilities; symmetric, in [0, ln 2]."""
-    log_m = torch.logsumexp(torch.stack([log_p, log_q]), dim=0) - torch.log(torch.tensor(2.0))
-    kl_pm = (log_p.exp() * (log_p - log_m)).sum(-1)
-    kl_qm = (log_q.exp() * (log_q - log_m)).sum(-1)
-    return (0.5 * (kl_pm + kl_qm)).clamp(min=0.0)
-
-
-def l2(log_p: Tensor, log_q: Tensor) -> Tensor:
-    """Euclidean distance between the two probability vectors, per row."""
-    return (log_p.exp() - log_q.exp()).norm(dim=-1)
-
-
 def flip_targets(targets: Tensor, answer_ids: tuple[int, int]) -> Tensor:
     """Swap the Yes and No answer tokens (the reference code's 'Bad-T' labels)."""
     no_id, yes_id = answer_ids

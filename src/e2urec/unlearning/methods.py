@@ -82,6 +82,8 @@ class BadTeacherObjective(RetainForget):
 
 @register
 class NegGrad(ObjectiveMethod):
+    """Full fine-tune: CE on retain minus γ·CE on forget (gradient ascent)."""
+
     name = "neggrad"
     Config = GammaConfig
 
@@ -91,6 +93,8 @@ class NegGrad(ObjectiveMethod):
 
 @register
 class LabelFlip(ObjectiveMethod):
+    """Full fine-tune: CE on retain plus γ·CE on forget with Yes/No flipped (paper code's Bad-T)."""
+
     name = "label-flip"
     Config = GammaConfig
 
@@ -100,6 +104,8 @@ class LabelFlip(ObjectiveMethod):
 
 @register
 class BadTeacher(ObjectiveMethod):
+    """Published Bad Teacher: distil the Original on retain, a random untrained model on forget."""
+
     name = "badt"
 
     def attach_teachers(self, job: Job, backbone: Backbone, data: dict[str, PromptSet]) -> None:
@@ -157,6 +163,8 @@ class E2URecObjective:
 
 @register
 class E2URec(ObjectiveMethod):
+    """LoRA student; forgetting teacher on forget, the Original as remembering teacher on retain."""
+
     name = "e2urec"
     Config = E2URecConfig
     lora = True

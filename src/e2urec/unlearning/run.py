@@ -11,12 +11,12 @@ from typing import Any
 import torch
 
 from e2urec import __version__
-from e2urec.checkpoint import base_reference, save_model
+from e2urec.checkpoint import base_reference
 from e2urec.engine import FitResult, TrainConfig, count_parameters, make_accelerator
 from e2urec.errors import E2URecError
 from e2urec.io import atomic_dir
 from e2urec.model.backbone import Backbone
-from e2urec.training import fit_role
+from e2urec.training import fit_rows, role_rows
 from e2urec.unlearning.base import REGISTRY, Job, Method, MethodConfig, register
 
 
@@ -64,8 +64,9 @@ class Retrain(Method):
         meta = job.original_meta
         overrides = {k: v for k, v in asdict(self.cfg).items() if v is not None}
         cfg = TrainConfig(**{**meta["config"], **overrides})
-        backbone, result, _ = fit_role(job.samples, job.manifest, "retrain", meta["backbone"], cfg,
-                                       job.accelerator, meta.get("lora"), checkpoint_dir=job.work / "resume")
+        rows, _ = role_rows(job.samples, "retrain")
+        backbone, result, _ = fit_rows(job.samples, job.manifest, rows, meta["backbone"], cfg, job.accelerator,
+                                       meta.get("lora"), checkpoint_dir=job.work / "resume", desc="retrain")
         return backbone, result
 
 
@@ -85,9 +86,10 @@ def unlearn(method: str, original: Path, data: Path, out: Path, options: dict[st
     cfg: MethodConfig = cls.Config.from_options(options or {})
     accelerator = make_accelerator()
     job = Job(original, Path(data), out, out.parent / f".{out.name}.work", accelerator, keep_intermediates)
+    instance = cls(cfg)
     with PeakMemory() as peak:
         started = time.perf_counter()
-        model, result = cls(cfg).run(job)
+        model, result = instance.run(job)
         seconds = time.perf_counter() - started
     trainable, total = count_parameters(model.model)
     meta = {
@@ -106,6 +108,7 @@ def unlearn(method: str, original: Path, data: Path, out: Path, options: dict[st
         "steps": result.steps,
         "fit": asdict(result),
         "forget_samples": int(job.samples["forget"].sum()),
+        **instance.facts,
     }
     if cls.lora:
         meta["base"] = {"model": base_reference(out, original)}
@@ -113,7 +116,7 @@ def unlearn(method: str, original: Path, data: Path, out: Path, options: dict[st
         meta["base"] = {"backbone": job.original_meta["backbone"], "seed": result_seed(job, cfg)}
     if accelerator.is_main_process:
         with atomic_dir(out, overwrite=True) as tmp:
-            save_model(model, tmp, meta)
+            instance.save(job, model, tmp, meta)
         job.purge()
     accelerator.wait_for_everyone()
     return meta

@@ -1,0 +1,215 @@
+"""SISA and RecEraser as real systems: S shard models trained on disjoint parts of the training data and
+aggregated (SISA: mean of logits; RecEraser: user-group shards, attention learned on valid). Forgetting
+retrains only the shards that hold forget rows, and RecEraser re-learns its aggregation."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from safetensors.torch import save_file
+
+from e2urec import __version__
+from e2urec.checkpoint import AGGREGATOR_FILE, META_FILE, SYSTEM_FILE, load_model, save_model
+from e2urec.data.store import load_prepared
+from e2urec.engine import FitResult, TrainConfig, make_accelerator
+from e2urec.errors import E2URecError
+from e2urec.io import atomic_dir, read_json, write_json_atomic
+from e2urec.model.backbone import Backbone
+from e2urec.model.ensemble import AttentionAggregator, ShardEnsemble
+from e2urec.model.scoring import answer_logits, per_sample
+from e2urec.training import fit_rows, prompt_set, prompts_seen_by_original, rows_for
+from e2urec.unlearning.base import Job, Method, MethodConfig, register
+
+SYSTEMS = {"sisa": ("sisa_shard", "mean"), "receraser": ("receraser_shard", "attention")}
+
+
+def shard_dir(s: int) -> str:
+    return f"shard-{s}"
+
+
+def shard_ids(samples: pd.DataFrame, system: str) -> list[int]:
+    column = SYSTEMS[system][0]
+    return sorted(int(s) for s in samples.loc[samples["split"] == "train", column].unique() if s >= 0)
+
+
+def learn_aggregator(shards: list[Backbone], samples: pd.DataFrame, accelerator: Accelerator, seed: int,
+                     steps: int = 300) -> AttentionAggregator:
+    """Fit RecEraser's attention on the valid split: shard answer logits are computed once, then the small
+    aggregator is trained full-batch on the aggregated yes/no cross-entropy."""
+    valid = rows_for(samples, "valid")
+    answer = list(shards[0].answer_ids)
+    features = torch.stack([
+        torch.from_numpy(per_sample(b, prompt_set(b, valid), lambda batch, b=b: answer_logits(
+            b.model, batch, b.kind)[:, answer], 64, accelerator, desc="aggregator inputs"))
+        for b in shards
+    ])  # [S, N, 2]
+    labels = torch.tensor(valid["label"].to_numpy(dtype="int64"))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        aggregator = AttentionAggregator()
+    optimizer = torch.optim.Adam(aggregator.parameters(), lr=0.01)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        F.cross_entropy((aggregator(features) * features).sum(0), labels).backward()
+        optimizer.step()
+    return aggregator.eval()
+
+
+def write_system(folder: Path, system: str, shards: int, aggregator: AttentionAggregator | None, meta: dict) -> None:
+    write_json_atomic(folder / SYSTEM_FILE, {"type": system, "shards": [shard_dir(s) for s in range(shards)],
+                                             "aggregator": SYSTEMS[system][1]})
+    if aggregator is not None:
+        save_file({k: v.contiguous() for k, v in aggregator.state_dict().items()}, str(folder / AGGREGATOR_FILE))
+    write_json_atomic(folder / META_FILE, meta)
+
+
+def link_tree(source: Path, target: Path) -> None:
+    """Reuse an unchanged shard: hard links where the filesystem allows, copies otherwise."""
+    shutil.copytree(source, target, copy_function=_link_or_copy)
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def train_system(data_dir: Path, system: str, backbone_name: str, out: Path, cfg: TrainConfig,
+                 lora: dict | None = None, overwrite: bool = False) -> dict:
+    """`e2urec train --role sisa|receraser`: one model per shard on its training rows, then aggregation.
+
+    Finished shards are kept in a work folder beside `out`, so an interrupted run resumes shard by shard.
+    """
+    out = Path(out)
+    if out.exists() and not overwrite and (out / META_FILE).is_file():
+        raise E2URecError(f"{out}: a trained system is already there; pass --overwrite to replace it")
+    accelerator = make_accelerator()
+    samples, manifest = load_prepared(data_dir)
+    work = out.parent / f".{out.name}.work"
+    column = SYSTEMS[system][0]
+    started = time.perf_counter()
+    shards = shard_ids(samples, system)
+    trained: list[Backbone] = []
+    for s in shards:
+        folder = work / shard_dir(s)
+        if not (folder / META_FILE).is_file():
+            rows = rows_for(samples, "train")
+            rows = rows[rows[column] == s]
+            backbone, _, facts = fit_rows(samples, manifest, rows, backbone_name, cfg, accelerator, lora,
+                                          prompts_seen_by_original(rows), checkpoint_dir=work / f"resume-{s}",
+                                          desc=f"{system} shard {s}")
+            if accelerator.is_main_process:
+                with atomic_dir(folder, overwrite=True) as tmp:
+                    save_model(backbone, tmp, {"role": f"{system}-shard", "shard": s, **facts})
+            accelerator.wait_for_everyone()
+        trained.append(load_model(folder)[0])
+    aggregator = learn_aggregator(trained, samples, accelerator, cfg.seed) if SYSTEMS[system][1] == "attention" \
+        else None
+    shard_meta = [read_json(work / shard_dir(s) / META_FILE) for s in shards]
+    meta = {
+        "e2urec_version": __version__, "role": system, "backbone": backbone_name, "lora": lora,
+        "config": asdict(cfg), "data": {"dir": str(Path(data_dir).resolve()),
+                                        "samples_sha256": manifest["samples_sha256"]},
+        "shards": len(shards), "train_seconds": round(time.perf_counter() - started, 3),
+        "trainable_params": sum(m["trainable_params"] for m in shard_meta),
+        "total_params": sum(m["total_params"] for m in shard_meta),
+    }
+    if accelerator.is_main_process:
+        with atomic_dir(out, overwrite=True) as tmp:
+            for s in shards:
+                link_tree(work / shard_dir(s), tmp / shard_dir(s))
+            write_system(tmp, system, len(shards), aggregator, meta)
+        shutil.rmtree(work, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return meta
+
+
+@dataclass
+class ShardConfig(MethodConfig):
+    """Shards are retrained with the system's own recipe; a field set here (not None) overrides it."""
+
+    epochs: int | None = None
+    lr: float | None = None
+    batch_size: int | None = None
+    seed: int | None = None
+
+
+class ShardRetrain(Method):
+    """Retrain exactly the shards whose training rows include forget rows; reuse the others unchanged."""
+
+    Config = ShardConfig
+    system: str
+
+    def run(self, job: Job) -> tuple[Backbone, FitResult]:
+        meta = job.original_meta
+        if meta.get("role") != self.system:
+            raise E2URecError(f"{job.original}: --method {self.name} needs a {self.system} system trained with "
+                              f"`e2urec train --role {self.system}` (this model's role is {meta.get('role')!r})")
+        column = SYSTEMS[self.system][0]
+        train = rows_for(job.samples, "train")
+        affected = sorted(int(s) for s in train.loc[train["forget"], column].unique())
+        cfg = TrainConfig(**{**meta["config"], **{k: v for k, v in asdict(self.cfg).items() if v is not None}})
+        shards, results, retrained_params = [], [], 0
+        for s in range(meta["shards"]):
+            if s in affected:
+                rows = train[(train[column] == s) & ~train["forget"]]
+                backbone, result, facts = fit_rows(job.samples, job.manifest, rows, meta["backbone"], cfg,
+                                                   job.accelerator, meta.get("lora"),
+                                                   checkpoint_dir=job.work / f"resume-{s}",
+                                                   desc=f"{self.system} shard {s}")
+                results.append(result)
+                retrained_params += facts["trainable_params"]
+            else:
+                backbone = load_model(job.original / shard_dir(s))[0]
+            shards.append(backbone)
+        aggregator = learn_aggregator(shards, job.samples, job.accelerator, cfg.seed) \
+            if SYSTEMS[self.system][1] == "attention" else None
+        first = shards[0]
+        system = Backbone(ShardEnsemble([b.model for b in shards], first.answer_ids, aggregator), first.tokenizer,
+                          first.kind, first.name, first.answer_ids)
+        self.shards, self.affected, self.aggregator = shards, affected, aggregator
+        self.facts = {"retrained_shards": affected, "shards": meta["shards"], "trainable_params": retrained_params,
+                      "config": asdict(cfg)}
+        return system, FitResult(epochs_run=sum(r.epochs_run for r in results), steps=sum(r.steps for r in results),
+                                 seconds=sum(r.seconds for r in results), best_valid_loss=None,
+                                 history=[h for r in results for h in r.history])
+
+    def save(self, job: Job, backbone: Backbone, folder: Path, meta: dict) -> None:
+        for s, shard in enumerate(self.shards):
+            if s in self.affected:
+                save_model(shard, folder / shard_dir(s), {"role": f"{self.system}-shard", "shard": s,
+                                                          "backbone": job.original_meta["backbone"],
+                                                          "base": {"backbone": job.original_meta["backbone"],
+                                                                   "seed": self.facts["config"]["seed"]},
+                                                          "lora": job.original_meta.get("lora")})
+            else:
+                link_tree(job.original / shard_dir(s), folder / shard_dir(s))
+        write_system(folder, self.system, len(self.shards), self.aggregator, {**meta, "role": self.system,
+                                                                              "lora": job.original_meta.get("lora"),
+                                                                              "shards": len(self.shards)})
+
+
+@register
+class Sisa(ShardRetrain):
+    """SISA: retrain the random shards holding forget rows; mean of shard logits."""
+
+    name = "sisa"
+    system = "sisa"
+
+
+@register
+class RecEraser(ShardRetrain):
+    """RecEraser: retrain the user-group shards holding forget rows; re-learn the attention aggregation."""
+
+    name = "receraser"
+    system = "receraser"
+

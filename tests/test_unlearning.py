@@ -1,0 +1,129 @@
+"""Every unlearning method end to end on a tiny ML-100K slice: runs, writes meta, evaluates; plus E2URec's
+guarantees (frozen backbone, purged intermediates) and the shard systems' retrain-only-what-holds-forget."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from e2urec.checkpoint import load_model
+from e2urec.cli import app
+from e2urec.data.prepare import PrepareConfig, prepare
+from e2urec.data.sources import fetch
+from e2urec.data.store import load_prepared
+from e2urec.engine import TrainConfig
+from e2urec.training import EvalConfig, evaluate, rows_for, train
+from e2urec.unlearning import METHODS
+from e2urec.unlearning.run import unlearn
+from e2urec.unlearning.sharded import train_system
+
+runner = CliRunner()
+TINY = TrainConfig(epochs=1, lr=1e-3, batch_size=16, max_steps=3, eval_batch_size=64)
+QUICK = {"max_steps": 2, "batch_size": 8}
+META_KEYS = {"method", "unlearn_seconds", "trainable_params", "total_params", "peak_memory_bytes", "steps",
+             "hyperparameters"}
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("unlearn")
+    prepare(PrepareConfig("ml-100k", data_dir=str(fetch("ml-100k").path), last_n=300, forget_fraction=0.2),
+            root / "data")
+    train(root / "data", "original", "tiny", root / "original", TINY)
+    return root
+
+
+@pytest.mark.parametrize("method", ["e2urec", "neggrad", "label-flip", "badt", "retrain"])
+def test_method_runs_writes_meta_and_evaluates(run: Path, method: str) -> None:
+    options = {**QUICK, "aug_steps": 2} if method == "e2urec" else ({"epochs": 1} if method == "retrain" else QUICK)
+    out = run / method
+    meta = unlearn(method, run / "original", run / "data", out, options, overwrite=True)
+    assert set(meta) >= META_KEYS
+    on_disk = json.loads((out / "meta.json").read_text())
+    assert on_disk["method"] == method and on_disk["unlearn_seconds"] > 0 and on_disk["steps"] > 0
+    assert 0 < on_disk["trainable_params"] <= on_disk["total_params"]
+    metrics = evaluate(out, run / "data", "forget", run / f"{method}-eval", EvalConfig(mia_samples=50),
+                       reference=run / "original")
+    assert {"auc", "jsd", "l2", "jsd_yesno", "l2_yesno", "mia_auc", "mia_auc_reference"} <= set(metrics)
+    assert 0 <= metrics["jsd"] <= 0.6932 and 0 <= metrics["mia_auc"] <= 1
+    assert not (run / f".{method}.work").exists(), "intermediates are purged"
+
+
+def test_e2urec_changes_only_adapters_and_purges_forget_derived_files(run: Path) -> None:
+    out = run / "e2urec-kept"
+    meta = unlearn("e2urec", run / "original", run / "data", out, {**QUICK, "aug_steps": 2},
+                   keep_intermediates=True, overwrite=True)
+    work = run / ".e2urec-kept.work"
+    assert (work / "augmented" / "model.safetensors").is_file(), "--keep-intermediates keeps the augmented model"
+    assert meta["trainable_params"] < 0.05 * meta["total_params"]
+    original = load_file(run / "original" / "model.safetensors")
+    student, _ = load_model(out)
+    changed_adapters = 0
+    for name, value in student.model.named_parameters():
+        if "lora_" in name:
+            changed_adapters += int("lora_B" in name and bool(value.abs().sum() > 0))
+            continue
+        plain = name.removeprefix("base_model.model.").replace(".base_layer", "")
+        assert torch.equal(original[plain], value.detach()), f"{plain} is no longer the Original's"
+    assert changed_adapters > 0, "LoRA B matrices start at zero; training must have moved them"
+    assert set(load_file(out / "adapter_model.safetensors")) and not (out / "model.safetensors").exists()
+    unlearn("e2urec", run / "original", run / "data", run / "e2urec-purged", {**QUICK, "aug_steps": 2})
+    assert not (run / ".e2urec-purged.work").exists()
+    leftovers = [p for p in (run / "e2urec-purged").rglob("*") if "augment" in p.name or "teacher" in p.name]
+    assert leftovers == []
+
+
+def test_registry_lists_every_method() -> None:
+    assert set(METHODS) == {"e2urec", "retrain", "neggrad", "badt", "label-flip", "sisa", "receraser"}
+    result = runner.invoke(app, ["methods"])
+    assert result.exit_code == 0 and "e2urec" in result.output and "alpha=2.0" in result.output
+
+
+@pytest.fixture(scope="module")
+def one_user_run(run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Forget one user: their rows sit in one RecEraser shard (user groups) but not in every SISA shard."""
+    samples, _ = load_prepared(run / "data")
+    train_rows = rows_for(samples, "train")
+    user = train_rows["user_id"].value_counts().index[-1]
+    root = tmp_path_factory.mktemp("one-user")
+    prepare(PrepareConfig("ml-100k", data_dir=str(fetch("ml-100k").path), last_n=300, forget_users=[str(user)]),
+            root / "data")
+    return root
+
+
+@pytest.mark.parametrize("system", ["sisa", "receraser"])
+def test_shard_systems_retrain_exactly_the_shards_holding_forget_rows(one_user_run: Path, system: str) -> None:
+    root = one_user_run
+    train_system(root / "data", system, "tiny", root / system, TINY)
+    samples, _ = load_prepared(root / "data")
+    column = f"{system}_shard"
+    expected = sorted(int(s) for s in samples.loc[samples["forget"], column].unique())
+    meta = unlearn(system, root / system, root / "data", root / f"{system}-u", {"max_steps": 2}, overwrite=True)
+    assert meta["retrained_shards"] == expected and len(expected) < meta["shards"]
+    for s in range(meta["shards"]):
+        before = (root / system / f"shard-{s}" / "model.safetensors").read_bytes()
+        after = (root / f"{system}-u" / f"shard-{s}" / "model.safetensors").read_bytes()
+        assert (before != after) == (s in expected), f"shard {s}"
+    if system == "receraser":
+        assert (root / f"{system}-u" / "aggregator.safetensors").is_file()
+    metrics = evaluate(root / f"{system}-u", root / "data", "test", root / f"{system}-eval")
+    assert metrics["n"] == len(rows_for(samples, "test"))
+
+
+def test_unlearn_cli_reports_and_rejects_bad_options(run: Path, tmp_path: Path) -> None:
+    result = runner.invoke(app, ["unlearn", "--method", "neggrad", "--model", str(run / "original"), "--data",
+                                 str(run / "data"), "--out", str(tmp_path / "n"), "--max-steps", "1",
+                                 "--set", "gamma=0.5"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "n" / "meta.json").read_text())["hyperparameters"]["gamma"] == 0.5
+    for args, message in ((["--method", "nope"], "unknown method"), (["--method", "neggrad", "--set", "alpha=1"],
+                                                                      "alpha"),
+                          (["--method", "sisa"], "needs a sisa system")):
+        bad = runner.invoke(app, ["unlearn", "--model", str(run / "original"), "--data", str(run / "data"),
+                                  "--out", str(tmp_path / "x"), *args])
+        assert bad.exit_code == 2 and message in bad.output, bad.output
