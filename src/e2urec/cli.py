@@ -263,6 +263,22 @@ def unlearn(
 
 
 @app.command()
+@friendly
+def anchor(
+    data: Annotated[Path, typer.Option(help="prepared data folder")],
+    split: Annotated[str, typer.Option(help="split to score")] = "test",
+) -> None:
+    """A non-LLM reference on the same split: logistic regression on user and item one-hots."""
+    from e2urec.data.store import load_prepared
+    from e2urec.evaluation import one_hot_anchor
+
+    samples, _ = load_prepared(data)
+    metrics = one_hot_anchor(samples, split)
+    print_counts(f"one-hot logistic regression, {split}", {k: v if isinstance(v, int) else round(v, 4)
+                                                            for k, v in metrics.items()})
+
+
+@app.command()
 def methods() -> None:
     """List the unlearning methods and their options with defaults (set them with `unlearn --set k=v`)."""
     import dataclasses

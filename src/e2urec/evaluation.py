@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import torch
 from sklearn.metrics import log_loss, roc_auc_score
 from torch import Tensor
@@ -60,3 +61,23 @@ def jsd(log_p: Tensor, log_q: Tensor) -> Tensor:
 def l2(log_p: Tensor, log_q: Tensor) -> Tensor:
     """Euclidean distance between the two probability vectors, per row."""
     return (log_p.exp() - log_q.exp()).norm(dim=-1)
+
+
+def one_hot_anchor(samples: pd.DataFrame, split: str = "test", seed: int = 0) -> dict:
+    """A simple non-LLM reference: logistic regression on user and item one-hots, fit on the train split.
+
+    It tells whether an LLMRec model learned more than user and item biases; ids unseen in training fall
+    back to the intercept.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import OneHotEncoder
+
+    train = samples[samples["split"] == "train"]
+    target = samples[samples["split"] == split]
+    encoder = OneHotEncoder(handle_unknown="ignore")
+    columns = ["user_id", "item_id"]
+    x_train = encoder.fit_transform(train[columns].astype(str))
+    x_target = encoder.transform(target[columns].astype(str))
+    model = LogisticRegression(C=1.0, max_iter=2000, random_state=seed)
+    model.fit(x_train, train["label"].to_numpy())
+    return utility_metrics(target["label"].to_numpy(), model.predict_proba(x_target)[:, 1])

@@ -1,0 +1,33 @@
+"""Readers registry: dataset name → function returning the tidy RawData shape."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from pathlib import Path
+
+from e2urec.data.readers.csv import read_csv_interactions
+from e2urec.data.readers.goodreads import read_goodreads
+from e2urec.data.readers.movielens import read_ml1m, read_ml100k
+from e2urec.data.tables import RawData
+from e2urec.errors import E2URecError
+
+READERS: dict[str, Callable[..., RawData]] = {
+    "ml-100k": read_ml100k,
+    "ml-1m": read_ml1m,
+    "goodreads": read_goodreads,
+    "csv": read_csv_interactions,
+}
+ITEM_NOUN = {"ml-100k": "movie", "ml-1m": "movie", "goodreads": "book", "csv": "item"}
+
+
+def read_dataset(name: str, path: Path, **options: object) -> RawData:
+    """Read dataset `name` from `path`; options a reader does not take are refused up front, not as a TypeError."""
+    if name not in READERS:
+        raise E2URecError(f"unknown dataset {name!r}; known: {', '.join(sorted(READERS))}")
+    reader = READERS[name]
+    try:
+        inspect.signature(reader).bind(path, **options)
+    except TypeError as exc:
+        raise E2URecError(f"dataset {name!r} does not take these reader options: {exc}") from exc
+    return reader(Path(path), **options)
