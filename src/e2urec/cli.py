@@ -279,6 +279,52 @@ def anchor(
 
 
 @app.command()
+@friendly
+def bench(
+    out: Annotated[Path, typer.Option(help="run folder (rerun to resume; finished stages are skipped)")],
+    dataset: Annotated[str, typer.Option(help="ml-100k | ml-1m | goodreads | csv")] = "ml-100k",
+    backbone: Annotated[str, typer.Option(help="tiny | tiny-t5 | smollm2-135m | hub id | local path")] = "tiny",
+    preset: Annotated[str, typer.Option(help="demo (≤10 min CPU) | cpu (~1 h CPU) | paper (full, GPU)")] = "demo",
+    data_dir: Annotated[Path | None, typer.Option(help="dataset folder (needed for all but ml-100k)")] = None,
+    seeds: Annotated[str | None, typer.Option(help="comma-separated seeds (preset default: 0,1,2)")] = None,
+) -> None:
+    """Reproduce the paper's comparison: every method, mean ± std over seeds, report.md with plots."""
+    from e2urec.bench import bench as run_bench
+
+    chosen = tuple(int(s) for s in parse_ids(seeds)) if seeds else None
+    results = run_bench(dataset, backbone, preset, out, data_dir, chosen, log=out_console.print)
+    show_results(results, out)
+
+
+def show_results(results: dict, out: Path) -> None:
+    from e2urec.report import COLUMNS, cell
+
+    table = Table(title=f"{results['config']['preset']} bench, mean ± std over {len(results['per_seed'])} seeds")
+    table.add_column("method")
+    keys = ["auc", "forget_auc", "jsd", "mia_auc", "unlearn_seconds", "time_vs_retrain"]
+    labels = dict((k, label) for k, label, _ in COLUMNS)
+    digits = dict((k, d) for k, _, d in COLUMNS)
+    for key in keys:
+        table.add_column(labels[key], justify="right")
+    for row in results["methods"]:
+        table.add_row(row["method"], *[cell(row, k, digits[k]) for k in keys])
+    out_console.print(table)
+    out_console.print(f"report: {out / 'report.md'}")
+
+
+@app.command()
+@friendly
+def demo(
+    out: Annotated[Path, typer.Option(help="run folder")] = Path("runs/demo"),
+) -> None:
+    """The main job: the demo bench on real MovieLens-100K with the tiny backbone, offline, in minutes."""
+    from e2urec.bench import bench as run_bench
+
+    results = run_bench("ml-100k", "tiny", "demo", out, log=out_console.print)
+    show_results(results, out)
+
+
+@app.command()
 def methods() -> None:
     """List the unlearning methods and their options with defaults (set them with `unlearn --set k=v`)."""
     import dataclasses

@@ -51,17 +51,20 @@ def sisa_shards(n_train: int, shards: int, seed: int) -> np.ndarray:
 def receraser_shards(
     users: np.ndarray, items: np.ndarray, ratings: np.ndarray, shards: int, seed: int, iterations: int = 10
 ) -> dict:
-    """RecEraser's balanced partition: similar users share a shard, every shard holds about as many users.
+    """RecEraser's balanced partition: similar users share a shard, and shards hold similar amounts of data.
 
-    Users are embedded by a truncated SVD of their (centred) rating vectors, clustered by k-means, then
-    re-assigned greedily, closest (user, centroid) pairs first, under a capacity of ceil(users/shards), and
-    centroids re-estimated; a few rounds of that converge. Returns {user_id: shard}.
+    Users are embedded by a truncated SVD of their (centred) rating vectors and clustered by k-means; then
+    users are re-assigned greedily, closest (user, centroid) pairs first, under a capacity of
+    1/shards of the training rows (RecEraser caps users; rows are capped here because a few heavy users
+    would otherwise leave some shards with almost nothing to train on), and centroids re-estimated; a few
+    rounds converge. Returns {user_id: shard}.
     """
     user_codes, user_ids = pd.factorize(users, sort=True)
     item_codes, _ = pd.factorize(items, sort=True)
     n_users = len(user_ids)
     if n_users < shards:
         raise E2URecError(f"--shards {shards} exceeds the {n_users} training users; use fewer shards")
+    weight = np.bincount(user_codes, minlength=n_users)
     matrix = csr_matrix((ratings - 3.0, (user_codes, item_codes)), shape=(n_users, item_codes.max() + 1))
     dims = max(1, min(32, min(matrix.shape) - 1))
     if dims < min(matrix.shape):
@@ -70,23 +73,25 @@ def receraser_shards(
         vectors = matrix.toarray()
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True) + 1e-12
     centroids = KMeans(n_clusters=shards, n_init=4, random_state=seed).fit(vectors).cluster_centers_
-    capacity = -(-n_users // shards)
+    capacity = -(-weight.sum() // shards)
     assignment = np.full(n_users, -1)
     for _ in range(iterations):
         dist = ((vectors[:, None, :] - centroids[None, :, :]) ** 2).sum(-1)
         order = np.argsort(dist, axis=None, kind="stable")
         assignment = np.full(n_users, -1)
         load = np.zeros(shards, dtype=np.int64)
-        placed = 0
         for flat in order:
             user, shard = divmod(int(flat), shards)
-            if assignment[user] < 0 and load[shard] < capacity:
+            if assignment[user] < 0 and load[shard] + weight[user] <= capacity:
                 assignment[user] = shard
-                load[shard] += 1
-                placed += 1
-                if placed == n_users:
-                    break
-        new = np.stack([vectors[assignment == s].mean(0) for s in range(shards)])
+                load[shard] += weight[user]
+        # Users too heavy to fit anywhere go, heaviest first, to the least loaded shard.
+        for user in sorted(np.flatnonzero(assignment < 0), key=lambda u: -weight[u]):
+            shard = int(load.argmin())
+            assignment[user] = shard
+            load[shard] += weight[user]
+        new = np.stack([vectors[assignment == s].mean(0) if (assignment == s).any() else centroids[s]
+                        for s in range(shards)])
         if np.allclose(new, centroids):
             break
         centroids = new

@@ -1,0 +1,118 @@
+"""Turn per-seed bench results into report.md, results.json, results.csv and two plots.
+
+Every number is a mean ± std over seeds: on CPU-sized slices one seed moves AUC by several points, so a
+single run cannot rank methods.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from e2urec.io import write_json_atomic  # noqa: E402
+
+COLUMNS = [
+    ("auc", "test AUC", 4), ("acc", "test ACC", 4), ("logloss", "test LogLoss", 4),
+    ("forget_auc", "forget AUC", 4), ("jsd", "JSD ↓", 4), ("l2", "L2 ↓", 4), ("jsd_yesno", "JSD yes/no ↓", 5),
+    ("mia_auc", "MIA AUC", 3), ("unlearn_seconds", "unlearn s", 1), ("time_vs_retrain", "× Retrain time", 3),
+]
+
+
+def summarise(per_seed: dict[int, dict[str, dict]]) -> list[dict]:
+    """One row per method: mean and std (over seeds) of every numeric metric."""
+    methods = list(next(iter(per_seed.values())))
+    rows = []
+    for method in methods:
+        row: dict = {"method": method, "seeds": len(per_seed)}
+        keys = per_seed[next(iter(per_seed))][method].keys()
+        for key in keys:
+            values = [per_seed[s][method][key] for s in per_seed]
+            if any(v is None for v in values):
+                row[key], row[f"{key}_std"] = None, None
+                continue
+            row[key] = float(np.mean(values))
+            row[f"{key}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+        if row.get("trainable_params") and row.get("total_params"):
+            row["trainable_share"] = row["trainable_params"] / row["total_params"]
+        rows.append(row)
+    return rows
+
+
+def cell(row: dict, key: str, digits: int) -> str:
+    value = row.get(key)
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    std = row.get(f"{key}_std") or 0.0
+    return f"{value:.{digits}f} ± {std:.{digits}f}" if row["seeds"] > 1 else f"{value:.{digits}f}"
+
+
+def markdown_table(rows: list[dict]) -> str:
+    header = ["method", *[label for _, label, _ in COLUMNS], "trainable params"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        share = row.get("trainable_share")
+        params = f"{row['trainable_params']:,.0f} ({share:.2%})" if share is not None else "—"
+        lines.append("| " + " | ".join([row["method"], *[cell(row, k, d) for k, _, d in COLUMNS], params]) + " |")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], out: Path) -> list[str]:
+    """Utility vs forgetting (test AUC against JSD to Retrain) and unlearning time per method."""
+    frame = pd.DataFrame(rows).set_index("method")
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for method, r in frame.iterrows():
+        ax.errorbar(r["jsd"], r["auc"], xerr=r.get("jsd_std") or 0, yerr=r.get("auc_std") or 0, fmt="o",
+                    capsize=3, label=method)
+    ax.set_xlabel("JSD to Retrain on the forget set (lower = closer to exact unlearning)")
+    ax.set_ylabel("test AUC (utility)")
+    ax.set_title("utility vs forgetting")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "utility_vs_forgetting.png", dpi=120)
+    plt.close(fig)
+    timed = frame[frame["unlearn_seconds"].notna()]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.bar(timed.index, timed["unlearn_seconds"], yerr=timed["unlearn_seconds_std"].fillna(0), capsize=3)
+    ax.set_yscale("log")
+    ax.set_ylabel("unlearning wall time (s, log scale)")
+    ax.set_title("time per method")
+    plt.setp(ax.get_xticklabels(), rotation=30, ha="right")
+    fig.tight_layout()
+    fig.savefig(out / "time_per_method.png", dpi=120)
+    plt.close(fig)
+    return ["utility_vs_forgetting.png", "time_per_method.png"]
+
+
+def write_report(out: Path, per_seed: dict[int, dict[str, dict]], config: dict, machine: dict) -> dict:
+    rows = summarise(per_seed)
+    plots = plot(rows, out)
+    retrain = next(r for r in rows if r["method"] == "retrain")
+    results = {"methods": rows, "per_seed": {str(k): v for k, v in per_seed.items()}, "config": config,
+               "machine": machine}
+    write_json_atomic(out / "results.json", results)
+    pd.DataFrame(rows).to_csv(out / "results.csv", index=False)
+    text = [
+        f"# e2urec bench: {config['dataset']}, backbone {config['backbone']}, preset {config['preset']}",
+        "",
+        f"Mean ± std over seeds {list(per_seed)}. Forget-set metrics compare each model with the Retrain model "
+        "(exact unlearning): JSD/L2 over the full-vocabulary answer distribution (JSD yes/no: the two answer "
+        "tokens only); MIA AUC near Retrain's means the forget set looks unseen. The Original row is the gap to "
+        "close; × Retrain time is unlearning wall time relative to Retrain.",
+        "",
+        markdown_table(rows),
+        "",
+        f"Retrain's own MIA AUC on the forget set (the value to match): {cell(retrain, 'mia_auc_retrain', 3)}",
+        "",
+        *[f"![{p}]({p})" for p in plots],
+        "",
+        f"Machine: {machine}",
+    ]
+    (out / "report.md").write_text("\n".join(text) + "\n")
+    return results
