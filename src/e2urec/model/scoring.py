@@ -179,29 +179,23 @@ def per_sample(
     return out
 
 
-def score(
-    backbone: Backbone,
-    prompts: Sequence[str],
-    batch_size: int = 32,
-    max_length: int | None = None,
-    progress: bool = False,
-) -> np.ndarray:
+def over_prompts(backbone: Backbone, prompts: Sequence[str], fn: Callable[[Tensor], Tensor], batch_size: int = 32,
+                 max_length: int | None = None, progress: bool = False) -> np.ndarray:
+    """`fn(answer-position logits)` per prompt, in input order."""
+    data = PromptSet(encode_prompts(backbone.tokenizer, prompts, max_length))
+    return per_sample(backbone, data, lambda b: fn(answer_logits(backbone.model, b, backbone.kind)), batch_size,
+                      progress=progress)
+
+
+def score(backbone: Backbone, prompts: Sequence[str], batch_size: int = 32, max_length: int | None = None,
+          progress: bool = False) -> np.ndarray:
     """P(yes) per prompt, in input order."""
-    data = PromptSet(encode_prompts(backbone.tokenizer, prompts, max_length))
-    return per_sample(backbone, data, lambda b: p_yes_from_logits(answer_logits(backbone.model, b, backbone.kind),
-                                                                  backbone.answer_ids),
-                      batch_size, progress=progress)
+    return over_prompts(backbone, prompts, lambda z: p_yes_from_logits(z, backbone.answer_ids), batch_size,
+                        max_length, progress)
 
 
-def answer_distributions(
-    backbone: Backbone,
-    prompts: Sequence[str],
-    batch_size: int = 32,
-    max_length: int | None = None,
-    progress: bool = False,
-) -> Tensor:
+def answer_distributions(backbone: Backbone, prompts: Sequence[str], batch_size: int = 32,
+                         max_length: int | None = None, progress: bool = False) -> Tensor:
     """Full-vocabulary log-probabilities [N, V] at the answer position, in input order (for JSD/L2)."""
-    data = PromptSet(encode_prompts(backbone.tokenizer, prompts, max_length))
-    return torch.from_numpy(per_sample(
-        backbone, data, lambda b: torch.log_softmax(answer_logits(backbone.model, b, backbone.kind).float(), -1),
-        batch_size, progress=progress))
+    return torch.from_numpy(over_prompts(backbone, prompts, lambda z: torch.log_softmax(z.float(), -1), batch_size,
+                                         max_length, progress))

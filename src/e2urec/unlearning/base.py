@@ -5,7 +5,7 @@ choice of trainable parameters; the engine (`e2urec.engine.fit`) trains it like 
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -82,6 +82,19 @@ class MethodConfig:
         if unknown:
             raise E2URecError(f"{cls.__name__}: unknown options {unknown}; known: {sorted(known)}")
         return cls(**options)
+
+
+@dataclass
+class RecipeOverrides(MethodConfig):
+    """For methods that retrain with the trained model's own recipe; a field set here (not None) overrides it."""
+
+    epochs: int | None = None
+    lr: float | None = None
+    batch_size: int | None = None
+    seed: int | None = None
+
+    def recipe(self, config: dict) -> TrainConfig:
+        return TrainConfig(**{**config, **{k: v for k, v in asdict(self).items() if v is not None}})
 
 
 REGISTRY: dict[str, type[Method]] = {}

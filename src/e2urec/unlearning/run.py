@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -12,12 +12,12 @@ import torch
 
 from e2urec import __version__
 from e2urec.checkpoint import base_reference
-from e2urec.engine import FitResult, TrainConfig, count_parameters, make_accelerator
+from e2urec.engine import FitResult, count_parameters, make_accelerator
 from e2urec.errors import E2URecError
 from e2urec.io import atomic_dir
 from e2urec.model.backbone import Backbone
 from e2urec.training import fit_rows, role_rows
-from e2urec.unlearning.base import REGISTRY, Job, Method, MethodConfig, register
+from e2urec.unlearning.base import REGISTRY, Job, Method, MethodConfig, RecipeOverrides, register
 
 
 class PeakMemory:
@@ -43,27 +43,16 @@ class PeakMemory:
                     self.bytes = int(line.split()[1]) * 1024
 
 
-@dataclass
-class RetrainConfig(MethodConfig):
-    """Retrain follows the Original's recipe; a field set here (not None) overrides that recipe."""
-
-    epochs: int | None = None
-    lr: float | None = None
-    batch_size: int | None = None
-    seed: int | None = None
-
-
 @register
 class Retrain(Method):
     """Exact unlearning: the Original's own recipe (backbone, LoRA or not, optimiser) on the retain set only."""
 
     name = "retrain"
-    Config = RetrainConfig
+    Config = RecipeOverrides
 
     def run(self, job: Job) -> tuple[Backbone, FitResult]:
         meta = job.original_meta
-        overrides = {k: v for k, v in asdict(self.cfg).items() if v is not None}
-        cfg = TrainConfig(**{**meta["config"], **overrides})
+        cfg = self.cfg.recipe(meta["config"])
         rows, _ = role_rows(job.samples, "retrain")
         backbone, result, _ = fit_rows(job.samples, job.manifest, rows, meta["backbone"], cfg, job.accelerator,
                                        meta.get("lora"), checkpoint_dir=job.work / "resume", desc="retrain")

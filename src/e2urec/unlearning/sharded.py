@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import pandas as pd
@@ -26,7 +26,7 @@ from e2urec.model.backbone import Backbone
 from e2urec.model.ensemble import AttentionAggregator, ShardEnsemble
 from e2urec.model.scoring import answer_logits, per_sample
 from e2urec.training import fit_rows, prompt_set, prompts_seen_by_original, rows_for
-from e2urec.unlearning.base import Job, Method, MethodConfig, register
+from e2urec.unlearning.base import Job, Method, RecipeOverrides, register
 
 SYSTEMS = {"sisa": ("sisa_shard", "mean"), "receraser": ("receraser_shard", "attention")}
 
@@ -133,20 +133,10 @@ def train_system(data_dir: Path, system: str, backbone_name: str, out: Path, cfg
     return meta
 
 
-@dataclass
-class ShardConfig(MethodConfig):
-    """Shards are retrained with the system's own recipe; a field set here (not None) overrides it."""
-
-    epochs: int | None = None
-    lr: float | None = None
-    batch_size: int | None = None
-    seed: int | None = None
-
-
 class ShardRetrain(Method):
     """Retrain exactly the shards whose training rows include forget rows; reuse the others unchanged."""
 
-    Config = ShardConfig
+    Config = RecipeOverrides
     system: str
 
     def run(self, job: Job) -> tuple[Backbone, FitResult]:
@@ -157,7 +147,7 @@ class ShardRetrain(Method):
         column = SYSTEMS[self.system][0]
         train = rows_for(job.samples, "train")
         affected = sorted(int(s) for s in train.loc[train["forget"], column].unique())
-        cfg = TrainConfig(**{**meta["config"], **{k: v for k, v in asdict(self.cfg).items() if v is not None}})
+        cfg = self.cfg.recipe(meta["config"])
         shards, results, retrained_params = [], [], 0
         for s in range(meta["shards"]):
             if s in affected:
