@@ -5,7 +5,7 @@
 - length-sorted batches against the same batches in random order (more padding), P(yes) checked equal;
 - training samples/s of the tiny backbone (full fine-tune) and SmolLM2-135M with LoRA, on the one engine.
 
-Prints one JSON object. Usage: python benchmarks/scoring.py [--skip-smollm2] [--prompts 8] [--repeats 5]
+Prints one JSON object. Usage: python benchmarks/scoring.py [--skip-smollm2] [--prompts 8,32] [--repeats 5]
 """
 
 from __future__ import annotations
@@ -119,7 +119,7 @@ def training_rate(name: str, rows, lora: bool, batch_size: int, steps: int) -> d
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--skip-smollm2", action="store_true", help="tiny backbone only")
-    parser.add_argument("--prompts", type=int, default=8, help="prompts in the last-vs-full batch")
+    parser.add_argument("--prompts", default="8,32", help="batch sizes (prompts) for last-vs-full, comma-separated")
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -131,8 +131,10 @@ def main() -> None:
     train_rows = rows_for(samples, "train")
     prompts = rows_for(samples, "test")["prompt"].tolist()
     names = ["tiny"] if args.skip_smollm2 else ["tiny", "smollm2-135m"]
+    sizes = [int(n) for n in args.prompts.split(",")]
     report["last_position_vs_full_logits"] = {
-        name: last_vs_full(load_backbone(name), prompts[:args.prompts], args.repeats) for name in names}
+        name: [last_vs_full(backbone, prompts[:n], args.repeats) for n in sizes]
+        for name, backbone in ((name, load_backbone(name)) for name in names)}
     report["length_sorted_vs_random_batches"] = {
         "tiny": sorted_vs_unsorted(load_backbone("tiny"), prompts[:256], 32, args.repeats)}
     if not args.skip_smollm2:

@@ -236,6 +236,7 @@ class EvalConfig:
     max_length: int | None = None
     mia_samples: int = 1000
     seed: int = 0
+    reference_mia: bool = True  # also attack the reference; a bench that evaluates Retrain itself skips it
 
 
 def evaluate(model_dir: Path, data_dir: Path, split: str, out: Path, cfg: EvalConfig | None = None,
@@ -262,7 +263,7 @@ def evaluate(model_dir: Path, data_dir: Path, split: str, out: Path, cfg: EvalCo
         metrics["reference"] = str(reference)
     if split == "forget":
         metrics["mia_auc"] = membership_auc(backbone, samples, rows, p, cfg, accelerator)
-        if ref is not None:
+        if ref is not None and cfg.reference_mia:
             p_ref = per_sample_p_yes(ref, data, cfg.batch_size, accelerator)
             metrics["mia_auc_reference"] = membership_auc(ref, samples, rows, p_ref, cfg, accelerator)
     if accelerator.is_main_process:
