@@ -217,3 +217,12 @@ def test_user_with_no_training_rows_cannot_be_forgotten(ml100k: Path, tmp_path: 
                                  "2000", "--forget-users", "1", "--out", str(tmp_path / "o")])
     assert result.exit_code == 2
     assert "no training samples" in result.output
+
+
+def test_a_larger_forget_fraction_forgets_a_superset() -> None:
+    from e2urec.data.splits import choose_forget_users
+
+    users = np.arange(200)
+    small, large = (set(choose_forget_users(users, f, seed=3).tolist()) for f in (0.05, 0.4))
+    assert len(small) == 10 and len(large) == 80 and small < large
+    assert set(choose_forget_users(users, 0.05, seed=4).tolist()) != small

@@ -39,6 +39,7 @@ def write_json_atomic(path: str | Path, data: Any) -> None:
         with os.fdopen(fd, "w") as fh:
             json.dump(data, fh, indent=2, sort_keys=True, default=str)
             fh.write("\n")
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; manifests and metrics are for others to read too
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -34,12 +34,15 @@ def temporal_split(n: int, fractions: tuple[float, float, float] = (0.6, 0.2, 0.
 
 
 def choose_forget_users(train_users: np.ndarray, fraction: float, seed: int) -> np.ndarray:
-    """A seeded random `fraction` of the distinct train users (at least one), returned sorted."""
+    """A seeded random `fraction` of the distinct train users (at least one), returned sorted.
+
+    The users are a prefix of one seeded permutation, so with the same seed a larger fraction forgets a superset
+    of a smaller one (forget-size sweeps grow one set instead of drawing unrelated ones)."""
     if not 0.0 < fraction < 1.0:
         raise E2URecError(f"--forget-fraction must be strictly between 0 and 1, got {fraction}")
     users = np.sort(pd.unique(train_users))
     count = max(1, int(round(fraction * len(users))))
-    chosen = rng(seed, STREAM_FORGET).choice(len(users), size=count, replace=False)
+    chosen = rng(seed, STREAM_FORGET).permutation(len(users))[:count]
     return np.sort(users[chosen])
 
 
