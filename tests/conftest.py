@@ -1,6 +1,8 @@
-"""Shared test setup: no test may reach the Hugging Face hub, and tiny backbones are built once."""
+"""Shared test setup: no test may reach the Hugging Face hub, tiny backbones are built once, and dataset
+fixtures are written at test time (MovieLens files may not be redistributed)."""
 
 import os
+from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # before anything imports huggingface_hub, which reads it at import
 
@@ -19,3 +21,43 @@ def tiny() -> Backbone:
 def tiny_t5() -> Backbone:
     """The seeded tiny seq2seq backbone; shared, so tests must not modify it."""
     return load_backbone("tiny-t5", seed=0)
+
+
+# MovieLens files may not be redistributed, so the ML-1M fixture is written at test time in the real format
+# (`::`-separated, ISO-8859-1) from invented users, titles and ratings. 8 users × 12 ratings; user 1 is a
+# K-12 student (code 10), user 5 a writer (20), user 8 "other" (0); item 73 has a non-ASCII Latin-1 title.
+ML1M_TITLES = {
+    1: "Paper Lanterns (1995)::Animation|Children's", 2: "Harbour Lights (1995)::Adventure",
+    3: "Two Old Neighbours (1995)::Comedy|Romance", 6: "Night Shift (1995)::Action|Crime",
+    10: "Silver Key, The (1995)::Thriller", 11: "Mayor of Elm Street, The (1995)::Comedy|Drama",
+    32: "Clockwork Garden (1995)::Sci-Fi", 47: "Seventh Door (1995)::Crime", 50: "Usual Strangers, The (1995)::Crime",
+    73: "Été indien, L' (1995)::Drama|Musical", 110: "Highland Oath (1995)::Action|War",
+    260: "Orbit Nine: Part IV - The Long Return (1977)::Sci-Fi", 296: "Diner at Midnight (1994)::Crime|Drama",
+    318: "Stone Walls (1994)::Drama", 356: "Running Bench (1994)::Comedy", 527: "Ledger of Names (1993)::Drama|War",
+    593: "Quiet Meadow, The (1991)::Thriller", 1193: "Ward Seven (1975)::Drama",
+    2355: "Ant Parade, An (1998)::Animation", 3408: "Water Case (2000)::Drama",
+}  # fmt: skip
+ML1M_USERS = [(1, "F", 1, 10), (2, "M", 56, 16), (3, "M", 25, 15), (4, "M", 45, 7), (5, "M", 25, 20), (6, "F", 50, 9),
+              (7, "M", 35, 1), (8, "M", 25, 0)]  # fmt: skip
+
+
+def write_ml1m(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    items = [6, *(i for i in ML1M_TITLES if i != 6)]
+    ratings = []
+    for user, *_ in ML1M_USERS:
+        for k in range(12):
+            item = items[(user * 5 + k) % len(items)] if (user, k) != (1, 0) else 6
+            stamp = 970_000_000 + user * 100_000 + 60 * (k if k != 5 else 4)  # ratings 4 and 5 share a second
+            ratings.append(f"{user}::{item}::{(user * 7 + k * 3) % 5 + 1}::{stamp}\n")
+    (folder / "ratings.dat").write_bytes("".join(ratings).encode("iso-8859-1"))
+    (folder / "users.dat").write_bytes("".join(f"{u}::{g}::{a}::{o}::{10000 + u}\n" for u, g, a, o in ML1M_USERS)
+                                       .encode("iso-8859-1"))
+    (folder / "movies.dat").write_bytes("".join(f"{i}::{t}\n" for i, t in ML1M_TITLES.items()).encode("iso-8859-1"))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def ml1m(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder holding users.dat, movies.dat and ratings.dat in MovieLens-1M's own format."""
+    return write_ml1m(tmp_path_factory.mktemp("fixtures") / "ml-1m")

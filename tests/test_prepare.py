@@ -189,7 +189,7 @@ def test_malformed_line_names_file_and_line(tmp_path: Path) -> None:
     folder = tmp_path / "bad"
     folder.mkdir()
     (folder / "u.data").write_text("1\t1\t5\t100\n1\t2\tfive\t101\n")
-    (folder / "u.user").write_text("1|24|M|technician|85711\n")
+    (folder / "u.user").write_text("1|24|M|technician|10001\n")
     (folder / "u.item").write_text("1|A (1995)|x||u|" + "|".join("0" * 19) + "\n2|B (1995)|x||u|"
                                    + "|".join("0" * 19) + "\n")
     result = runner.invoke(app, ["prepare", "--dataset", "ml-100k", "--data-dir", str(folder),

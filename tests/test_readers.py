@@ -20,7 +20,6 @@ from e2urec.data.tables import RawData
 from e2urec.errors import E2URecError
 
 FIXTURES = Path(__file__).parent / "fixtures"
-ML1M = FIXTURES / "ml-1m"
 GOODREADS = FIXTURES / "goodreads"
 GOODREADS_INTERACTIONS = GOODREADS / "goodreads_interactions_sample.json"
 GOODREADS_BOOKS = GOODREADS / "goodreads_books_sample.json.gz"
@@ -46,15 +45,15 @@ def copy_with_line(source: Path, folder: Path, number: int, line: str) -> Path:
 # ---------- MovieLens-1M ----------
 
 
-def test_ml1m_folder_gives_typed_tables_with_names_and_latin1_titles() -> None:
-    raw = read_ml1m(ML1M)
+def test_ml1m_folder_gives_typed_tables_with_names_and_latin1_titles(ml1m: Path) -> None:
+    raw = read_ml1m(ml1m)
     assert raw.name == "ml-1m"
     assert raw.interactions.dtypes.astype(str).to_dict() == INTEGER_COLUMNS
-    assert len(raw.interactions) == len((ML1M / "ratings.dat").read_bytes().splitlines()) == 96
+    assert len(raw.interactions) == len((ml1m / "ratings.dat").read_bytes().splitlines()) == 96
     assert raw.interactions.groupby("user_id").size().tolist() == [12] * 8
     assert raw.interactions.duplicated(["user_id", "timestamp"]).any()  # same-second ratings are kept
     first = raw.interactions.iloc[0]
-    assert (first["user_id"], first["item_id"], first["rating"], first["timestamp"]) == (1, 6, 3.0, 978303640)
+    assert (first["user_id"], first["item_id"], first["rating"], first["timestamp"]) == (1, 6, 3.0, 970100000)
 
     users = raw.users.set_index("user_id")
     assert len(users) == 8
@@ -64,20 +63,20 @@ def test_ml1m_folder_gives_typed_tables_with_names_and_latin1_titles() -> None:
     assert users["age"].dtype == "int64"
 
     titles = raw.items.set_index("item_id")["title"]
-    assert titles[73] == "Misérables, Les (1995)"
-    assert titles[260] == "Star Wars: Episode IV - A New Hope (1977)"
-    assert raw.files == [ML1M / "ratings.dat", ML1M / "users.dat", ML1M / "movies.dat"]
+    assert titles[73] == "Été indien, L' (1995)"
+    assert titles[260] == "Orbit Nine: Part IV - The Long Return (1977)"
+    assert raw.files == [ml1m / "ratings.dat", ml1m / "users.dat", ml1m / "movies.dat"]
 
 
-def test_ml1m_reads_the_same_from_a_subfolder_and_from_the_official_zip(tmp_path: Path) -> None:
-    shutil.copytree(ML1M, tmp_path / "unzipped" / "ml-1m")
+def test_ml1m_reads_the_same_from_a_subfolder_and_from_the_official_zip(tmp_path: Path, ml1m: Path) -> None:
+    shutil.copytree(ml1m, tmp_path / "unzipped" / "ml-1m")
     archive = tmp_path / "ml-1m.zip"
     with zipfile.ZipFile(archive, "w") as zf:
         zf.writestr("ml-1m/", "")
         for name in ("movies.dat", "ratings.dat", "users.dat", "README"):
-            zf.writestr(f"ml-1m/{name}", (ML1M / name).read_bytes() if name != "README" else b"readme")
+            zf.writestr(f"ml-1m/{name}", (ml1m / name).read_bytes() if name != "README" else b"readme")
 
-    from_folder = read_ml1m(ML1M)
+    from_folder = read_ml1m(ml1m)
     from_subfolder = read_ml1m(tmp_path / "unzipped")
     from_zip = read_dataset("ml-1m", archive)
     assert_same(from_folder, from_subfolder)
@@ -85,10 +84,10 @@ def test_ml1m_reads_the_same_from_a_subfolder_and_from_the_official_zip(tmp_path
     assert from_zip.files == [archive]
 
 
-def test_ml1m_malformed_line_is_reported_with_file_and_line(tmp_path: Path) -> None:
-    copy_with_line(ML1M / "ratings.dat", tmp_path, 5, "1::6::3")
+def test_ml1m_malformed_line_is_reported_with_file_and_line(tmp_path: Path, ml1m: Path) -> None:
+    copy_with_line(ml1m / "ratings.dat", tmp_path, 5, "1::6::3")
     for name in ("users.dat", "movies.dat"):
-        shutil.copy(ML1M / name, tmp_path)
+        shutil.copy(ml1m / name, tmp_path)
     with pytest.raises(E2URecError, match=r"ratings\.dat:5: expected 4 fields"):
         read_ml1m(tmp_path)
 
@@ -100,42 +99,42 @@ def test_ml1m_malformed_line_is_reported_with_file_and_line(tmp_path: Path) -> N
         read_ml1m(archive)
 
 
-def test_ml1m_bad_values_are_reported_with_file_and_line(tmp_path: Path) -> None:
-    copy_with_line(ML1M / "users.dat", tmp_path, 3, "3::M::25::21::55117")
+def test_ml1m_bad_values_are_reported_with_file_and_line(tmp_path: Path, ml1m: Path) -> None:
+    copy_with_line(ml1m / "users.dat", tmp_path, 3, "3::M::25::21::55117")
     for name in ("ratings.dat", "movies.dat"):
-        shutil.copy(ML1M / name, tmp_path)
+        shutil.copy(ml1m / name, tmp_path)
     with pytest.raises(E2URecError, match=r"users\.dat:3: occupation code 21"):
         read_ml1m(tmp_path)
-    shutil.copy(ML1M / "users.dat", tmp_path)
-    copy_with_line(ML1M / "ratings.dat", tmp_path, 7, "1::6::three::978303640")
+    shutil.copy(ml1m / "users.dat", tmp_path)
+    copy_with_line(ml1m / "ratings.dat", tmp_path, 7, "1::6::three::970100000")
     with pytest.raises(E2URecError, match=r"ratings\.dat:7: column 'rating' should be a number"):
         read_ml1m(tmp_path)
 
 
-def test_ml1m_missing_files_say_what_to_do(tmp_path: Path) -> None:
+def test_ml1m_missing_files_say_what_to_do(tmp_path: Path, ml1m: Path) -> None:
     with pytest.raises(E2URecError, match="no MovieLens-1M files found"):
         read_ml1m(tmp_path)
-    shutil.copy(ML1M / "ratings.dat", tmp_path)
+    shutil.copy(ml1m / "ratings.dat", tmp_path)
     with pytest.raises(E2URecError, match=r"users\.dat not found"):
         read_ml1m(tmp_path)
     archive = tmp_path / "ml-1m.zip"
     with zipfile.ZipFile(archive, "w") as zf:
-        zf.write(ML1M / "ratings.dat", "ml-1m/ratings.dat")
+        zf.write(ml1m / "ratings.dat", "ml-1m/ratings.dat")
     with pytest.raises(E2URecError, match="lacks users.dat, movies.dat"):
         read_ml1m(archive)
 
 
 # ---------- MovieLens-100K: both layouts ----------
 
-ML100K_SAMPLE = [  # (id, title without year, year, genre flags, release date)
-    (1, "Toy Story", "1995", "Animation Children's Comedy", "01-Jan-1995"),
-    (2, "GoldenEye", "1995", "Action Adventure Thriller", "01-Jan-1995"),
-    (3, "Misérables, Les", "1995", "Drama Musical", "01-Jan-1995"),
+ML100K_SAMPLE = [  # invented (id, title without year, year, genres, release date)
+    (1, "Paper Lanterns", "1995", "Animation Children's Comedy", "01-Jan-1995"),
+    (2, "Harbour Lights", "1995", "Action Adventure Thriller", "01-Jan-1995"),
+    (3, "Été indien, L'", "1995", "Drama Musical", "01-Jan-1995"),
     (4, "unknown", "", "unknown", ""),
 ]
-ML100K_USERS = [(1, 24, "M", "technician", "85711"), (2, 53, "F", "other", "94043"), (3, 23, "M", "writer", "32067")]
-ML100K_RATINGS = [(1, 1, 5, 874965758), (1, 3, 3, 876893171), (2, 2, 4, 888550871), (3, 4, 1, 888550871),
-                  (3, 1, 2, 878542960)]  # fmt: skip
+ML100K_USERS = [(1, 24, "M", "technician", "10001"), (2, 53, "F", "other", "10002"), (3, 23, "M", "writer", "10003")]
+ML100K_RATINGS = [(1, 1, 5, 880000100), (1, 3, 3, 880000200), (2, 2, 4, 880000300), (3, 4, 1, 880000300),
+                  (3, 1, 2, 880000150)]  # fmt: skip
 
 
 def write_ml100k_official(folder: Path) -> None:
@@ -171,8 +170,8 @@ def test_ml100k_official_and_recbole_layouts_give_identical_tables(tmp_path: Pat
     official, recbole = read_ml100k(tmp_path / "official"), read_dataset("ml-100k", tmp_path / "recbole")
     assert_same(official, recbole)
     assert official.interactions.dtypes.astype(str).to_dict() == INTEGER_COLUMNS
-    assert official.items["title"].tolist() == ["Toy Story (1995)", "GoldenEye (1995)", "Misérables, Les (1995)",
-                                                "unknown"]  # fmt: skip
+    assert official.items["title"].tolist() == ["Paper Lanterns (1995)", "Harbour Lights (1995)",
+                                                "Été indien, L' (1995)", "unknown"]  # fmt: skip
     assert official.users.set_index("user_id").loc[2].tolist() == ["F", 53, "other"]
 
 
@@ -326,9 +325,9 @@ def test_csv_missing_file_is_a_clear_error(tmp_path: Path) -> None:
 # ---------- registry ----------
 
 
-def test_registry_knows_every_dataset_and_refuses_unknown_names_and_options() -> None:
+def test_registry_knows_every_dataset_and_refuses_unknown_names_and_options(ml1m: Path) -> None:
     assert set(READERS) == set(ITEM_NOUN) == {"ml-100k", "ml-1m", "goodreads", "csv"}
     with pytest.raises(E2URecError, match="unknown dataset 'ml-20m'; known: csv, goodreads, ml-100k, ml-1m"):
-        read_dataset("ml-20m", ML1M)
+        read_dataset("ml-20m", ml1m)
     with pytest.raises(E2URecError, match="dataset 'ml-1m' does not take these reader options"):
-        read_dataset("ml-1m", ML1M, sep=";")
+        read_dataset("ml-1m", ml1m, sep=";")
