@@ -13,40 +13,32 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
-import os
-import platform
 import statistics
-import tempfile
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from e2urec.data.prepare import PrepareConfig, prepare
-from e2urec.data.store import load_prepared
+from common import recent_samples, run
+from e2urec.bench import machine
 from e2urec.engine import make_accelerator
+from e2urec.model.backbone import load_backbone
 from e2urec.model.scoring import answer_logits, collator
-from e2urec.training import add_lora, prompt_set, rows_for
+from e2urec.training import LORA_DEFAULTS, make_trainable, prompt_set, rows_for
 from e2urec.unlearning.base import TEACHER_TOP_K, cache_teacher, logits_of
 from e2urec.unlearning.losses import forgetting_teacher_logits, soft_cross_entropy
 from e2urec.unlearning.methods import E2URecConfig, E2URecObjective
 
 
-def main() -> None:
+def main() -> dict:
     parser = argparse.ArgumentParser()
     parser.add_argument("--backbone", default="tiny")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--steps", type=int, default=20, help="timed steps per variant")
     args = parser.parse_args()
     torch.manual_seed(0)
-    from e2urec.model.backbone import load_backbone
-
-    with tempfile.TemporaryDirectory() as tmp:
-        prepare(PrepareConfig(dataset="ml-100k", last_n=2000), Path(tmp) / "data")
-        samples, _ = load_prepared(Path(tmp) / "data")
+    samples = recent_samples()
     n = args.batch_size * 4
     forget_rows, retain_rows = rows_for(samples, "forget").iloc[:n], rows_for(samples, "retain").iloc[:n]
 
@@ -56,7 +48,7 @@ def main() -> None:
     with torch.no_grad():  # any other weights will do for timing; make the augmented model differ
         for p in augmented.parameters():
             p.add_(0.01 * torch.randn_like(p))
-    add_lora(student, 16, 32, 0.05)
+    make_trainable(student, LORA_DEFAULTS)
     model, kind = student.model, student.kind
     cfg = E2URecConfig()
     forget, retain = prompt_set(student, forget_rows), prompt_set(student, retain_rows)
@@ -109,11 +101,10 @@ def main() -> None:
         for name, fn in variants.items():
             times[name].append(step(fn))
     median = {k: statistics.median(v) for k, v in times.items()}
-    vocab = student.model.config.vocab_size if hasattr(student.model, "config") else None
+    vocab = student.model.config.vocab_size
     cached = len(forget) + len(retain)
-    print(json.dumps({
-        "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                    "python": platform.python_version(), "torch": torch.__version__},
+    return {
+        "machine": machine(),
         "backbone": args.backbone, "batch_size": args.batch_size, "timed_steps": args.steps,
         "median_step_seconds": {k: round(v, 4) for k, v in median.items()},
         "e2urec_vs_plain_lora_ce": round(median["e2urec"] / median["plain_lora_ce"], 3),
@@ -123,10 +114,10 @@ def main() -> None:
             "samples": cached, "seconds": round(cache_seconds, 3),
             "seconds_per_sample": round(cache_seconds / cached, 5),
             "bytes_per_sample": TEACHER_TOP_K * (8 + 4) + 4,
-            "full_vocabulary_bytes_per_sample": 4 * vocab if vocab else None,
+            "full_vocabulary_bytes_per_sample": 4 * vocab,
         },
-    }, indent=2))
+    }
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -8,9 +8,7 @@ Prints one JSON object. Usage: python benchmarks/prepare.py [--skip-1m]
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -20,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from common import run
+from e2urec.bench import machine
 from e2urec.data.samples import history_index, order_events
 from e2urec.data.sources import fetch
 
@@ -80,11 +80,11 @@ def vectorised_history(events: pd.DataFrame, k: int) -> tuple[np.ndarray, np.nda
     return history_index(pd.factorize(events["user_id"])[0], np.ones(len(events), dtype=bool), k)
 
 
-def main() -> None:
+def main() -> dict:
     parser = argparse.ArgumentParser()
     parser.add_argument("--skip-1m", action="store_true", help="skip the ML-1M-shaped run")
     args = parser.parse_args()
-    report: dict = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version()}}
+    report: dict = {"machine": machine()}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         ml100k = fetch("ml-100k").path
@@ -112,8 +112,8 @@ def main() -> None:
             "speedup": round(slow_s / fast_s, 1), "goal_speedup": 20,
             "same_output": all(np.array_equal(a, b) for a, b in zip(slow, fast, strict=True)),
         }
-    print(json.dumps(report, indent=2))
+    return report
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

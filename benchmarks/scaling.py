@@ -13,9 +13,6 @@ python benchmarks/scaling.py [--out runs/scaling] [--fractions 0.05,0.1,0.2,0.4]
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 from pathlib import Path
 
 import matplotlib
@@ -23,6 +20,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from common import run
+from e2urec.bench import machine  # noqa: E402
 from e2urec.data.prepare import PrepareConfig, prepare  # noqa: E402
 from e2urec.data.store import load_prepared  # noqa: E402
 from e2urec.engine import TrainConfig  # noqa: E402
@@ -74,7 +73,7 @@ def plot(report: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def main() -> None:
+def main() -> dict:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, default=Path("runs/scaling"))
     parser.add_argument("--fractions", default="0.05,0.1,0.2,0.4")
@@ -97,13 +96,13 @@ def main() -> None:
         fraction = min(0.9, args.forget_users / train_users)
         folder = args.out / "retain-sweep" / f"n{size}-f{fraction:.4f}"
         retain_sweep.append(point(folder, size, fraction, folder / "original", args.seed))
-    report = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+    report = {"machine": machine(),
               "backbone": "tiny", "recipe": RECIPE, "e2urec_options": E2UREC,
               "forget_sweep": forget_sweep, "retain_sweep": retain_sweep}
     plot(report, args.out / "scaling.png")
     write_json_atomic(args.out / "scaling.json", report)
-    print(json.dumps(report, indent=2))
+    return report
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -11,20 +11,16 @@ Prints one JSON object. Usage: python benchmarks/scoring.py [--skip-smollm2] [--
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import tempfile
 import time
 from collections.abc import Callable
-from pathlib import Path
+from dataclasses import replace
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from e2urec.data.prepare import PrepareConfig, prepare
-from e2urec.data.store import load_prepared
+from common import recent_samples, run
+from e2urec.bench import machine
 from e2urec.engine import TrainConfig, fit, make_accelerator
 from e2urec.model.backbone import Backbone, load_backbone
 from e2urec.model.scoring import (
@@ -37,7 +33,7 @@ from e2urec.model.scoring import (
     length_sorted_batches,
     p_yes_from_logits,
 )
-from e2urec.training import AnswerCrossEntropy, add_lora, prompt_set, rows_for
+from e2urec.training import LORA_DEFAULTS, AnswerCrossEntropy, make_trainable, prompt_set, rows_for
 
 
 def best_of(fn: Callable[[], object], repeats: int) -> float:
@@ -100,34 +96,26 @@ def sorted_vs_unsorted(backbone: Backbone, prompts: list[str], batch_size: int, 
 
 def training_rate(name: str, rows, lora: bool, batch_size: int, steps: int) -> dict:
     backbone = load_backbone(name)
-    if lora:
-        add_lora(backbone, 16, 32, 0.05)
-    else:
-        backbone.model.requires_grad_(True)
+    make_trainable(backbone, LORA_DEFAULTS if lora else None)
     data = {"train": prompt_set(backbone, rows)}
+    objective = AnswerCrossEntropy(backbone.kind)
     cfg = TrainConfig(epochs=1, lr=1e-4, batch_size=batch_size, max_steps=steps)
-    fit(backbone, AnswerCrossEntropy(backbone.kind), data, TrainConfig(epochs=1, lr=1e-4, batch_size=batch_size,
-                                                                     max_steps=1), accelerator=make_accelerator(),
-        desc="warm-up")
-    result = fit(backbone, AnswerCrossEntropy(backbone.kind), data, cfg, accelerator=make_accelerator(),
-                 desc=f"{name} train")
+    fit(backbone, objective, data, replace(cfg, max_steps=1), accelerator=make_accelerator(), desc="warm-up")
+    result = fit(backbone, objective, data, cfg, accelerator=make_accelerator(), desc=f"{name} train")
     samples = result.steps * batch_size
     return {"backbone": name, "lora": lora, "batch_size": batch_size, "steps": result.steps,
             "seconds": round(result.seconds, 2), "samples_per_second": round(samples / result.seconds, 2)}
 
 
-def main() -> None:
+def main() -> dict:
     parser = argparse.ArgumentParser()
     parser.add_argument("--skip-smollm2", action="store_true", help="tiny backbone only")
     parser.add_argument("--prompts", default="8,32", help="batch sizes (prompts) for last-vs-full, comma-separated")
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     torch.manual_seed(0)
-    report: dict = {"machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                                "python": platform.python_version(), "torch": torch.__version__}}
-    with tempfile.TemporaryDirectory() as tmp:
-        prepare(PrepareConfig(dataset="ml-100k", last_n=2000), Path(tmp) / "data")
-        samples, _ = load_prepared(Path(tmp) / "data")
+    report: dict = {"machine": machine()}
+    samples = recent_samples()
     train_rows = rows_for(samples, "train")
     prompts = rows_for(samples, "test")["prompt"].tolist()
     names = ["tiny"] if args.skip_smollm2 else ["tiny", "smollm2-135m"]
@@ -143,8 +131,8 @@ def main() -> None:
     report["training"] = [training_rate("tiny", train_rows, lora=False, batch_size=32, steps=20)]
     if not args.skip_smollm2:
         report["training"].append(training_rate("smollm2-135m", train_rows, lora=True, batch_size=4, steps=6))
-    print(json.dumps(report, indent=2))
+    return report
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -124,17 +124,17 @@ def run_seed(root: Path, dataset: str, data_dir: Path | None, backbone: str, pre
     return results
 
 
-def bench(dataset: str, backbone: str, preset_name: str | Preset, out: Path, data_dir: Path | None = None,
+def bench(dataset: str, backbone: str, preset: str | Preset, out: Path, data_dir: Path | None = None,
           seeds: tuple[int, ...] | None = None, log: Callable[[str], None] = print) -> dict:
-    """Run the comparison and write report.md, results.json, results.csv and plots into `out`."""
+    """Run the comparison and write report.md, results.json, results.csv and plots into `out`; `preset` is a
+    name from PRESETS or a Preset of one's own (reported as "custom")."""
     from e2urec.report import write_report
 
-    if isinstance(preset_name, Preset):
-        preset, preset_name = preset_name, "custom"
-    elif preset_name in PRESETS:
-        preset = PRESETS[preset_name]
-    else:
-        raise E2URecError(f"unknown preset {preset_name!r}; choose one of {', '.join(PRESETS)}")
+    preset_name = preset if isinstance(preset, str) else "custom"
+    if isinstance(preset, str):
+        if preset not in PRESETS:
+            raise E2URecError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+        preset = PRESETS[preset]
     if seeds:
         preset = replace(preset, seeds=tuple(seeds))
     out = Path(out)

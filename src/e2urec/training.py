@@ -100,6 +100,14 @@ def add_lora(backbone: Backbone, r: int, alpha: int, dropout: float, targets: li
     backbone.model = get_peft_model(backbone.model, config)
 
 
+def make_trainable(backbone: Backbone, lora: dict | None) -> None:
+    """LoRA adapters only (backbone frozen) when `lora` gives r/alpha/dropout; otherwise every weight."""
+    if lora:
+        add_lora(backbone, lora["r"], lora["alpha"], lora["dropout"])
+    else:
+        backbone.model.requires_grad_(True)
+
+
 def fit_rows(
     samples: pd.DataFrame,
     manifest: dict,
@@ -115,10 +123,7 @@ def fit_rows(
     """Tune a fresh backbone on `train_rows`, early-stopped on the valid split; returns it, what the engine
     reported, and the facts a model's meta.json records."""
     backbone = load_backbone(backbone_name, seed=cfg.seed)
-    if lora:
-        add_lora(backbone, lora["r"], lora["alpha"], lora["dropout"])
-    else:
-        backbone.model.requires_grad_(True)
+    make_trainable(backbone, lora)
     valid_rows = rows_for(samples, "valid")
     data = {"train": prompt_set(backbone, train_rows, cfg.max_length, prompts)}
     valid = prompt_set(backbone, valid_rows, cfg.max_length)

@@ -21,7 +21,7 @@ from e2urec.errors import E2URecError
 from e2urec.io import read_json
 from e2urec.model.backbone import Backbone
 from e2urec.model.scoring import PromptSet, answer_logits, per_sample
-from e2urec.training import add_lora, prompt_set, rows_for
+from e2urec.training import make_trainable, prompt_set, rows_for
 from e2urec.unlearning.losses import compress
 
 TEACHER_TOP_K = 64
@@ -132,10 +132,8 @@ class ObjectiveMethod(Method):
     def student(self, job: Job) -> Backbone:
         """Full fine-tuning of a copy of the Original by default; LoRA methods freeze it and add adapters."""
         backbone = job.load_original()
-        if self.lora:
-            add_lora(backbone, self.cfg.lora_r, self.cfg.lora_alpha, self.cfg.lora_dropout)
-        else:
-            backbone.model.requires_grad_(True)
+        make_trainable(backbone, {"r": self.cfg.lora_r, "alpha": self.cfg.lora_alpha, "dropout": self.cfg.lora_dropout}
+                       if self.lora else None)
         backbone.model.to(job.accelerator.device)
         return backbone
 
