@@ -264,6 +264,43 @@ def unlearn(
 
 @app.command()
 @friendly
+def init(
+    run: Annotated[Path, typer.Option(help="run folder to create (versions, ledger, current)")],
+    data: Annotated[Path, typer.Option(help="prepared data folder the model was trained on")],
+    model: Annotated[Path, typer.Option(help="the Original (`e2urec train --role original`)")],
+    set_: Annotated[list[str] | None, typer.Option("--set", help="E2URec option for requests, key=value")] = None,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing --run")] = False,
+) -> None:
+    """Deploy a model and its data as a run that takes deletion requests (`forget`, `serve`)."""
+    from e2urec.ops.run import init_run
+    from e2urec.unlearning.base import REGISTRY
+
+    init_run(run, data, model, parse_options(set_ or [], REGISTRY["e2urec"].Config), overwrite=overwrite)
+    out_console.print(f"run ready → {run} (current = v0000)")
+
+
+@app.command()
+@friendly
+def forget(
+    run: Annotated[Path, typer.Option(help="run folder made by `e2urec init`")],
+    users: Annotated[str | None, typer.Option(help="user ids to forget entirely: 1,2,3 or @file")] = None,
+    interactions: Annotated[Path | None, typer.Option(help="CSV of user_id,item_id[,timestamp] to forget")] = None,
+) -> None:
+    """Honour a deletion request: rebuild the data, unlearn with E2URec, swap in a new version, purge."""
+    from e2urec.ops.forget import forget as run_forget
+    from e2urec.ops.forget import read_request
+
+    request = read_request(parse_ids(users) if users is not None else None, interactions)
+    record = run_forget(run, request, log=out_console.print)
+    if record["noop"]:
+        out_console.print(f"request {record['request_id']}: already honoured by {record['version']}; nothing to do")
+        return
+    print_counts(f"request {record['request_id']} → {record['version']} in {record['seconds']:.1f} s",
+                 {**record["row_counts"], **{f"test_{k}": round(v, 4) for k, v in record["metrics"].items()}})
+
+
+@app.command()
+@friendly
 def anchor(
     data: Annotated[Path, typer.Option(help="prepared data folder")],
     split: Annotated[str, typer.Option(help="split to score")] = "test",
@@ -322,6 +359,26 @@ def demo(
 
     results = run_bench("ml-100k", "tiny", "demo", out, log=out_console.print)
     show_results(results, out)
+
+
+@app.command()
+@friendly
+def serve(
+    run: Annotated[Path, typer.Option(help="run folder made by `e2urec init`")],
+    host: Annotated[str, typer.Option(help="address to listen on (loopback by default: there is no auth)")
+                    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port")] = 8000,
+    max_pairs: Annotated[int, typer.Option(help="most pairs (or ids) one request may carry; more → 413")] = 1000,
+) -> None:
+    """Serve the run over HTTP: /score, /forget (queued, honoured one at a time), /jobs/{id}, /health."""
+    import logging
+
+    import uvicorn
+
+    from e2urec.serve import create_app
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    uvicorn.run(create_app(run, max_pairs=max_pairs), host=host, port=port)
 
 
 @app.command()

@@ -3,3 +3,15 @@
 
 class E2URecError(Exception):
     """A problem with the user's input or environment: the message says what, where and what to do."""
+
+
+class UnknownIds(E2URecError):
+    """Ids that are not in the data (never seen, or forgotten already): the service answers 404 for these."""
+
+    def __init__(self, where: str, users: list | None = None, items: list | None = None,
+                 interactions: list | None = None):
+        self.users, self.items, self.interactions = list(users or []), list(items or []), list(interactions or [])
+        parts = [f"{len(values)} {what} not in the data: {values[:20]}"
+                 for what, values in (("users", self.users), ("items", self.items),
+                                      ("interactions", self.interactions)) if values]
+        super().__init__(f"{where}: " + "; ".join(parts) + " (unknown, or forgotten by an earlier request)")

@@ -203,10 +203,11 @@ def sample_rows(rows: pd.DataFrame, n: int, seed: int, stream: int) -> pd.DataFr
 
 
 def membership_auc(backbone: Backbone, samples: pd.DataFrame, targets: pd.DataFrame, p_targets: np.ndarray,
-                   cfg: EvalConfig, accelerator: Accelerator) -> float:
-    """MIA AUC of `targets` for this model: members are retained training samples, non-members test ones."""
+                   cfg: EvalConfig, accelerator: Accelerator, non_member_split: str = "test") -> float:
+    """MIA AUC of `targets` for this model: members are retained training samples, non-members test ones
+    (valid ones when tuning, which must not read test)."""
     members = sample_rows(rows_for(samples, "retain"), cfg.mia_samples, cfg.seed, 21)
-    non_members = sample_rows(rows_for(samples, "test"), 2 * cfg.mia_samples, cfg.seed, 22)
+    non_members = sample_rows(rows_for(samples, non_member_split), 2 * cfg.mia_samples, cfg.seed, 22)
     p_members, p_non = (per_sample_p_yes(backbone, prompt_set(backbone, r, cfg.max_length), cfg.batch_size,
                                          accelerator) for r in (members, non_members))
     return membership_inference_auc(mia_features(members["label"].to_numpy(), p_members),

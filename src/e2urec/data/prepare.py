@@ -22,12 +22,12 @@ from e2urec.data.splits import (
     sisa_shards,
     temporal_split,
 )
+from e2urec.data.store import MANIFEST_FILE, SAMPLES_FILE, write_prepared
 from e2urec.data.tables import RawData
-from e2urec.errors import E2URecError
-from e2urec.io import atomic_dir, sha256_file, write_json_atomic
+from e2urec.errors import E2URecError, UnknownIds
+from e2urec.io import sha256_file
 
-SAMPLES_FILE = "samples.parquet"
-MANIFEST_FILE = "manifest.json"
+__all__ = ["MANIFEST_FILE", "SAMPLES_FILE", "PrepareConfig", "build_samples", "prepare"]
 
 
 @dataclass
@@ -64,7 +64,7 @@ class PrepareConfig:
                 raise E2URecError(f"{name} must be at least {low}, got {value}")
 
 
-def _cast_like(values: pd.Series, like: pd.Series, what: str) -> pd.Series:
+def cast_like(values: pd.Series, like: pd.Series, what: str) -> pd.Series:
     """Cast user-given ids to the dataset's id type, so "42" matches the integer id 42."""
     if pd.api.types.is_integer_dtype(like):
         numbers = pd.to_numeric(values.astype(str).str.strip(), errors="coerce")
@@ -75,12 +75,12 @@ def _cast_like(values: pd.Series, like: pd.Series, what: str) -> pd.Series:
     return values.astype(str).str.strip()
 
 
-def _read_forget_interactions(path: Path, events: pd.DataFrame) -> np.ndarray:
-    """Mask of the events named in a CSV (user_id, item_id[, timestamp]); unknown pairs are an error."""
+def read_interactions(path: Path) -> pd.DataFrame:
+    """A CSV of interactions (user_id, item_id[, timestamp]) as strings, checked for shape."""
     try:
         wanted = pd.read_csv(path, dtype=str)
     except FileNotFoundError as exc:
-        raise E2URecError(f"{path}: forget-interactions file not found") from exc
+        raise E2URecError(f"{path}: interactions file not found") from exc
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise E2URecError(f"{path}: cannot parse as CSV ({exc})") from exc
     keys = [c for c in ("user_id", "item_id", "timestamp") if c in wanted.columns]
@@ -90,17 +90,48 @@ def _read_forget_interactions(path: Path, events: pd.DataFrame) -> np.ndarray:
         )
     if wanted.empty:
         raise E2URecError(f"{path}: no interactions listed; the forget set would be empty")
+    if wanted[keys].isna().any().any():
+        raise E2URecError(f"{path}: a row lacks a value in {keys}")
+    return wanted[keys]
+
+
+def match_interactions(wanted: pd.DataFrame, events: pd.DataFrame, where: str) -> np.ndarray:
+    """Mask of the events named in `wanted` (user_id, item_id[, timestamp]); unknown ones are an error."""
+    wanted = wanted.copy()
+    keys = list(wanted.columns)
     for key in keys:
-        wanted[key] = _cast_like(wanted[key], events[key], f"{path} column {key}")
+        wanted[key] = cast_like(wanted[key], events[key], f"{where} column {key}")
     marked = events[keys].reset_index().merge(wanted[keys].drop_duplicates(), on=keys, how="inner")
     found = wanted.merge(events[keys].drop_duplicates(), on=keys, how="left", indicator=True)
     missing = found[found["_merge"] == "left_only"]
     if len(missing):
         rows = [tuple(r) for r in missing[keys].itertuples(index=False)][:20]
-        raise E2URecError(f"{path}: {len(missing)} interactions are not in the dataset: {rows}")
+        raise UnknownIds(where, interactions=rows)
     mask = np.zeros(len(events), dtype=bool)
     mask[marked["index"].to_numpy()] = True
     return mask
+
+
+class PromptRenderer:
+    """Renders prompts for target events from history positions into one ordered events table."""
+
+    def __init__(self, events: pd.DataFrame, items: pd.DataFrame, users: pd.DataFrame, noun: str):
+        self.titles = items.drop_duplicates("item_id").set_index("item_id")["title"]
+        self.profiles = profile_text(users.drop_duplicates("user_id").reset_index(drop=True))
+        self.noun = noun
+        self.item_ids = events["item_id"].to_numpy()
+        self.event_titles = events["item_id"].map(self.titles).to_numpy()
+        self.event_ratings = events["rating"].to_numpy()
+
+    def __call__(self, index: np.ndarray, targets: pd.DataFrame) -> tuple[list[str], list[list], list[list]]:
+        """Prompts, history item ids and history ratings for `targets` (user_id, item_id) given their
+        (n, k) history positions."""
+        hist_items = gather_lists(index, self.item_ids)
+        hist_ratings = gather_lists(index, self.event_ratings)
+        prompts = build_prompts(targets["user_id"].map(self.profiles).fillna("").to_numpy(),
+                                gather_lists(index, self.event_titles), hist_ratings,
+                                targets["item_id"].map(self.titles).to_numpy(), self.noun)
+        return prompts, hist_items, hist_ratings
 
 
 def build_samples(raw: RawData, cfg: PrepareConfig) -> tuple[pd.DataFrame, dict]:
@@ -108,7 +139,7 @@ def build_samples(raw: RawData, cfg: PrepareConfig) -> tuple[pd.DataFrame, dict]
     events = order_events(raw.interactions)
     user_codes = pd.factorize(events["user_id"])[0]
     forgotten = (
-        _read_forget_interactions(Path(cfg.forget_interactions), events)
+        match_interactions(read_interactions(Path(cfg.forget_interactions)), events, cfg.forget_interactions)
         if cfg.forget_interactions is not None
         else np.zeros(len(events), dtype=bool)
     )
@@ -134,7 +165,7 @@ def build_samples(raw: RawData, cfg: PrepareConfig) -> tuple[pd.DataFrame, dict]
     else:
         train_users = samples.loc[is_train, "user_id"]
         if cfg.forget_users is not None:
-            wanted = _cast_like(pd.Series(cfg.forget_users), samples["user_id"], "--forget-users").unique()
+            wanted = cast_like(pd.Series(cfg.forget_users), samples["user_id"], "--forget-users").unique()
             unknown = sorted(set(wanted.tolist()) - set(events["user_id"].tolist()))
             if unknown:
                 raise E2URecError(f"--forget-users: {len(unknown)} ids are not in the dataset: {unknown[:20]}")
@@ -162,26 +193,11 @@ def build_samples(raw: RawData, cfg: PrepareConfig) -> tuple[pd.DataFrame, dict]
     receraser[is_train] = train["user_id"].map(groups).to_numpy()
     samples["receraser_shard"] = receraser
 
-    titles = raw.items.drop_duplicates("item_id").set_index("item_id")["title"]
-    profiles = profile_text(raw.users.drop_duplicates("user_id").reset_index(drop=True))
-    sample_profiles = samples["user_id"].map(profiles).fillna("").to_numpy()
-    target_titles = samples["item_id"].map(titles).to_numpy()
-    noun = ITEM_NOUN.get(cfg.dataset, "item")
-    item_ids = events["item_id"].to_numpy()
-    event_titles = events["item_id"].map(titles).to_numpy()
-    event_ratings = events["rating"].to_numpy()
-
-    def render(index: np.ndarray) -> tuple[list[str], list[list], list[list]]:
-        hist_items = gather_lists(index, item_ids)
-        hist_ratings = gather_lists(index, event_ratings)
-        prompts = build_prompts(sample_profiles, gather_lists(index, event_titles), hist_ratings,
-                                target_titles, noun)
-        return prompts, hist_items, hist_ratings
-
-    original_prompts, hist_items, hist_ratings = render(full_index[rows])
+    render = PromptRenderer(events, raw.items, raw.users, ITEM_NOUN.get(cfg.dataset, "item"))
+    original_prompts, hist_items, hist_ratings = render(full_index[rows], samples)
     if forgotten.any():
         visible_index, _ = history_index(user_codes, ~forgotten, cfg.history)
-        prompts, hist_items, hist_ratings = render(visible_index[rows])
+        prompts, hist_items, hist_ratings = render(visible_index[rows], samples)
         differs = np.array([a != b for a, b in zip(prompts, original_prompts, strict=True)])
         samples["prompt"] = prompts
         samples["prompt_original"] = pd.Series(original_prompts, dtype=object).where(differs, None)
@@ -227,15 +243,13 @@ def prepare(cfg: PrepareConfig, out: str | Path, overwrite: bool = False) -> dic
         raise E2URecError(f"{out}: already exists and is not empty; pass --overwrite to replace it")
     raw = read_dataset(cfg.dataset, data_path, **cfg.reader_options)
     samples, facts = build_samples(raw, cfg)
-    with atomic_dir(out, overwrite=overwrite) as tmp:
-        samples.to_parquet(tmp / SAMPLES_FILE, index=False, compression="zstd")
-        manifest = {
-            "e2urec_version": __version__,
-            "config": asdict(cfg),
-            "source": served_by,
-            "counts": {**summarise(samples), **facts},
-            "inputs_sha256": {str(p.name): sha256_file(p) for p in raw.files},
-            "samples_sha256": sha256_file(tmp / SAMPLES_FILE),
-        }
-        write_json_atomic(tmp / MANIFEST_FILE, manifest)
-    return manifest
+    manifest = {
+        "e2urec_version": __version__,
+        "config": asdict(cfg),
+        "source": served_by,
+        "counts": {**summarise(samples), **facts},
+        "inputs_sha256": {str(p.name): sha256_file(p) for p in raw.files},
+    }
+    tables = {"events": order_events(raw.interactions), "items": raw.items.drop_duplicates("item_id"),
+              "users": raw.users.drop_duplicates("user_id")}
+    return write_prepared(out, samples, tables, manifest, overwrite=overwrite)

@@ -1,0 +1,244 @@
+"""`e2urec forget`: honour a deletion request on a run, end to end.
+
+Validate the ids → record the request (salted hashes) → rebuild the data without the forgotten rows (later
+prompts' histories included) → E2URec from the current version on (forget = every training prompt that
+showed the forgotten rows, retain = the rebuilt training set) → merge the adapter, evaluate on test → write the
+new version and swap `current` → purge the old version, the augmented model, caches and scratch data.
+A request that was interrupted (even by kill -9) is finished by the next call; a finished one is a no-op.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from e2urec.checkpoint import load_model, save_model
+from e2urec.data.prepare import PromptRenderer, cast_like, match_interactions, read_interactions
+from e2urec.data.readers import ITEM_NOUN
+from e2urec.data.samples import history_index
+from e2urec.data.store import load_prepared, load_tables, write_prepared
+from e2urec.errors import E2URecError, UnknownIds
+from e2urec.io import atomic_dir, write_json_atomic
+from e2urec.ops.ledger import Ledger
+from e2urec.ops.run import VERSION_FILE, Run, data_dir, full_weights, model_dir, version_meta
+from e2urec.training import EvalConfig, evaluate
+from e2urec.unlearning.run import unlearn
+
+KEY = ["user_id", "item_id", "timestamp"]
+
+
+@dataclass
+class Request:
+    """A request as given: its kind and normalised keys (what the ledger hashes), and the ids to check."""
+
+    kind: str  # "users" or "interactions"
+    keys: list[str]
+    users: list[str] | None = None
+    interactions: pd.DataFrame | None = None
+
+
+def read_request(users: list[str] | None = None, interactions: Path | pd.DataFrame | None = None) -> Request:
+    """Normalise a request (ids stripped, sorted, unique) so repeating it gives the same ledger fingerprint."""
+    if (users is None) == (interactions is None):
+        raise E2URecError("give exactly one of --users or --interactions")
+    if users is not None:
+        keys = sorted({str(u).strip() for u in users if str(u).strip()})
+        if not keys:
+            raise E2URecError("--users is empty: name at least one user id")
+        return Request("users", keys, users=keys)
+    table = interactions if isinstance(interactions, pd.DataFrame) else read_interactions(Path(interactions))
+    table = table.astype(str).apply(lambda c: c.str.strip()).drop_duplicates()
+    return Request("interactions", sorted("|".join(row) for row in table.itertuples(index=False)),
+                   interactions=table)
+
+
+def match(events: pd.DataFrame, request: Request) -> np.ndarray:
+    """Mask of the events a request names; an id not in the run's data is an error and nothing changes."""
+    if request.kind == "users":
+        wanted = cast_like(pd.Series(request.users), events["user_id"], "--users")
+        unknown = sorted(set(wanted.tolist()) - set(events["user_id"].tolist()))
+        if unknown:
+            raise UnknownIds("--users", users=unknown)
+        return events["user_id"].isin(wanted).to_numpy()
+    return match_interactions(request.interactions, events, "--interactions")
+
+
+def rebuild(samples: pd.DataFrame, tables: dict[str, pd.DataFrame], request: Request, config: dict
+            ) -> tuple[pd.DataFrame, dict[str, pd.DataFrame], pd.DataFrame, dict]:
+    """The retained data and the training prompts to forget.
+
+    Returns (samples, tables, forget_rows, counts). Forget rows are every training prompt the current model
+    saw that shows a forgotten event: the deleted samples themselves and the old text of prompts whose
+    history contained one. Affected users' remaining samples get their history rebuilt from retained events;
+    a sample left with fewer than `min_history` earlier events is dropped, as prepare would have.
+    """
+    events = tables["events"]
+    mask = match(events, request)
+    kept = events[~mask].reset_index(drop=True)
+    gone = events.loc[mask, KEY]
+    users = tables["users"]
+    if request.kind == "users":
+        users = users[~users["user_id"].isin(gone["user_id"])].reset_index(drop=True)
+    affected = samples["user_id"].isin(gone["user_id"].unique()).to_numpy()
+    deleted = samples[KEY].merge(gone.drop_duplicates(), on=KEY, how="left", indicator=True)["_merge"].eq("both")
+    deleted = deleted.to_numpy()
+
+    redo = samples[affected & ~deleted].copy()
+    if len(redo):
+        positions = redo[KEY].merge(kept[KEY].reset_index(), on=KEY, how="left")["index"].to_numpy()
+        codes = pd.factorize(kept["user_id"])[0]
+        index, count = history_index(codes, np.ones(len(kept), dtype=bool), int(config["history"]))
+        render = PromptRenderer(kept, tables["items"], users, ITEM_NOUN.get(config["dataset"], "item"))
+        prompts, hist_items, hist_ratings = render(index[positions], redo)
+        redo["prompt"] = prompts
+        redo["history_item_ids"] = hist_items
+        redo["history_ratings"] = hist_ratings
+        redo["eligible"] = count[positions] >= int(config["min_history"])
+    else:
+        redo["eligible"] = pd.Series(dtype=bool)
+    old = samples[affected & ~deleted]
+    changed = (old["prompt"].to_numpy() != redo["prompt"].to_numpy()) | ~redo["eligible"].to_numpy()
+    dropped = redo[~redo["eligible"]]
+    redo = redo[redo["eligible"]].drop(columns="eligible")
+
+    in_train = (samples["split"] == "train").to_numpy()
+    forget_rows = pd.concat([samples[deleted & in_train], old[changed & (old["split"] == "train").to_numpy()]])
+    retained = pd.concat([samples[~affected], redo]).sort_values("sample_id").reset_index(drop=True)
+    retained["prompt_original"] = None
+    counts = {
+        "events_deleted": int(mask.sum()),
+        "samples_deleted": int(deleted.sum()),
+        "samples_dropped_short_history": int(len(dropped)),
+        "prompts_rebuilt": int(changed.sum() - len(dropped)),
+        "forget_prompts": int(len(forget_rows)),
+        **{f"{split}_samples_removed": int(((samples["split"] == split).to_numpy() & deleted).sum()
+                                           + (dropped["split"] == split).sum())
+           for split in ("train", "valid", "test")},
+    }
+    return retained, {**tables, "events": kept, "users": users}, forget_rows, counts
+
+
+def job_samples(retained: pd.DataFrame, forget_rows: pd.DataFrame) -> pd.DataFrame:
+    """Samples for the unlearning job: the retained data, plus the forget prompts flagged `forget` (old texts
+    get fresh sample ids, since their rebuilt versions keep theirs)."""
+    forget_rows = forget_rows.assign(split="train", forget=True)
+    forget_rows["sample_id"] = np.arange(len(forget_rows)) + int(retained["sample_id"].max()) + 1
+    return pd.concat([retained.assign(forget=False), forget_rows], ignore_index=True)
+
+
+def narrowed(request: Request, keys: list[str]) -> Request:
+    """The part of a request still to do: only `keys` (ids that earlier requests have not forgotten)."""
+    if request.kind == "users":
+        return Request("users", keys, users=keys)
+    table = request.interactions
+    rows = table.apply(lambda row: "|".join(row), axis=1)
+    return Request("interactions", keys, interactions=table[rows.isin(keys).to_numpy()])
+
+
+def submit(ledger: Ledger, request: Request, events: pd.DataFrame) -> tuple[dict, bool, Request]:
+    """Validate a request against the data and record it as queued; returns (record, already_done, the part
+    still to do). Ids that finished requests forgot count as done, so an identical or overlapping request
+    is never refused for naming ids that are gone from the data already."""
+    hashes = ledger.hash_ids(request.keys)
+    prior = ledger.find(ledger.fingerprint(request.kind, hashes))
+    forgotten = ledger.forgotten(request.kind)
+    todo = [key for key, digest in zip(request.keys, hashes, strict=True) if digest not in forgotten]
+    if prior and prior["status"] == "done":
+        return prior, True, narrowed(request, [])
+    if not todo:
+        record = prior or ledger.add(request.kind, hashes)
+        return record, True, narrowed(request, [])
+    rest = narrowed(request, todo)
+    match(events, rest)
+    return prior or ledger.add(request.kind, hashes), False, rest
+
+
+def forget(root: str | Path, request: Request, request_id: str | None = None, log=print) -> dict:
+    """Honour one deletion request on the run at `root`; returns its ledger record (`noop` is true when an
+    identical request had been honoured already). Requests are serialised by the run's lock; `request_id`
+    names a record made by `submit` (the service queues requests that way)."""
+    run = Run(root)
+    ledger = Ledger(run.ledger_path)
+    with run.lock():
+        recover(run, ledger)
+        current = run.current()
+        tables = load_tables(data_dir(current))
+        samples, manifest = load_prepared(data_dir(current))
+        try:
+            record, done, rest = submit(ledger, request, tables["events"])
+        except E2URecError as exc:
+            if request_id:  # a queued request whose ids are no longer valid fails instead of waiting forever
+                ledger.update(request_id, status="failed", error=str(exc))
+            raise
+        rid = request_id or record["request_id"]
+        if done:
+            if record["status"] != "done" or rid != record["request_id"]:
+                ledger.update(rid, status="done", version=current.name, seconds=0.0,
+                              metrics={"noop": "every id was forgotten by earlier requests"})
+            return {**ledger.get(rid), "noop": True}
+        ledger.update(rid, status="running", error=None)
+        started = time.perf_counter()
+        try:
+            version, metrics, counts = apply(run, current, samples, manifest, tables, rest, rid, log)
+        except BaseException as exc:
+            ledger.update(rid, status="failed", error=f"{type(exc).__name__}: {exc}")
+            raise
+        seconds = round(time.perf_counter() - started, 3)
+        run.set_current(version)
+        ledger.update(rid, status="done", version=version.name, metrics=metrics, row_counts=counts, seconds=seconds)
+        run.sweep()
+        log(f"request {rid}: done in {seconds:.1f} s → {version.name} (test AUC {metrics['auc']:.4f})")
+        return {**ledger.get(rid), "noop": False}
+
+
+def apply(run: Run, current: Path, samples: pd.DataFrame, manifest: dict, tables: dict[str, pd.DataFrame],
+          request: Request, rid: str, log) -> tuple[Path, dict, dict]:
+    """Build the next version beside the current one (complete before anyone points at it)."""
+    retained, new_tables, forget_rows, counts = rebuild(samples, tables, request, manifest["config"])
+    version = run.next_version()
+    work = run.work / rid
+    shutil.rmtree(work, ignore_errors=True)
+    options = run.config.get("options", {})
+    with atomic_dir(version) as tmp:
+        write_prepared(tmp / "data", retained, new_tables, {**manifest, "parent_samples_sha256":
+                                                            manifest["samples_sha256"]})
+        facts: dict = {}
+        if len(forget_rows):
+            write_prepared(work / "job-data", job_samples(retained, forget_rows), new_tables, manifest)
+            log(f"request {rid}: unlearning {len(forget_rows)} prompts with {run.config.get('method', 'e2urec')}")
+            facts = unlearn(run.config.get("method", "e2urec"), model_dir(current), work / "job-data",
+                            work / "student", options)
+            student, _ = load_model(work / "student")
+            shutil.rmtree(work / "job-data")
+        else:
+            student, _ = load_model(model_dir(current))
+        save_model(full_weights(student), tmp / "model",
+                   {"role": "version", "version": version.name, "request_id": rid, "parent": current.name,
+                    "backbone": run.config.get("backbone"),
+                    **{k: facts[k] for k in ("unlearn_seconds", "hyperparameters", "trainable_params")
+                       if k in facts}})
+        del student
+        cfg = EvalConfig(**run.config.get("eval", {}))
+        test = evaluate(tmp / "model", tmp / "data", "test", work / "eval", cfg)
+        metrics = {k: test[k] for k in ("auc", "acc", "logloss")}
+        metrics["unlearn_seconds"] = facts.get("unlearn_seconds", 0.0)
+        write_json_atomic(tmp / VERSION_FILE, {"version": version.name, "request_id": rid, "parent": current.name,
+                                               "created": time.time(), "metrics": metrics, "counts": counts})
+    return version, metrics, counts
+
+
+def recover(run: Run, ledger: Ledger) -> None:
+    """After a crash: finish the ledger of a request whose version was already swapped in; drop leftovers."""
+    meta = version_meta(run.current())
+    rid = meta.get("request_id")
+    if rid:
+        record = ledger.get(rid)
+        if record and record["status"] != "done":
+            ledger.update(rid, status="done", version=meta["version"], metrics=meta.get("metrics"),
+                          row_counts=meta.get("counts"))
+    run.sweep()

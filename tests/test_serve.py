@@ -1,0 +1,179 @@
+"""The scoring service on a tiny real run: scores, its robustness to bad bodies, and deletion jobs end to end."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from fastapi.testclient import TestClient
+from typer.testing import CliRunner
+
+from e2urec.checkpoint import load_model
+from e2urec.cli import app
+from e2urec.data.prepare import PrepareConfig, PromptRenderer, prepare
+from e2urec.data.samples import history_index
+from e2urec.data.sources import fetch
+from e2urec.data.store import load_prepared, load_tables
+from e2urec.engine import TrainConfig
+from e2urec.model.scoring import score
+from e2urec.ops.ledger import Ledger
+from e2urec.ops.run import Run, init_run
+from e2urec.serve import create_app
+from e2urec.training import train
+
+MAX_PAIRS, MAX_BYTES = 20, 20_000
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("serve")
+    prepare(PrepareConfig("ml-100k", data_dir=str(fetch("ml-100k").path), last_n=300), root / "data")
+    train(root / "data", "original", "tiny", root / "original",
+          TrainConfig(epochs=1, lr=1e-3, batch_size=16, max_steps=3))
+    return init_run(root / "run", root / "data", root / "original", {"max_steps": 2, "batch_size": 8, "aug_steps": 2})
+
+
+@pytest.fixture(scope="module")
+def client(run: Path) -> Iterator[TestClient]:
+    with TestClient(create_app(run, max_pairs=MAX_PAIRS, max_body_bytes=MAX_BYTES)) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def ids(run: Path) -> dict[str, int]:
+    """`gone`: the user with most training samples (forgotten last); `other`: a second one; `kept`: scored."""
+    samples, _ = load_prepared(Run(run).current() / "data")
+    ranked = samples.loc[samples["split"] == "train", "user_id"].value_counts().index
+    events = load_tables(Run(run).current() / "data")["events"]
+    kept = next(u for u in events["user_id"].iloc[::-1] if u not in ranked[:2])
+    return {"gone": int(ranked[0]), "other": int(ranked[1]), "kept": int(kept),
+            "item": int(events["item_id"].iloc[0]), "item2": int(events["item_id"].iloc[-1])}
+
+
+def test_health_names_the_version_and_an_empty_queue(client: TestClient) -> None:
+    assert client.get("/health").json() == {"status": "ok", "version": "v0000", "honours": [], "queue": 0}
+
+
+def test_score_one_and_many(client: TestClient, ids: dict[str, int]) -> None:
+    one = client.post("/score", json={"user_id": ids["kept"], "item_id": ids["item"]})
+    assert one.status_code == 200
+    body = {"pairs": [{"user_id": str(ids["kept"]), "item_id": ids["item"]},
+                      {"user_id": ids["gone"], "item_id": str(ids["item2"])},
+                      {"user_id": ids["kept"], "item_id": ids["item2"]}]}
+    many = client.post("/score", json=body).json()
+    again = client.post("/score", json=body).json()
+    p = [s["p_yes"] for s in many["scores"]]
+    assert many["version"] == "v0000" and all(0.0 <= v <= 1.0 for v in p)
+    assert [s["user_id"] for s in many["scores"]] == [str(ids["kept"]), ids["gone"], ids["kept"]]  # echoed as sent
+    assert p == pytest.approx([s["p_yes"] for s in again["scores"]], abs=1e-6)
+    assert one.json()["scores"][0]["p_yes"] == pytest.approx(p[0], abs=1e-5)  # "42" and 42 are the same id
+
+
+def test_score_is_the_training_prompt_after_the_users_last_event(client: TestClient, run: Path,
+                                                                 ids: dict[str, int]) -> None:
+    """Built independently, as prepare builds a sample: append the target as the user's newest event."""
+    version = Run(run).current()
+    tables = load_tables(version / "data")
+    events = tables["events"]
+    target = pd.DataFrame({"user_id": [ids["kept"]], "item_id": [ids["item"]], "rating": [0.0],
+                           "timestamp": [events["timestamp"].max() + 1]})
+    extended = pd.concat([events, target], ignore_index=True)
+    index, count = history_index(pd.factorize(extended["user_id"])[0], np.ones(len(extended), dtype=bool), 10)
+    assert count[-1] == (events["user_id"] == ids["kept"]).sum()
+    prompt = PromptRenderer(extended, tables["items"], tables["users"], "movie")(index[-1:], target)[0][0]
+    assert client.app.state.service.scorer().prompts([ids["kept"]], [ids["item"]]) == [prompt]
+    expected = score(load_model(version / "model")[0], [prompt])[0]
+    got = client.post("/score", json={"user_id": ids["kept"], "item_id": ids["item"]}).json()["scores"][0]["p_yes"]
+    assert got == pytest.approx(float(expected), abs=1e-5)
+
+
+def test_unknown_user_or_item_is_404_naming_it(client: TestClient, ids: dict[str, int]) -> None:
+    user = client.post("/score", json={"user_id": 987654, "item_id": ids["item"]})
+    item = client.post("/score", json={"pairs": [{"user_id": ids["kept"], "item_id": 876543}]})
+    assert user.status_code == 404 and "987654" in user.json()["detail"]
+    assert item.status_code == 404 and "876543" in item.json()["detail"]
+    forget_user = client.post("/forget", json={"user_ids": [987654]})
+    forget_row = client.post("/forget", json={"interactions": [{"user_id": ids["kept"], "item_id": 876543}]})
+    assert forget_user.status_code == 404 and "987654" in forget_user.json()["detail"]
+    assert forget_row.status_code == 404 and "876543" in forget_row.json()["detail"]
+    assert client.get("/jobs/no-such-job").status_code == 404
+
+
+@pytest.mark.parametrize(("path", "kwargs"), [
+    ("/score", {"content": b'{"user_id": 1,', "headers": {"content-type": "application/json"}}),
+    ("/score", {"content": b"user_id=1&item_id=2", "headers": {"content-type": "application/x-www-form-urlencoded"}}),
+    ("/score", {"content": b"\xff\xfe not text"}),
+    ("/score", {"json": [1, 2]}),
+    ("/score", {"json": {"user_id": 1}}),
+    ("/score", {"json": {"user_id": 1, "item_id": 2, "extra": 3}}),
+    ("/score", {"json": {"user_id": True, "item_id": 2}}),
+    ("/score", {"json": {"user_id": 1.5, "item_id": 2}}),
+    ("/score", {"json": {"user_id": "x" * 200, "item_id": 2}}),
+    ("/score", {"json": {"user_id": "not-a-number", "item_id": 2}}),  # ids are integers in ML-100K
+    ("/score", {"json": {"pairs": []}}),
+    ("/forget", {"json": {}}),
+    ("/forget", {"json": {"user_ids": [1], "interactions": [{"user_id": 1, "item_id": 2}]}}),
+    ("/forget", {"json": {"user_ids": []}}),
+    ("/forget", {"json": {"interactions": [{"user_id": 1, "item_id": 2, "timestamp": 3}, {"user_id": 1,
+                                                                                         "item_id": 4}]}}),
+])
+def test_malformed_bodies_are_422_with_a_reason(client: TestClient, path: str, kwargs: dict) -> None:
+    response = client.post(path, **kwargs)
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"]
+
+
+def test_too_many_pairs_or_too_large_a_body_is_413(client: TestClient, ids: dict[str, int]) -> None:
+    pair = {"user_id": ids["kept"], "item_id": ids["item"]}
+    many = client.post("/score", json={"pairs": [pair] * (MAX_PAIRS + 1)})
+    assert many.status_code == 413 and f"at most {MAX_PAIRS}" in many.json()["detail"]
+    assert client.post("/forget", json={"user_ids": list(range(MAX_PAIRS + 1))}).status_code == 413
+    padded = b'{"user_id": 1, "item_id": 2' + b" " * MAX_BYTES + b"}"
+    big = client.post("/score", content=padded, headers={"content-type": "application/json"})
+    assert big.status_code == 413 and "bytes" in big.json()["detail"]
+    chunked = client.post("/score", content=iter([padded[:1000], padded[1000:]]),  # no Content-Length
+                          headers={"content-type": "application/json"})
+    assert chunked.status_code == 413
+
+
+def test_serve_refuses_a_folder_that_is_not_a_run(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["serve", "--run", str(tmp_path)])
+    assert result.exit_code == 2 and "not a run folder" in result.output
+
+
+def test_openapi_documents_every_path(client: TestClient) -> None:
+    schema = client.get("/openapi.json").json()
+    assert {"/health", "/score", "/forget", "/jobs/{job_id}"} <= set(schema["paths"])
+    assert {"Pair", "Pairs", "Scores", "ForgetBody", "Job"} <= set(schema["components"]["schemas"])
+
+
+def test_forget_job_swaps_the_version_and_the_user_is_gone(client: TestClient, run: Path,
+                                                           ids: dict[str, int]) -> None:
+    accepted = client.post("/forget", json={"user_ids": [ids["gone"]]})
+    # Overlaps the first: by the time it runs `gone` is forgotten already, so only `other` is left to do.
+    overlapping = client.post("/forget", json={"user_ids": [ids["gone"], ids["other"]]})
+    assert accepted.status_code == overlapping.status_code == 202
+    job_id, second = accepted.json()["job_id"], overlapping.json()["job_id"]
+    assert accepted.json()["status"] == "queued" and second != job_id
+    assert client.app.state.worker.join_idle(timeout=300)
+
+    job = client.get(f"/jobs/{job_id}").json()
+    assert job["status"] == "done" and job["version"] == "v0001" and job["error"] is None
+    assert 0.0 <= job["metrics"]["auc"] <= 1.0 and job["row_counts"]["events_deleted"] > 0
+    later = client.get(f"/jobs/{second}").json()
+    assert later["status"] == "done" and later["version"] == "v0002", later
+
+    health = client.get("/health").json()
+    assert health["version"] == "v0002" and health["honours"] == [job_id, second] and health["queue"] == 0
+    assert Ledger(Run(run).ledger_path).honoured_by("v0001") == [job_id]
+    for user in ("gone", "other"):
+        gone = client.post("/score", json={"user_id": ids[user], "item_id": ids["item"]})
+        assert gone.status_code == 404 and str(ids[user]) in gone.json()["detail"]
+    kept = client.post("/score", json={"user_id": ids["kept"], "item_id": ids["item"]}).json()
+    assert kept["version"] == "v0002"
+
+    repeat = client.post("/forget", json={"user_ids": [str(ids["gone"])]})
+    assert repeat.status_code == 200 and repeat.json() == {"job_id": job_id, "status": "done", "version": "v0001"}
