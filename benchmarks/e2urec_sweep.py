@@ -35,6 +35,8 @@ GRID = {
     "epochs=10": {"epochs": 10},
     "aug_lr=1e-3": {"aug_lr": 1e-3},
     "combined": {"aug_lr": 1e-3, "alpha": 5.0, "beta": 0.8, "epochs": 10},
+    # The far end: the forgetting loss alone (no retain terms), pushed hard; shows what E2URec's teacher can do.
+    "forget-only": {"aug_lr": 1e-3, "alpha": 5.0, "beta": 1.0, "epochs": 10},
 }
 
 
@@ -93,7 +95,7 @@ def measure(bench: Path, tune_seed: int) -> dict:
                               (("original", seed_dir / "original"), ("retrain", seed_dir / "retrain"),
                                ("chosen", model))}
         report["chosen_over_seeds"] = {
-            who: {key: f"{np.mean(v):.4f} ± {np.std(v):.4f}"
+            who: {key: f"{np.mean(v):.4f} ± {np.std(v, ddof=1):.4f}"
                   for key in per_seed[config["seeds"][0]][who]
                   for v in [[per_seed[s][who][key] for s in per_seed]]}
             for who in ("original", "retrain", "chosen")}

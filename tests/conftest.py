@@ -18,6 +18,22 @@ def tiny() -> Backbone:
 
 
 @pytest.fixture(scope="session")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A prepared slice of real ML-100K (last 300 samples) and a tiny Original trained on it for 3 steps:
+    `data/` and `original/` under the returned folder. Shared, so tests must not modify them."""
+    from e2urec.data.prepare import PrepareConfig, prepare
+    from e2urec.data.sources import fetch
+    from e2urec.engine import TrainConfig
+    from e2urec.training import train
+
+    root = tmp_path_factory.mktemp("trained")
+    prepare(PrepareConfig("ml-100k", data_dir=str(fetch("ml-100k").path), last_n=300), root / "data")
+    train(root / "data", "original", "tiny", root / "original",
+          TrainConfig(epochs=1, lr=1e-3, batch_size=16, max_steps=3))
+    return root
+
+
+@pytest.fixture(scope="session")
 def tiny_t5() -> Backbone:
     """The seeded tiny seq2seq backbone; shared, so tests must not modify it."""
     return load_backbone("tiny-t5", seed=0)

@@ -18,27 +18,14 @@ import pytest
 from typer.testing import CliRunner
 
 from e2urec.cli import app
-from e2urec.data.prepare import PrepareConfig, prepare
-from e2urec.data.sources import fetch
 from e2urec.data.store import load_prepared, load_tables
-from e2urec.engine import TrainConfig
 from e2urec.errors import E2URecError
 from e2urec.ops.forget import forget, read_request
 from e2urec.ops.ledger import Ledger
 from e2urec.ops.run import init_run
-from e2urec.training import train
 
 runner = CliRunner()
 QUICK = {"max_steps": 2, "batch_size": 8, "aug_steps": 2}
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("ops")
-    prepare(PrepareConfig("ml-100k", data_dir=str(fetch("ml-100k").path), last_n=300), root / "data")
-    train(root / "data", "original", "tiny", root / "original",
-          TrainConfig(epochs=1, lr=1e-3, batch_size=16, max_steps=3))
-    return root
 
 
 def new_run(trained: Path, tmp_path: Path) -> Path:
@@ -78,11 +65,13 @@ def test_user_request_end_to_end(trained: Path, tmp_path: Path) -> None:
     (record,) = ledger.requests()
     assert record["status"] == "done" and record["version"] == "v0001" and record["seconds"] > 0
     assert record["row_counts"]["samples_deleted"] == n_user and 0 <= record["metrics"]["auc"] <= 1
-    assert record["id_hashes"] == ledger.hash_ids([user]) and user not in json.dumps(record["id_hashes"])
+    assert record["id_hashes"] == ledger.hash_ids([user]) and len(record["id_hashes"][0]) == 64
     assert ledger.honoured_by("v0001") == [record["request_id"]]
     meta = json.loads((run / "current" / "version.json").read_text())
     assert meta["request_id"] == record["request_id"] and meta["parent"] == "v0000"
 
+    listed = runner.invoke(app, ["ledger", "--run", str(run)])
+    assert listed.exit_code == 0 and record["request_id"] in listed.output and "v0001" in listed.output
     again = runner.invoke(app, ["forget", "--run", str(run), "--users", user])
     assert again.exit_code == 0 and "already honoured" in again.output
     assert len(ledger.requests()) == 1 and os.readlink(run / "current").endswith("v0001")

@@ -13,27 +13,21 @@ from typer.testing import CliRunner
 
 from e2urec.checkpoint import load_model
 from e2urec.cli import app
-from e2urec.data.prepare import PrepareConfig, PromptRenderer, prepare
+from e2urec.data.prepare import PromptRenderer
 from e2urec.data.samples import history_index
-from e2urec.data.sources import fetch
 from e2urec.data.store import load_prepared, load_tables
-from e2urec.engine import TrainConfig
 from e2urec.model.scoring import score
 from e2urec.ops.ledger import Ledger
 from e2urec.ops.run import Run, init_run
 from e2urec.serve import create_app
-from e2urec.training import train
 
 MAX_PAIRS, MAX_BYTES = 20, 20_000
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("serve")
-    prepare(PrepareConfig("ml-100k", data_dir=str(fetch("ml-100k").path), last_n=300), root / "data")
-    train(root / "data", "original", "tiny", root / "original",
-          TrainConfig(epochs=1, lr=1e-3, batch_size=16, max_steps=3))
-    return init_run(root / "run", root / "data", root / "original", {"max_steps": 2, "batch_size": 8, "aug_steps": 2})
+def run(trained: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return init_run(tmp_path_factory.mktemp("serve") / "run", trained / "data", trained / "original",
+                    {"max_steps": 2, "batch_size": 8, "aug_steps": 2})
 
 
 @pytest.fixture(scope="module")
@@ -164,7 +158,7 @@ def test_forget_job_swaps_the_version_and_the_user_is_gone(client: TestClient, r
     assert job["status"] == "done" and job["version"] == "v0001" and job["error"] is None
     assert 0.0 <= job["metrics"]["auc"] <= 1.0 and job["row_counts"]["events_deleted"] > 0
     later = client.get(f"/jobs/{second}").json()
-    assert later["status"] == "done" and later["version"] == "v0002", later
+    assert later["status"] == "done" and later["version"] == "v0002", later["error"]
 
     health = client.get("/health").json()
     assert health["version"] == "v0002" and health["honours"] == [job_id, second] and health["queue"] == 0

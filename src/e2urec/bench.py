@@ -39,7 +39,7 @@ class Preset:
 
 PRESETS: dict[str, Preset] = {
     # ≤ 10 min on 2 CPU cores with the tiny backbone: a recent slice of ML-100K, three seeds.
-    "demo": Preset(last_n=1300, seeds=(0, 1, 2), train={"epochs": 2, "lr": 1e-3, "batch_size": 16},
+    "demo": Preset(last_n=1200, seeds=(0, 1, 2), train={"epochs": 2, "lr": 1e-3, "batch_size": 16},
                    method_options={"e2urec": {"aug_steps": 20}}, mia_samples=200),
     # About an hour here (estimated from the demo's per-sample cost, not yet timed end to end): a larger slice,
     # three epochs (the tiny Original's valid loss is best at epoch 2-3 at this lr).

@@ -295,8 +295,29 @@ def forget(
     if record["noop"]:
         out_console.print(f"request {record['request_id']}: already honoured by {record['version']}; nothing to do")
         return
+    metrics = record["metrics"]
     print_counts(f"request {record['request_id']} → {record['version']} in {record['seconds']:.1f} s",
-                 {**record["row_counts"], **{f"test_{k}": round(v, 4) for k, v in record["metrics"].items()}})
+                 {**record["row_counts"], **{f"test_{k}": round(metrics[k], 4) for k in ("auc", "acc", "logloss")},
+                  "unlearn_seconds": metrics["unlearn_seconds"]})
+
+
+@app.command()
+@friendly
+def ledger(run: Annotated[Path, typer.Option(help="run folder made by `e2urec init`")]) -> None:
+    """List a run's deletion requests: status, the version that honours each, ids (as counts), test AUC, time."""
+    from e2urec.ops.ledger import Ledger
+    from e2urec.ops.run import Run
+
+    current = Run(run).current().name
+    table = Table(title=f"{run}: deletion requests (serving {current})")
+    for column in ("request", "kind", "ids", "status", "version", "test AUC", "seconds", "error"):
+        table.add_column(column, no_wrap=column != "error")
+    for r in Ledger(Run(run).ledger_path).requests():
+        auc = (r["metrics"] or {}).get("auc")
+        table.add_row(r["request_id"], r["kind"], str(len(r["id_hashes"])), r["status"], r["version"] or "",
+                      f"{auc:.4f}" if isinstance(auc, float) else "",
+                      f"{r['seconds']:.1f}" if r["seconds"] is not None else "", escape(r["error"] or ""))
+    out_console.print(table)
 
 
 @app.command()

@@ -147,7 +147,8 @@ def submit(ledger: Ledger, request: Request, events: pd.DataFrame) -> tuple[dict
     hashes = ledger.hash_ids(request.keys)
     prior = ledger.find(ledger.fingerprint(request.kind, hashes))
     forgotten = ledger.forgotten(request.kind)
-    todo = [key for key, digest in zip(request.keys, hashes, strict=True) if digest not in forgotten]
+    salt = ledger.salt
+    todo = [key for key in request.keys if ledger.hash_id(key, salt) not in forgotten]
     if prior and prior["status"] == "done":
         return prior, True, narrowed(request, [])
     if not todo:

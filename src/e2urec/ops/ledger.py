@@ -59,10 +59,14 @@ class Ledger:
         row = self._one("SELECT value FROM settings WHERE key = 'salt'")
         return row["value"]
 
+    def hash_id(self, key: str, salt: str | None = None) -> str:
+        """Salted SHA-256 of one id: comparable between requests of this run, useless elsewhere."""
+        return hashlib.sha256((salt or self.salt).encode() + key.encode()).hexdigest()
+
     def hash_ids(self, keys: Iterable[str]) -> list[str]:
-        """Salted SHA-256 of each id (sorted): comparable between requests of this run, useless elsewhere."""
-        salt = self.salt.encode()
-        return sorted({hashlib.sha256(salt + key.encode()).hexdigest() for key in keys})
+        """The sorted, distinct hashes of a request's ids (what the ledger stores and fingerprints)."""
+        salt = self.salt
+        return sorted({self.hash_id(key, salt) for key in keys})
 
     def fingerprint(self, kind: str, hashes: list[str]) -> str:
         return hashlib.sha256(json.dumps([kind, hashes]).encode()).hexdigest()

@@ -21,10 +21,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from e2urec import __version__
-from e2urec.checkpoint import META_FILE, load_model, save_model
+from e2urec.checkpoint import load_model, save_model
 from e2urec.data.store import load_prepared, load_tables, write_prepared
 from e2urec.errors import E2URecError
-from e2urec.io import read_json, write_json_atomic
+from e2urec.io import atomic_dir, read_json, write_json_atomic
 from e2urec.model.backbone import Backbone
 
 RUN_FILE = "run.json"
@@ -106,8 +106,6 @@ class Run:
 
 def init_run(root: Path, data: Path, model: Path, options: dict | None = None, overwrite: bool = False) -> Path:
     """Create a run from a prepared data folder and a model trained on it (the Original, version v0000)."""
-    from e2urec.io import atomic_dir
-
     samples, manifest = load_prepared(data)
     tables = load_tables(data)
     backbone, meta = load_model(model)
@@ -145,7 +143,3 @@ def data_dir(version: Path) -> Path:
 
 def version_meta(version: Path) -> dict:
     return read_json(version / VERSION_FILE)
-
-
-def is_model(folder: Path) -> bool:
-    return (folder / META_FILE).is_file()
