@@ -75,6 +75,13 @@ def cast_like(values: pd.Series, like: pd.Series, what: str) -> pd.Series:
     return values.astype(str).str.strip()
 
 
+def cast_known(values, like: pd.Series, what: str, known: pd.Series | pd.Index | None = None
+               ) -> tuple[pd.Series, list]:
+    """User-given ids cast like `like`, and those not among `known` (default: `like`), sorted and distinct."""
+    ids = cast_like(pd.Series(list(values), dtype=object), like, what)
+    return ids, sorted(ids[~ids.isin(like if known is None else known)].unique().tolist())
+
+
 def read_interactions(path: Path) -> pd.DataFrame:
     """A CSV of interactions (user_id, item_id[, timestamp]) as strings, checked for shape."""
     try:
@@ -165,10 +172,10 @@ def build_samples(raw: RawData, cfg: PrepareConfig) -> tuple[pd.DataFrame, dict]
     else:
         train_users = samples.loc[is_train, "user_id"]
         if cfg.forget_users is not None:
-            wanted = cast_like(pd.Series(cfg.forget_users), samples["user_id"], "--forget-users").unique()
-            unknown = sorted(set(wanted.tolist()) - set(events["user_id"].tolist()))
+            wanted, unknown = cast_known(cfg.forget_users, events["user_id"], "--forget-users")
             if unknown:
-                raise E2URecError(f"--forget-users: {len(unknown)} ids are not in the dataset: {unknown[:20]}")
+                raise UnknownIds("--forget-users", users=unknown)
+            wanted = wanted.unique()
             untrained = sorted(set(wanted.tolist()) - set(train_users.tolist()))
             if untrained:
                 raise E2URecError(

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from e2urec.checkpoint import load_model, save_model
-from e2urec.data.prepare import PromptRenderer, cast_like, match_interactions, read_interactions
+from e2urec.data.prepare import PromptRenderer, cast_known, match_interactions, read_interactions
 from e2urec.data.readers import ITEM_NOUN
 from e2urec.data.samples import history_index
 from e2urec.data.store import load_prepared, load_tables, write_prepared
@@ -60,8 +60,7 @@ def read_request(users: list[str] | None = None, interactions: Path | pd.DataFra
 def match(events: pd.DataFrame, request: Request) -> np.ndarray:
     """Mask of the events a request names; an id not in the run's data is an error and nothing changes."""
     if request.kind == "users":
-        wanted = cast_like(pd.Series(request.users), events["user_id"], "--users")
-        unknown = sorted(set(wanted.tolist()) - set(events["user_id"].tolist()))
+        wanted, unknown = cast_known(request.users, events["user_id"], "--users")
         if unknown:
             raise UnknownIds("--users", users=unknown)
         return events["user_id"].isin(wanted).to_numpy()
@@ -146,11 +145,10 @@ def submit(ledger: Ledger, request: Request, events: pd.DataFrame) -> tuple[dict
     is never refused for naming ids that are gone from the data already."""
     hashes = ledger.hash_ids(request.keys)
     prior = ledger.find(ledger.fingerprint(request.kind, hashes))
-    forgotten = ledger.forgotten(request.kind)
-    salt = ledger.salt
-    todo = [key for key in request.keys if ledger.hash_id(key, salt) not in forgotten]
     if prior and prior["status"] == "done":
         return prior, True, narrowed(request, [])
+    forgotten, salt = ledger.forgotten(request.kind), ledger.salt
+    todo = [key for key in request.keys if ledger.hash_id(key, salt) not in forgotten]
     if not todo:
         record = prior or ledger.add(request.kind, hashes)
         return record, True, narrowed(request, [])

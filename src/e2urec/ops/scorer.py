@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from e2urec.checkpoint import load_model
-from e2urec.data.prepare import PromptRenderer, cast_like
+from e2urec.data.prepare import PromptRenderer, cast_known
 from e2urec.data.readers import ITEM_NOUN
 from e2urec.data.store import load_manifest, load_tables
 from e2urec.errors import UnknownIds
@@ -65,10 +65,8 @@ class Scorer:
 
     def cast(self, users: Sequence, items: Sequence) -> tuple[pd.Series, pd.Series]:
         """Ids as the dataset types them (JSON gives strings or ints); unknown ones raise UnknownIds."""
-        user_ids = cast_like(pd.Series(list(users), dtype=object), self._user_ids_like, "user_id")
-        item_ids = cast_like(pd.Series(list(items), dtype=object), self._item_ids_like, "item_id")
-        bad_users = user_ids[~user_ids.isin(self.users)].unique().tolist()
-        bad_items = item_ids[~item_ids.isin(self.items)].unique().tolist()
+        user_ids, bad_users = cast_known(users, self._user_ids_like, "user_id", self.users)
+        item_ids, bad_items = cast_known(items, self._item_ids_like, "item_id", self.items)
         if bad_users or bad_items:
             raise UnknownIds("score", users=bad_users, items=bad_items)
         return user_ids, item_ids
