@@ -1,12 +1,13 @@
-"""Validation-only tuning of E2URec on a finished bench: which α, β, lr, epochs (steps) and augmented-model lr
-forget best without hurting utility, chosen the way a deployment must choose it: without Retrain or test data.
+"""Validation-only choice of E2URec's defaults on one seed of a bench preset, the way a deployment must choose:
+without Retrain and without test data.
 
 Criterion: among configurations whose valid AUC is at least the Original's minus 0.01, the one whose forget set
-looks least like training data to a membership attack trained on retained (members) vs valid (non-members)
-samples, i.e. the lowest forget-set MIA AUC. Test AUC, forget AUC and JSD to the bench's Retrain are reported
-for every configuration, but only for information; the chosen configuration then runs on the other seeds.
-Prints JSON (also written to BENCH/sweep.json). Usage:
-python benchmarks/e2urec_sweep.py --bench runs/cpu [--tune-seed 0]
+ends closest to held-out non-members in mean answer loss (the same non-member pool E2URec's stopping rule uses:
+the forgotten users' own valid samples, else unseen users' valid samples), ties broken by time. Test AUC,
+forget AUC, gap closure and JSD to the bench's Retrain are reported for every configuration, but only for
+information. Needs the seed's prepare/original/retrain stages (e.g. from `e2urec bench`). Prints JSON (also
+written to BENCH/sweep.json). Usage:
+python benchmarks/e2urec_sweep.py --bench runs/cpu --preset cpu [--tune-seed 0]
 """
 
 from __future__ import annotations
@@ -17,88 +18,91 @@ from pathlib import Path
 import numpy as np
 
 from common import run
-from e2urec.bench import PRESETS, machine
+from e2urec.bench import PRESETS, closure, machine
 from e2urec.checkpoint import load_model
 from e2urec.data.store import load_prepared
 from e2urec.engine import make_accelerator
 from e2urec.evaluation import utility_metrics
 from e2urec.io import read_json, write_json_atomic
-from e2urec.training import EvalConfig, distances, membership_auc, per_sample_p_yes, prompt_set, rows_for
+from e2urec.training import EvalConfig, distances, per_sample_p_yes, prompt_set, rows_for
 from e2urec.unlearning.run import unlearn
 
-# One factor at a time around the reference, then the factors that help together.
+# The reference profile, the new schedule with its rules, then one factor at a time around it.
 GRID = {
-    "reference": {},
-    "alpha=5": {"alpha": 5.0},
-    "beta=0.8": {"beta": 0.8},
-    "lr=5e-3": {"lr": 5e-3},
-    "epochs=10": {"epochs": 10},
-    "aug_lr=1e-3": {"aug_lr": 1e-3},
-    "combined": {"aug_lr": 1e-3, "alpha": 5.0, "beta": 0.8, "epochs": 10},
-    # The far end: the forgetting loss alone (no retain terms), pushed hard; shows what E2URec's teacher can do.
-    "forget-only": {"aug_lr": 1e-3, "alpha": 5.0, "beta": 1.0, "epochs": 10},
+    "reference profile": {"profile": "reference"},
+    "new schedule": {},
+    "lora all-linear+embeddings": {"lora_targets": "all-linear+embeddings"},
+    "distill answer": {"distill": "answer"},
+    "forget_only=0.3": {"forget_only": 0.3},
 }
 
 
-def scores(model: Path, seed_dir: Path, cfg: EvalConfig) -> dict:
+def scores(model: Path, seed_dir: Path, cfg: EvalConfig, original: dict | None = None) -> dict:
     """Validation metrics (used to choose) and test/Retrain metrics (reported only)."""
     samples, _ = load_prepared(seed_dir / "data")
     backbone, _ = load_model(model)
     accelerator = make_accelerator()
+    train_users = set(rows_for(samples, "train")["user_id"])
+    forget_users = set(rows_for(samples, "forget")["user_id"])
 
-    def p_of(split: str):
-        rows = rows_for(samples, split)
-        return rows, per_sample_p_yes(backbone, prompt_set(backbone, rows), cfg.batch_size, accelerator)
+    def p_of(rows):
+        return per_sample_p_yes(backbone, prompt_set(backbone, rows), cfg.batch_size, accelerator)
 
-    (valid, p_valid), (test, p_test), (forget, p_forget) = p_of("valid"), p_of("test"), p_of("forget")
+    def loss(rows, p) -> float:
+        y = rows["label"].to_numpy()
+        return float(-np.log(np.clip(np.where(y == 1, p, 1 - p), 1e-7, 1)).mean())
+
+    valid, test, forget = (rows_for(samples, s) for s in ("valid", "test", "forget"))
+    p_valid, p_test, p_forget = p_of(valid), p_of(test), p_of(forget)
+    pool = valid["user_id"].isin(forget_users)
+    if pool.sum() < 20:
+        pool = ~valid["user_id"].isin(train_users)
     retrain, _ = load_model(seed_dir / "retrain")
-    return {
+    out = {
         "valid_auc": utility_metrics(valid["label"].to_numpy(), p_valid)["auc"],
-        "forget_mia_valid": membership_auc(backbone, samples, forget, p_forget, cfg, accelerator, "valid"),
+        "forget_loss": loss(forget, p_forget),
+        "non_member_loss": loss(valid[pool.to_numpy()], p_valid[pool.to_numpy()]),
         "test_auc": utility_metrics(test["label"].to_numpy(), p_test)["auc"],
         "forget_auc": utility_metrics(forget["label"].to_numpy(), p_forget)["auc"],
         "jsd_to_retrain": distances(backbone, retrain, prompt_set(backbone, forget), cfg, accelerator)["jsd"],
     }
+    out["loss_gap"] = out["non_member_loss"] - out["forget_loss"]
+    if original is not None:
+        retrain_auc = utility_metrics(forget["label"].to_numpy(), p_of_model(retrain, forget, cfg, accelerator))["auc"]
+        out["closure_auc"] = closure(original["forget_auc"], out["forget_auc"], retrain_auc)
+    return out
+
+
+def p_of_model(backbone, rows, cfg: EvalConfig, accelerator) -> np.ndarray:
+    return per_sample_p_yes(backbone, prompt_set(backbone, rows), cfg.batch_size, accelerator)
 
 
 def config_run(seed_dir: Path, name: str, options: dict, seed: int) -> Path:
-    out = seed_dir / "sweep" / name
+    out = seed_dir / "sweep" / name.replace(" ", "-").replace("=", "-")
     if not (out / "meta.json").is_file():
         unlearn("e2urec", seed_dir / "original", seed_dir / "data", out, {**options, "seed": seed}, overwrite=True)
     return out
 
 
-def measure(bench: Path, tune_seed: int) -> dict:
-    config = read_json(bench / "results.json")["config"]
-    base = PRESETS[config["preset"]].method_options.get("e2urec", {}) if config["preset"] in PRESETS else {}
-    cfg = EvalConfig(mia_samples=config["mia_samples"], seed=tune_seed)
+def measure(bench: Path, preset: str, tune_seed: int) -> dict:
+    base = PRESETS[preset].method_options.get("e2urec", {})
+    cfg = EvalConfig(mia_samples=PRESETS[preset].mia_samples, seed=tune_seed)
     tune_dir = bench / f"seed-{tune_seed}"
     original = scores(tune_dir / "original", tune_dir, cfg)
     rows = []
     for name, options in GRID.items():
         model = config_run(tune_dir, name, {**base, **options}, tune_seed)
-        rows.append({"config": name, "options": {**base, **options}, **scores(model, tune_dir, cfg),
-                     "unlearn_seconds": read_json(model / "meta.json")["unlearn_seconds"]})
+        meta = read_json(model / "meta.json")
+        rows.append({"config": name, "options": {**base, **options}, **scores(model, tune_dir, cfg, original),
+                     "unlearn_seconds": meta["unlearn_seconds"], "alpha": (meta.get("alpha") or {}).get("alpha"),
+                     "steps": meta["steps"]})
         print(rows[-1])
     eligible = [r for r in rows if r["valid_auc"] >= original["valid_auc"] - 0.01]
-    chosen = min(eligible, key=lambda r: r["forget_mia_valid"]) if eligible else None
-    report = {"benchmark": "e2urec_sweep", "machine": machine(), "bench": str(bench), "tune_seed": tune_seed,
-              "criterion": "valid AUC >= Original - 0.01, then lowest forget MIA AUC (attack: retain vs valid)",
+    chosen = min(eligible, key=lambda r: (round(abs(r["loss_gap"]), 3), r["unlearn_seconds"])) if eligible else None
+    report = {"benchmark": "e2urec_sweep", "machine": machine(), "bench": str(bench), "preset": preset,
+              "tune_seed": tune_seed,
+              "criterion": "valid AUC >= Original - 0.01, then forget loss closest to the non-member loss",
               "original": original, "configs": rows, "chosen": chosen and chosen["config"]}
-    if chosen:
-        per_seed = {}
-        for seed in config["seeds"]:
-            seed_dir = bench / f"seed-{seed}"
-            model = config_run(seed_dir, chosen["config"], chosen["options"], seed)
-            seed_cfg = EvalConfig(mia_samples=config["mia_samples"], seed=seed)
-            per_seed[seed] = {who: scores(path, seed_dir, seed_cfg) for who, path in
-                              (("original", seed_dir / "original"), ("retrain", seed_dir / "retrain"),
-                               ("chosen", model))}
-        report["chosen_over_seeds"] = {
-            who: {key: f"{np.mean(v):.4f} ± {np.std(v, ddof=1):.4f}"
-                  for key in per_seed[config["seeds"][0]][who]
-                  for v in [[per_seed[s][who][key] for s in per_seed]]}
-            for who in ("original", "retrain", "chosen")}
     write_json_atomic(bench / "sweep.json", report)
     return report
 
@@ -106,9 +110,10 @@ def measure(bench: Path, tune_seed: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bench", type=Path, default=Path("runs/cpu"))
+    parser.add_argument("--preset", default="cpu", choices=sorted(PRESETS))
     parser.add_argument("--tune-seed", type=int, default=0)
     args = parser.parse_args()
-    run(lambda: measure(args.bench, args.tune_seed))
+    run(lambda: measure(args.bench, args.preset, args.tune_seed))
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -22,14 +23,18 @@ from e2urec.data.store import load_prepared, load_tables
 from e2urec.errors import E2URecError
 from e2urec.ops.forget import forget, read_request
 from e2urec.ops.ledger import Ledger
-from e2urec.ops.run import init_run
+from e2urec.ops.run import Run, init_run
 
 runner = CliRunner()
 QUICK = {"max_steps": 2, "batch_size": 8, "aug_steps": 2}
 
 
 def new_run(trained: Path, tmp_path: Path) -> Path:
-    return init_run(tmp_path / "run", trained / "data", trained / "original", QUICK)
+    return init_run(tmp_path / "run", trained / "data", trained / "original", QUICK, key_file=tmp_path / "run.key")
+
+
+def ledger_of(run: Path) -> Ledger:
+    return Run(run).ledger()
 
 
 def current_data(run: Path) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
@@ -61,7 +66,7 @@ def test_user_request_end_to_end(trained: Path, tmp_path: Path) -> None:
     assert sorted(p.name for p in (run / "versions").iterdir()) == ["v0001"], "the old version is purged"
     assert not (run / ".work").exists(), "augmented model, caches and scratch data are purged"
 
-    ledger = Ledger(run / "ledger.sqlite")
+    ledger = ledger_of(run)
     (record,) = ledger.requests()
     assert record["status"] == "done" and record["version"] == "v0001" and record["seconds"] > 0
     assert record["row_counts"]["samples_deleted"] == n_user and 0 <= record["metrics"]["auc"] <= 1
@@ -109,18 +114,19 @@ def test_unknown_ids_are_a_clear_error_and_change_nothing(trained: Path, tmp_pat
     run = new_run(trained, tmp_path)
     before = snapshot(run)
     result = runner.invoke(app, ["forget", "--run", str(run), "--users", "999999,not-a-number"])
-    assert result.exit_code == 2 and "ids must be integers" in result.output
+    assert result.exit_code == 2 and "1 of 2 ids are not integers" in result.output
     result = runner.invoke(app, ["forget", "--run", str(run), "--users", "999999"])
-    assert result.exit_code == 2 and "not in the data" in result.output and "999999" in result.output
+    assert result.exit_code == 2 and "1 users not in the data" in result.output and "999999" not in result.output
     bad = tmp_path / "bad.csv"
     bad.write_text("user_id,item_id\n1,999999\n")
     result = runner.invoke(app, ["forget", "--run", str(run), "--interactions", str(bad)])
-    assert result.exit_code == 2 and "not in the data" in result.output
+    assert result.exit_code == 2 and "1 interactions not in the data" in result.output
+    assert "999999" not in result.output
     assert runner.invoke(app, ["forget", "--run", str(run)]).exit_code == 2
     assert runner.invoke(app, ["forget", "--run", str(tmp_path / "nope"), "--users", "1"]).exit_code == 2
     after = {k: v for k, v in snapshot(run).items() if not k.startswith("ledger.sqlite") and k != ".lock"}
-    assert after == {k: v for k, v in before.items() if k != ".lock"}
-    assert Ledger(run / "ledger.sqlite").requests() == []
+    assert after == {k: v for k, v in before.items() if not k.startswith("ledger.sqlite") and k != ".lock"}
+    assert ledger_of(run).requests() == []
     samples, _ = current_data(run)
     user = train_users(run, 1)[0]
     with pytest.raises(AssertionError):  # the privacy check does see a user who is still there
@@ -167,7 +173,7 @@ def test_concurrent_requests_are_serialised(trained: Path, tmp_path: Path) -> No
     for t in threads:
         t.join()
     assert errors == []
-    records = Ledger(run / "ledger.sqlite").requests()
+    records = ledger_of(run).requests()
     assert [r["status"] for r in records] == ["done", "done"]
     assert sorted(r["version"] for r in records) == ["v0001", "v0002"]
     meta = json.loads((run / "current" / "version.json").read_text())
@@ -182,7 +188,7 @@ def test_planted_pickle_in_the_current_version_is_refused(trained: Path, tmp_pat
     with pytest.raises(E2URecError, match="pickle"):
         forget(run, read_request(users=train_users(run, 1)))
     assert os.readlink(run / "current").endswith("v0000")
-    assert [r["status"] for r in Ledger(run / "ledger.sqlite").requests()] == ["failed"]
+    assert [r["status"] for r in ledger_of(run).requests()] == ["failed"]
 
 
 def wait_for(condition, timeout: float = 120.0) -> None:
@@ -206,10 +212,10 @@ def test_kill_during_forget_then_rerun_completes(trained: Path, tmp_path: Path) 
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert os.readlink(run / "current").endswith("v0000"), "an unfinished request never becomes current"
-    assert [r["status"] for r in Ledger(run / "ledger.sqlite").requests()] == ["running"]
+    assert [r["status"] for r in ledger_of(run).requests()] == ["running"]
     result = runner.invoke(app, ["forget", "--run", str(run), "--users", user])
     assert result.exit_code == 0, result.output
-    (record,) = Ledger(run / "ledger.sqlite").requests()
+    (record,) = ledger_of(run).requests()
     assert record["status"] == "done" and os.readlink(run / "current").endswith(record["version"])
     assert [p.name for p in (run / "versions").iterdir()] == [record["version"]]
     assert not (run / ".work").exists() and not list(run.glob(".current.*"))
@@ -230,3 +236,140 @@ def test_kill_during_train_then_rerun_completes(trained: Path, tmp_path: Path) -
     assert result.returncode == 0, result.stderr
     assert "resuming after epoch" in result.stdout + result.stderr
     assert (out / "meta.json").is_file() and not resume.exists()
+
+
+def test_ledger_key_lives_outside_the_run_and_is_needed(trained: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    run = new_run(trained, tmp_path)
+    key_file = tmp_path / "run.key"
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    key_hex = key_file.read_text().strip()
+    config = json.loads((run / "run.json").read_text())
+    assert config["ledger_key"]["file"] == str(key_file.resolve()) and len(config["ledger_key"]["id"]) == 16
+    assert not any(key_hex.encode() in p.read_bytes() for p in run.rglob("*") if p.is_file())
+    with pytest.raises(E2URecError, match="exists already"):
+        init_run(tmp_path / "run2", trained / "data", trained / "original", key_file=key_file)
+    with pytest.raises(E2URecError, match="inside the run folder"):
+        init_run(tmp_path / "run3", trained / "data", trained / "original", key_file=tmp_path / "run3" / "k")
+    assert not (tmp_path / "run2").exists() and not (tmp_path / "run3").exists()
+    key_file.rename(tmp_path / "moved.key")
+    result = runner.invoke(app, ["forget", "--run", str(run), "--users", train_users(run, 1)[0]])
+    assert result.exit_code == 2 and "ledger key file is missing" in result.output and key_hex not in result.output
+    other = tmp_path / "other.key"
+    other.write_text("00" * 32)
+    monkeypatch.setenv("E2UREC_KEY_FILE", str(other))
+    result = runner.invoke(app, ["forget", "--run", str(run), "--users", "1"])
+    assert result.exit_code == 2 and "not this run's" in result.output
+    monkeypatch.setenv("E2UREC_KEY_FILE", str(tmp_path / "moved.key"))
+    assert Run(run).ledger().hash_id("1")  # the environment points at a moved key
+
+
+def test_prepared_forget_ids_never_reach_the_run(trained: Path, tmp_path: Path) -> None:
+    """`prepare --forget-users U` lists U in the data's manifest; a run built on that data must not keep it."""
+    data = tmp_path / "data"
+    shutil.copytree(trained / "data", data)
+    user = train_users_of(data)
+    manifest = json.loads((data / "manifest.json").read_text())
+    manifest["config"].update(forget_users=[user], forget_fraction=None)
+    (data / "manifest.json").write_text(json.dumps(manifest))
+    run = init_run(tmp_path / "run", data, trained / "original", QUICK, key_file=tmp_path / "run.key")
+    config = json.loads((run / "current" / "data" / "manifest.json").read_text())["config"]
+    assert config["forget_users"] is None and config["forget_interactions"] is None
+
+
+def train_users_of(data: Path) -> str:
+    samples, _ = load_prepared(data)
+    return str(samples.loc[samples["split"] == "train", "user_id"].value_counts().index[0])
+
+
+def test_a_failed_request_stores_no_id_and_leaves_no_scratch(trained: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    run = new_run(trained, tmp_path)
+    user = train_users(run, 1)[0]
+
+    def boom(*args, **kwargs):
+        raise RuntimeError(f"row for user {user} (item 5, user_id={user}) is odd")
+
+    monkeypatch.setattr("e2urec.ops.forget.unlearn", boom)
+    with pytest.raises(RuntimeError):
+        forget(run, read_request(users=[user]), log=lambda _: None)
+    (record,) = ledger_of(run).requests()
+    assert record["status"] == "failed" and "<id>" in record["error"] and user not in record["error"]
+    assert not any((run / ".work").glob("*")), "scratch data is purged"
+    assert sorted(p.name for p in (run / "versions").iterdir()) == ["v0000"]
+    db = sqlite3.connect(run / "ledger.sqlite")
+    try:
+        assert f"'{user}'" not in "\n".join(db.iterdump()) and f" {user} " not in "\n".join(db.iterdump())
+    finally:
+        db.close()
+
+
+@pytest.mark.parametrize("damage", ["overwrite", "truncate"])
+def test_damaged_weights_are_refused_by_their_checksum(trained: Path, tmp_path: Path, damage: str) -> None:
+    run = new_run(trained, tmp_path)
+    weights = run / "current" / "model" / "model.safetensors"
+    if damage == "overwrite":
+        with open(weights, "r+b") as fh:
+            fh.seek(weights.stat().st_size // 2)
+            fh.write(b"\x00" * 1024)
+    else:
+        os.truncate(weights, weights.stat().st_size // 2)
+    result = runner.invoke(app, ["forget", "--run", str(run), "--users", train_users(run, 1)[0]])
+    assert result.exit_code == 2 and "model.safetensors: missing or changed" in result.output
+    assert ledger_of(run).requests() == [] and os.readlink(run / "current").endswith("v0000")
+
+
+def test_damaged_run_files_are_clear_errors(trained: Path, tmp_path: Path) -> None:
+    run = new_run(trained, tmp_path)
+    user = train_users(run, 1)[0]
+    version_file = run / "current" / "version.json"
+    good = version_file.read_text()
+    version_file.write_text("[1, 2]")
+    result = runner.invoke(app, ["forget", "--run", str(run), "--users", user])
+    assert result.exit_code == 2 and "version.json: damaged" in result.output
+    version_file.write_text(good)
+    for path in run.glob("ledger.sqlite*"):
+        path.unlink()
+    (run / "ledger.sqlite").write_bytes(b"garbage" * 1000)
+    for command in (["forget", "--run", str(run), "--users", user], ["ledger", "--run", str(run)]):
+        result = runner.invoke(app, command)
+        assert result.exit_code == 2 and "not a readable ledger" in result.output, result.output
+    (run / "run.json").write_text("[1, 2]")
+    result = runner.invoke(app, ["ledger", "--run", str(run)])
+    assert result.exit_code == 2 and "run.json: damaged" in result.output
+
+
+def test_a_full_disk_mid_request_loses_nothing(trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A writer failing with ENOSPC while the new version is written: the request fails, `current` and its files
+    are untouched, no half-written version or scratch data is left, and a retry then succeeds."""
+    import errno
+
+    from e2urec.ops import forget as forget_module
+
+    run = new_run(trained, tmp_path)
+    user = train_users(run, 1)[0]
+    before = {k: v for k, v in snapshot(run).items() if not k.startswith("ledger.sqlite") and k != ".lock"}
+    real = forget_module.save_model
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(forget_module, "save_model", full_disk)
+    with pytest.raises(OSError):
+        forget(run, read_request(users=[user]), log=lambda _: None)
+    after = {k: v for k, v in snapshot(run).items() if not k.startswith("ledger.sqlite") and k != ".lock"}
+    assert after == before and not any((run / ".work").glob("*"))
+    assert [r["status"] for r in ledger_of(run).requests()] == ["failed"]
+    monkeypatch.setattr(forget_module, "save_model", real)
+    record = forget(run, read_request(users=[user]), log=lambda _: None)
+    assert record["status"] == "done" and len(ledger_of(run).requests()) == 1
+
+
+def test_a_truncated_parquet_in_the_current_version_is_refused(trained: Path, tmp_path: Path) -> None:
+    run = new_run(trained, tmp_path)
+    user = train_users(run, 1)[0]
+    events = run / "current" / "data" / "events.parquet"
+    os.truncate(events, events.stat().st_size // 2)
+    result = runner.invoke(app, ["forget", "--run", str(run), "--users", user])
+    assert result.exit_code == 2 and "events.parquet: checksum differs" in result.output
+    assert os.readlink(run / "current").endswith("v0000") and ledger_of(run).requests() == []

@@ -162,7 +162,7 @@ def test_cli_prepare_prints_summary(ml100k: Path, tmp_path: Path) -> None:
         (["--dataset", "nope"], "unknown dataset"),
         (["--forget-fraction", "1.5"], "strictly between 0 and 1"),
         (["--forget-fraction", "0"], "strictly between 0 and 1"),
-        (["--forget-users", "999999,888888"], "888888"),
+        (["--forget-users", "999999,888888"], "2 users not in the data"),
         (["--data-dir", "/nonexistent/folder"], "/nonexistent/folder"),
     ],
 )
@@ -171,6 +171,7 @@ def test_bad_input_is_one_clear_error_and_out_is_untouched(
 ) -> None:
     out = tmp_path / "out"
     out.mkdir()
+    (out / "manifest.json").write_text("{}")  # a data folder: the only kind --overwrite may replace
     (out / "keep.txt").write_text("precious")
     base = ["prepare", "--out", str(out), "--overwrite", "--last-n", "2000"]
     if "--dataset" not in args:
@@ -181,7 +182,7 @@ def test_bad_input_is_one_clear_error_and_out_is_untouched(
     assert result.exit_code == 2, result.output
     assert message in result.output
     assert "Traceback" not in result.output
-    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt", "manifest.json"]
     assert (out / "keep.txt").read_text() == "precious"
 
 
@@ -204,7 +205,7 @@ def test_empty_and_unknown_forget_interactions(ml100k: Path, tmp_path: Path) -> 
     empty.write_text("user_id,item_id\n")
     unknown = tmp_path / "unknown.csv"
     unknown.write_text("user_id,item_id\n1,1\n999999,5\n")
-    for request, message in ((empty, "empty"), (unknown, "(999999, 5)")):
+    for request, message in ((empty, "empty"), (unknown, "1 interactions not in the data")):
         result = runner.invoke(app, ["prepare", "--dataset", "ml-100k", "--data-dir", str(ml100k),
                                      "--forget-interactions", str(request), "--out", str(tmp_path / "o")])
         assert result.exit_code == 2, result.output

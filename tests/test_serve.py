@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pandas as pd
 import pytest
@@ -17,17 +25,17 @@ from e2urec.data.prepare import PromptRenderer
 from e2urec.data.samples import history_index
 from e2urec.data.store import load_prepared, load_tables
 from e2urec.model.scoring import score
-from e2urec.ops.ledger import Ledger
 from e2urec.ops.run import Run, init_run
-from e2urec.serve import create_app
+from e2urec.serve import Tokens, create_app
 
 MAX_PAIRS, MAX_BYTES = 20, 20_000
 
 
 @pytest.fixture(scope="module")
 def run(trained: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return init_run(tmp_path_factory.mktemp("serve") / "run", trained / "data", trained / "original",
-                    {"max_steps": 2, "batch_size": 8, "aug_steps": 2})
+    root = tmp_path_factory.mktemp("serve")
+    return init_run(root / "run", trained / "data", trained / "original",
+                    {"max_steps": 2, "batch_size": 8, "aug_steps": 2}, key_file=root / "run.key")
 
 
 @pytest.fixture(scope="module")
@@ -84,22 +92,33 @@ def test_score_is_the_training_prompt_after_the_users_last_event(client: TestCli
     assert got == pytest.approx(float(expected), abs=1e-5)
 
 
-def test_unknown_user_or_item_is_404_naming_it(client: TestClient, ids: dict[str, int]) -> None:
+def test_unknown_user_or_item_is_404_counting_without_naming_it(client: TestClient, ids: dict[str, int]) -> None:
     user = client.post("/score", json={"user_id": 987654, "item_id": ids["item"]})
     item = client.post("/score", json={"pairs": [{"user_id": ids["kept"], "item_id": 876543}]})
-    assert user.status_code == 404 and "987654" in user.json()["detail"]
-    assert item.status_code == 404 and "876543" in item.json()["detail"]
+    assert user.status_code == 404 and "1 users not in the data" in user.json()["detail"]
+    assert item.status_code == 404 and "1 items not in the data" in item.json()["detail"]
     forget_user = client.post("/forget", json={"user_ids": [987654]})
     forget_row = client.post("/forget", json={"interactions": [{"user_id": ids["kept"], "item_id": 876543}]})
-    assert forget_user.status_code == 404 and "987654" in forget_user.json()["detail"]
-    assert forget_row.status_code == 404 and "876543" in forget_row.json()["detail"]
+    assert forget_user.status_code == 404 and "1 users not in the data" in forget_user.json()["detail"]
+    assert forget_row.status_code == 404 and "1 interactions" in forget_row.json()["detail"]
+    for response in (user, item, forget_user, forget_row):
+        assert "987654" not in response.text and "876543" not in response.text
     assert client.get("/jobs/no-such-job").status_code == 404
+
+
+@pytest.mark.parametrize("value", ["1e2", "13.0", "1.3e1", " 0x10", "99999999999999999999999", 2**63, -2**63 - 1])
+def test_ids_are_parsed_exactly_never_coerced(client: TestClient, ids: dict[str, int], value) -> None:
+    response = client.post("/score", json={"user_id": value, "item_id": ids["item"]})
+    assert response.status_code == 422 and "not integers" in response.json()["detail"]
 
 
 @pytest.mark.parametrize(("path", "kwargs"), [
     ("/score", {"content": b'{"user_id": 1,', "headers": {"content-type": "application/json"}}),
     ("/score", {"content": b"user_id=1&item_id=2", "headers": {"content-type": "application/x-www-form-urlencoded"}}),
     ("/score", {"content": b"\xff\xfe not text"}),
+    ("/score", {"content": '{"user_id": 1, "item_id": 2}'.encode("utf-16"),
+                "headers": {"content-type": "application/json"}}),
+    ("/score", {"content": b'{"user_id": "\xe9", "item_id": 2}', "headers": {"content-type": "application/json"}}),
     ("/score", {"json": [1, 2]}),
     ("/score", {"json": {"user_id": 1}}),
     ("/score", {"json": {"user_id": 1, "item_id": 2, "extra": 3}}),
@@ -162,12 +181,127 @@ def test_forget_job_swaps_the_version_and_the_user_is_gone(client: TestClient, r
 
     health = client.get("/health").json()
     assert health["version"] == "v0002" and health["honours"] == [job_id, second] and health["queue"] == 0
-    assert Ledger(Run(run).ledger_path).honoured_by("v0001") == [job_id]
+    assert Run(run).ledger().honoured_by("v0001") == [job_id]
     for user in ("gone", "other"):
         gone = client.post("/score", json={"user_id": ids[user], "item_id": ids["item"]})
-        assert gone.status_code == 404 and str(ids[user]) in gone.json()["detail"]
+        assert gone.status_code == 404 and str(ids[user]) not in gone.text
     kept = client.post("/score", json={"user_id": ids["kept"], "item_id": ids["item"]}).json()
     assert kept["version"] == "v0002"
 
     repeat = client.post("/forget", json={"user_ids": [str(ids["gone"])]})
     assert repeat.status_code == 200 and repeat.json() == {"job_id": job_id, "status": "done", "version": "v0001"}
+
+
+WRITE, READ = "w" * 8 + "0123456789abcdef", "r" * 8 + "0123456789abcdef"
+
+
+def test_tokens_guard_every_endpoint_but_health(run: Path, ids: dict[str, int]) -> None:
+    app_ = create_app(run, tokens=Tokens(write=(WRITE.encode(),), read=(READ.encode(),)),
+                      allowed_hosts=["127.0.0.1", "localhost"])
+    pair = {"user_id": ids["kept"], "item_id": ids["item"]}
+    with TestClient(app_, base_url="http://localhost") as client:
+        assert client.get("/health").status_code == 200
+        calls = [("post", "/score", {"json": pair}), ("post", "/forget", {"json": {"user_ids": [987654]}}),
+                 ("get", "/jobs/x", {}), ("get", "/openapi.json", {})]
+        for method, path, kwargs in calls:
+            for header in ({}, {"Authorization": "Bearer wrong-token-0123456789"}, {"Authorization": WRITE},
+                           {"Authorization": f"Basic {WRITE}"}):
+                response = getattr(client, method)(path, headers=header, **kwargs)
+                assert response.status_code == 401, (path, header)
+                assert response.headers["www-authenticate"] == "Bearer" and WRITE not in response.text
+        write, read = {"Authorization": f"Bearer {WRITE}"}, {"Authorization": f"Bearer {READ}"}
+        assert client.post("/score", json=pair, headers=read).status_code == 200
+        assert client.get("/jobs/x", headers=read).status_code == 404
+        refused = client.post("/forget", json={"user_ids": [987654]}, headers=read)
+        assert refused.status_code == 403, "a read token may not delete"
+        assert client.post("/forget", json={"user_ids": [987654]}, headers=write).status_code == 404
+        rebinding = client.post("/score", json=pair, headers={**write, "Host": "attacker.example"})
+        assert rebinding.status_code == 400, "the Host header must name an allowed host"
+        assert client.get("/health", headers={"Host": "attacker.example:8000"}).status_code == 400
+
+
+def test_a_stalled_body_is_408_not_a_held_connection(run: Path) -> None:
+    app_ = create_app(run, body_timeout=0.2)
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        if not sent:
+            sent.append({})
+            return {"type": "http.request", "body": b'{"user_id": 1', "more_body": True}
+        await asyncio.sleep(30)  # the client promised more and never sends it
+        return {"type": "http.disconnect"}
+
+    messages: list[dict] = []
+
+    async def send(message: dict) -> None:
+        messages.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/score", "headers": [(b"content-length", b"100"),
+             (b"content-type", b"application/json")], "query_string": b"", "root_path": "", "scheme": "http",
+             "server": ("127.0.0.1", 8000), "client": ("127.0.0.1", 1), "http_version": "1.1", "app": app_}
+    asyncio.run(asyncio.wait_for(app_(scope, receive, send), 5))
+    assert messages[0]["status"] == 408
+
+
+def test_service_start_fails_orphans_and_sweeps_their_scratch(trained: Path, tmp_path: Path) -> None:
+    """As after `kill -9` of a service mid-job: a record `running` under a dead process, scratch data left."""
+    run = init_run(tmp_path / "run", trained / "data", trained / "original", key_file=tmp_path / "k")
+    ledger = Run(run).ledger()
+    record = ledger.add("users", ledger.hash_ids(["1"]))
+    host = record["owner"].rsplit(":", 1)[0]
+    ledger.update(record["request_id"], status="running", owner=f"{host}:{2**22 + 11}")
+    (run / ".work" / record["request_id"] / "job-data").mkdir(parents=True)
+    with TestClient(create_app(run)) as client:
+        job = client.get(f"/jobs/{record['request_id']}").json()
+        assert job["status"] == "failed" and "submit the request again" in job["error"]
+        assert not (run / ".work").exists()
+        assert client.get("/health").json()["status"] == "ok"
+
+
+def test_damaged_weights_make_health_and_score_503(trained: Path, tmp_path: Path) -> None:
+    run = init_run(tmp_path / "run", trained / "data", trained / "original", key_file=tmp_path / "k")
+    weights = Run(run).current() / "model" / "model.safetensors"
+    with open(weights, "r+b") as fh:
+        fh.seek(weights.stat().st_size // 2)
+        fh.write(b"\xff" * 4096)
+    with TestClient(create_app(run)) as client:
+        health = client.get("/health")
+        assert health.status_code == 503 and health.json()["status"] == "unavailable"
+        assert "model.safetensors: missing or changed" in health.json()["detail"]
+        scored = client.post("/score", json={"user_id": 1, "item_id": 1})
+        assert scored.status_code == 503 and "model.safetensors" in scored.json()["detail"]
+
+
+def test_kill_9_of_the_service_mid_job_then_restart_recovers(trained: Path, tmp_path: Path) -> None:
+    """A real `e2urec serve` process killed (SIGKILL) while its deletion job runs: on restart the job is `failed`
+    with the reason, scratch data and the half-written version are swept, and the run serves its old version."""
+    run = init_run(tmp_path / "run", trained / "data", trained / "original",
+                   {"max_steps": 200, "batch_size": 8, "aug_steps": 50}, key_file=tmp_path / "k")
+    user = int(load_prepared(Run(run).current() / "data")[0].query("split == 'train'")["user_id"].iloc[0])
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "e2urec", "serve", "--run", str(run), "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/health", timeout=1)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline and proc.poll() is None, "the service did not start"
+                time.sleep(0.2)
+        job = httpx.post(f"http://127.0.0.1:{port}/forget", json={"user_ids": [user]}, timeout=10).json()["job_id"]
+        while not any((run / ".work").glob("*/*")):
+            assert time.monotonic() < deadline and proc.poll() is None, "the job never started"
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert Run(run).ledger().get(job)["status"] in ("queued", "running")
+    with TestClient(create_app(run)) as client:
+        record = client.get(f"/jobs/{job}").json()
+        assert record["status"] == "failed" and "submit the request again" in record["error"]
+        assert client.get("/health").json()["version"] == "v0000"
+    assert not (run / ".work").exists() and [p.name for p in (run / "versions").iterdir()] == ["v0000"]

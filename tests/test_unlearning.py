@@ -38,7 +38,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-@pytest.mark.parametrize("method", ["e2urec", "neggrad", "label-flip", "badt", "retrain"])
+@pytest.mark.parametrize("method", ["e2urec", "neggrad", "label-flip", "badt", "npo", "simnpo", "retrain"])
 def test_method_runs_writes_meta_and_evaluates(run: Path, method: str) -> None:
     options = {**QUICK, "aug_steps": 2} if method == "e2urec" else ({"epochs": 1} if method == "retrain" else QUICK)
     out = run / method
@@ -49,7 +49,9 @@ def test_method_runs_writes_meta_and_evaluates(run: Path, method: str) -> None:
     assert 0 < on_disk["trainable_params"] <= on_disk["total_params"]
     metrics = evaluate(out, run / "data", "forget", run / f"{method}-eval", EvalConfig(mia_samples=50),
                        reference=run / "original")
-    assert {"auc", "jsd", "l2", "jsd_yesno", "l2_yesno", "mia_auc", "mia_auc_reference"} <= set(metrics)
+    assert {"auc", "jsd", "l2", "jsd_yesno", "l2_yesno", "sym_kl", "mia_auc", "mia_auc_reference",
+            "within_user_auc"} <= set(metrics)
+    assert metrics["sym_kl"] >= metrics["jsd"], "the symmetrised KL bounds the JSD from above"
     assert 0 <= metrics["jsd"] <= 0.6932 and 0 <= metrics["mia_auc"] <= 1
     assert not (run / f".{method}.work").exists(), "intermediates are purged"
 
@@ -79,9 +81,51 @@ def test_e2urec_changes_only_adapters_and_purges_forget_derived_files(run: Path)
 
 
 def test_registry_lists_every_method() -> None:
-    assert set(METHODS) == {"e2urec", "retrain", "neggrad", "badt", "label-flip", "sisa", "receraser"}
-    result = runner.invoke(app, ["methods"])
+    assert set(METHODS) == {"e2urec", "retrain", "neggrad", "badt", "label-flip", "npo", "simnpo", "sisa",
+                            "receraser"}
+    result = runner.invoke(app, ["methods"], terminal_width=400)
     assert result.exit_code == 0 and "e2urec" in result.output and "alpha=2.0" in result.output
+    assert "forget_only=0.8" in result.output and "share of the steps" in result.output
+
+
+def test_e2urec_stopping_rule_teacher_and_alpha_are_recorded(run: Path) -> None:
+    # a margin this large means "the forget set already looks like non-members": the rule stops at min_steps
+    meta = unlearn("e2urec", run / "original", run / "data", run / "e2urec-stop",
+                   {"batch_size": 8, "aug_steps": 2, "min_steps": 2, "check_every": 1, "stop_margin": 100.0},
+                   overwrite=True)
+    schedule = meta["schedule"]
+    assert schedule["stopped_at"] == 2 and meta["steps"] == 2 < schedule["total_steps"]
+    assert [c["step"] for c in schedule["checks"]] == [0, 1, 2]
+    assert {"forget_loss", "nonmember_loss", "valid_auc"} <= set(schedule["checks"][0])
+    assert 0 <= meta["teacher"]["auc"] <= 1 and meta["teacher"]["n"] == meta["forget_samples"]
+    assert meta["alpha"]["rule"] == "nonmember" and 0 <= meta["alpha"]["alpha"] <= 50
+    assert meta["fit"]["loop_seconds"] <= meta["unlearn_seconds"]
+    reference = unlearn("e2urec", run / "original", run / "data", run / "e2urec-ref",
+                        {"profile": "reference", "aug_steps": 2, "max_steps": 3}, overwrite=True)
+    assert reference["hyperparameters"]["alpha_rule"] == "fixed" and "alpha" not in reference
+    assert reference["schedule"]["checks"] == [] and reference["steps"] == 3
+
+
+@pytest.mark.parametrize("options", [{"epochs": -1}, {"alpha": float("nan")}, {"forget_only": 2.0},
+                                     {"lora_targets": "everything"}, {"nope": 1}])
+def test_bad_options_are_refused_before_any_work(run: Path, options: dict) -> None:
+    from e2urec.errors import E2URecError
+
+    with pytest.raises(E2URecError):
+        unlearn("e2urec", run / "original", run / "data", run / "refused", options)
+    assert not (run / "refused").exists() and not (run / ".refused.work").exists()
+
+
+@pytest.mark.parametrize("targets", ["all-linear", "all-linear+embeddings"])
+def test_lora_targets_reach_more_of_the_model(run: Path, targets: str) -> None:
+    attention = unlearn("e2urec", run / "original", run / "data", run / "lora-attn",
+                        {"aug_steps": 1, "max_steps": 1, "stop": "none"}, overwrite=True)
+    wider = unlearn("e2urec", run / "original", run / "data", run / f"lora-{targets}",
+                    {"aug_steps": 1, "max_steps": 1, "stop": "none", "lora_targets": targets}, overwrite=True)
+    assert wider["trainable_params"] > attention["trainable_params"]
+    adapters = load_file(run / f"lora-{targets}" / "adapter_model.safetensors")
+    assert any("mlp" in k for k in adapters)
+    assert any("embed" in k for k in adapters) == (targets == "all-linear+embeddings")
 
 
 @pytest.fixture(scope="module")

@@ -122,3 +122,141 @@ def test_membership_attack_separates_members_and_not_non_members() -> None:
     fresh = mia_features(labels[:100], np.clip(np.where(labels[:100] == 1, 0.55, 0.45) + rng.normal(0, 0.1, 100),
                                                0.01, 0.99))
     assert abs(membership_inference_auc(members, non_members, fresh) - 0.5) < 0.15
+
+
+def test_npo_and_simnpo_losses_by_hand() -> None:
+    from e2urec.unlearning.npo import answer_log_prob, npo_loss, simnpo_loss
+
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.0, 1.0, 0.0]], requires_grad=True)
+    target = torch.tensor([0, 1])
+    log_p = answer_log_prob(logits, target)
+    expected_log_p = [2 - math.log(math.exp(2) + 1 + math.exp(-1)), 1 - math.log(2 + math.e)]
+    assert log_p.tolist() == pytest.approx(expected_log_p, rel=1e-6)
+    log_ref = torch.tensor([-0.5, -1.0])
+    beta = 0.1
+    by_hand = sum((2 / beta) * math.log(1 + math.exp(beta * (lp - lr))) for lp, lr in
+                  zip(expected_log_p, [-0.5, -1.0], strict=True)) / 2
+    assert npo_loss(log_p, log_ref, beta).item() == pytest.approx(by_hand, rel=1e-6)
+    # at π = π_ref NPO is (2/β)·log 2, and its gradient lowers π (it pushes the forget answer down)
+    assert npo_loss(log_ref, log_ref, beta).item() == pytest.approx(2 / beta * math.log(2))
+    beta, delta = 2.5, 0.5
+    by_hand = sum(-(2 / beta) * math.log(1 / (1 + math.exp(beta * lp + delta))) for lp in expected_log_p) / 2
+    loss = simnpo_loss(log_p, beta, delta)
+    assert loss.item() == pytest.approx(by_hand, rel=1e-6)
+    loss.backward()
+    assert logits.grad[0, 0] > 0 and logits.grad[1, 1] > 0, "descending the loss lowers the true answer's logit"
+
+
+def test_within_user_auc_ignores_base_rates() -> None:
+    from e2urec.evaluation import within_user_auc
+
+    users = np.array([1, 1, 1, 2, 2, 2, 3])
+    labels = np.array([1, 0, 1, 1, 0, 0, 1])
+    # user 1 ranked perfectly, user 2 inverted, user 3 has one label only (skipped)
+    p = np.array([0.9, 0.8, 0.95, 0.1, 0.2, 0.3, 0.5])
+    value, n = within_user_auc(users, labels, p)
+    assert n == 2 and value == pytest.approx(0.5)
+    assert within_user_auc(np.array([1, 1]), np.array([1, 1]), np.array([0.2, 0.4])) == (None, 0)
+
+
+def test_symmetric_kl_is_the_papers_jsd_not_jensen_shannon() -> None:
+    from e2urec.evaluation import symmetric_kl
+
+    p = torch.tensor([[0.7, 0.2, 0.1]])
+    q = torch.tensor([[0.2, 0.5, 0.3]])
+    kl_pq = (p * (p / q).log()).sum()
+    kl_qp = (q * (q / p).log()).sum()
+    assert symmetric_kl(p.log(), q.log()).item() == pytest.approx((0.5 * (kl_pq + kl_qp)).item(), rel=1e-6)
+    assert symmetric_kl(p.log(), q.log()).item() > jsd(p.log(), q.log()).item()
+    assert symmetric_kl(p.log(), p.log()).item() == pytest.approx(0.0, abs=1e-7)
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"alpha": float("nan")}, "finite"), ({"lora_r": 0}, "lora_r"), ({"forget_only": 1.5}, "forget_only"),
+    ({"epochs": -1}, "epochs"), ({"min_steps": 0}, "min_steps"), ({"distill": "logits"}, "distill"),
+    ({"unknown_key": 1}, "unknown"), ({"batch_size": 0}, "batch_size"), ({"lr": 0.0}, "lr"),
+])
+def test_method_options_are_checked_before_any_work(options: dict, message: str) -> None:
+    from e2urec.errors import E2URecError
+    from e2urec.unlearning.e2urec import E2URecConfig
+
+    with pytest.raises(E2URecError, match=message):
+        E2URecConfig.from_options(options)
+
+
+def test_e2urec_schedule_in_steps_and_reference_profile() -> None:
+    from e2urec.unlearning.e2urec import E2URec, E2URecConfig, E2URecObjective
+
+    method = E2URec(E2URecConfig.from_options({"epochs": 10, "min_steps": 60, "forget_only": 0.8}))
+    assert method.schedule(16 * 20) == (200, 160)  # 10 passes of 20 batches
+    assert method.schedule(16) == (60, 48)  # the floor does not depend on the forget set's size
+    assert E2URec(E2URecConfig.from_options({"max_steps": 30})).schedule(16 * 20)[0] == 30
+    reference = E2URecConfig.from_options({"profile": "reference"})
+    assert (reference.aug_lr, reference.stop, reference.forget_only) == (5e-5, "none", pytest.approx(1 / 3))
+    assert E2URec(reference).schedule(16 * 10) == (30, 10)  # 3 epochs, the first on the forgetting loss alone
+    assert E2URecConfig.from_options({"profile": "reference", "alpha": 5}).alpha == 5
+
+    class _Backbone:
+        kind, answer_ids = "causal", (1, 2)
+
+    objective = E2URecObjective(_Backbone(), reference, forget_only_steps=10)
+    assert objective.streams(0, 9) == ("forget",) and objective.streams(1, 10) == ("forget", "retain")
+
+
+def test_e2urec_objective_mixes_beta_and_optional_retain_ce() -> None:
+    from e2urec.unlearning.e2urec import E2URecConfig, E2URecObjective
+
+    torch.manual_seed(0)
+    vocab = 5
+    teacher_f, teacher_r = F.softmax(torch.randn(2, vocab), -1), F.softmax(torch.randn(2, vocab), -1)
+
+    def batch(teacher: torch.Tensor, prefix: str) -> dict:
+        idx, p, rest = compress(teacher.log(), vocab)
+        return {"input_ids": torch.zeros(2, 1, dtype=torch.long), "target": torch.tensor([1, 2]),
+                f"{prefix}_idx": idx, f"{prefix}_p": p, f"{prefix}_rest": rest,
+                f"{prefix}_p2": F.softmax(teacher.log()[:, [1, 2]], -1)}
+
+    z_f, z_r = torch.randn(2, vocab), torch.randn(2, vocab)
+
+    class _Model(torch.nn.Module):
+        def forward(self, input_ids, **_):  # answer logits depend on which batch is asked
+            z = z_f if input_ids.shape[1] == 1 else z_r
+            return type("Out", (), {"logits": z[:, None, :]})
+
+    class _Backbone:
+        kind, answer_ids = "causal", (1, 2)
+
+    forget, retain = batch(teacher_f, "fgt"), batch(teacher_r, "rem")
+    retain["input_ids"] = torch.zeros(2, 2, dtype=torch.long)
+    l_fgt, l_rem = soft_cross_entropy(z_f, teacher_f), soft_cross_entropy(z_r, teacher_r)
+    ce = F.cross_entropy(z_r, retain["target"])
+    cfg = E2URecConfig(beta=0.25, retain_ce=True)
+    objective = E2URecObjective(_Backbone(), cfg, forget_only_steps=0)
+    joint = objective.loss(_Model(), {"forget": forget, "retain": retain})
+    assert joint.item() == pytest.approx((0.25 * l_fgt + 0.75 * (l_rem + ce)).item(), rel=1e-5)
+    assert objective.loss(_Model(), {"forget": forget}).item() == pytest.approx(l_fgt.item(), rel=1e-5)
+    no_ce = E2URecObjective(_Backbone(), E2URecConfig(beta=0.25, retain_ce=False), 0)
+    assert no_ce.loss(_Model(), {"forget": forget, "retain": retain}).item() == pytest.approx(
+        (0.25 * l_fgt + 0.75 * l_rem).item(), rel=1e-5)
+    answer = E2URecObjective(_Backbone(), E2URecConfig(beta=1.0, distill="answer"), 0)
+    expected = soft_cross_entropy(z_f[:, [1, 2]], forget["fgt_p2"])
+    value = answer.loss(_Model(), {"forget": forget, "retain": retain}).item()
+    assert value == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_alpha_is_calibrated_to_the_non_member_loss() -> None:
+    from e2urec.unlearning.e2urec import calibrate_alpha
+
+    z_orig = np.array([[0.0, 1.0], [1.0, 0.0], [0.0, 2.0]])  # (No, Yes); the Original is right on all three
+    z_aug = z_orig + np.array([[-0.5, 0.5], [0.5, -0.5], [0.0, 1.0]])  # the augmented model raised the truth
+    yes = np.array([1, 0, 1])
+
+    def teacher_loss_at(alpha: float) -> float:
+        z = z_orig - alpha * np.maximum(z_aug - z_orig, 0)
+        p = np.exp(z) / np.exp(z).sum(1, keepdims=True)
+        return float(-np.log(p[np.arange(3), yes]).mean())
+
+    alpha = calibrate_alpha(z_orig, z_aug, yes, target=0.6, alpha_max=50)
+    assert teacher_loss_at(alpha) == pytest.approx(0.6, abs=1e-6) and alpha > 0
+    assert calibrate_alpha(z_orig, z_aug, yes, target=teacher_loss_at(0.0) - 0.01, alpha_max=50) == 0.0
+    assert calibrate_alpha(z_orig, z_aug, yes, target=100.0, alpha_max=7.0) == 7.0

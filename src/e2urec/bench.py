@@ -4,6 +4,8 @@ it finished, so an interrupted bench resumes where it stopped."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import platform
 import time
 from collections.abc import Callable
@@ -15,14 +17,21 @@ import torch
 from e2urec.data.prepare import MANIFEST_FILE, PrepareConfig, prepare
 from e2urec.engine import TrainConfig
 from e2urec.errors import E2URecError
-from e2urec.io import read_json
+from e2urec.io import read_json, write_json_atomic
 from e2urec.training import EvalConfig, evaluate, train
+from e2urec.unlearning.base import REGISTRY
 from e2urec.unlearning.run import unlearn
 from e2urec.unlearning.sharded import train_system
 
-APPROXIMATE = ("e2urec", "neggrad", "label-flip", "badt")
+APPROXIMATE = ("e2urec", "neggrad", "label-flip", "badt", "npo", "simnpo")
 SHARDED = ("sisa", "receraser")
-ROWS = ("original", "retrain", *APPROXIMATE, *SHARDED)
+# Extra rows: a registered method under other options, reported as its own row.
+VARIANTS = {"e2urec-reference": ("e2urec", {"profile": "reference"})}
+# The Original trained again with another seed (same data, forget set included): how far two trainings
+# differ on the forget set by chance, i.e. the noise floor of every gap closure in the report.
+RESEED_ROW, RESEED_OFFSET = "original-reseed", 1000
+ROWS = ("original", RESEED_ROW, "retrain", *APPROXIMATE, *VARIANTS, *SHARDED)
+TEACHER_ROW = "e2urec teacher"
 
 
 @dataclass
@@ -35,19 +44,26 @@ class Preset:
     method_options: dict = field(default_factory=dict)
     mia_samples: int = 1000
     max_length: int | None = None
+    backbone: str | None = None  # the preset's own backbone, used instead of bench's `backbone` argument
+    eval_batch_size: int = 64
 
 
 PRESETS: dict[str, Preset] = {
     # ≤ 10 min on 2 CPU cores with the tiny backbone: a recent slice of ML-100K, three seeds.
     "demo": Preset(last_n=1200, seeds=(0, 1, 2), train={"epochs": 2, "lr": 1e-3, "batch_size": 16},
-                   method_options={"e2urec": {"aug_steps": 20}}, mia_samples=200),
+                   method_options={"e2urec-reference": {"aug_steps": 20}}, mia_samples=200),
     # About an hour here (estimated from the demo's per-sample cost, not yet timed end to end): a larger slice,
     # three epochs (the tiny Original's valid loss is best at epoch 2-3 at this lr).
     "cpu": Preset(last_n=5_000, seeds=(0, 1, 2), train={"epochs": 3, "lr": 1e-3, "batch_size": 16},
-                  method_options={"e2urec": {"aug_steps": 50}}, mia_samples=500),
+                  method_options={"e2urec-reference": {"aug_steps": 50}}, mia_samples=500),
     # DESIGN §3 in full (last 100,000 samples), the paper's Original recipe; meant for a GPU.
     "paper": Preset(last_n=100_000, seeds=(0, 1, 2), train={"epochs": 10, "lr": 5e-4, "batch_size": 32},
                     mia_samples=2000),
+    # One GPU, ≤ 8 min end to end with evaluation: the real SmolLM2-135M (full fine-tune, the paper's batch 32),
+    # one seed, every method. The slice is sized from the 2026-11-26 H200 run (Original ≈ 188 samples/s before
+    # the engine's GPU features; see README "GPU and several GPUs"), not the full 100,000-sample protocol.
+    "gpu": Preset(last_n=10_000, seeds=(0,), train={"epochs": 2, "lr": 1e-4, "batch_size": 32, "eval_batch_size": 256},
+                  mia_samples=1000, backbone="smollm2-135m", eval_batch_size=256),
 }
 
 
@@ -59,75 +75,122 @@ def machine() -> dict:
     return info
 
 
+STAGE_FILE = "stage.json"
+
+
+def fingerprint(inputs: dict) -> str:
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
+
+
 class Stages:
-    """Runs a stage unless its output already holds the file that marks it finished; logs one line each."""
+    """Runs a stage unless its output holds the file that marks it finished *and* a `stage.json` whose
+    fingerprint matches the stage's inputs (dataset, backbone, preset values, seed, method options): a rerun
+    after any of those changed redoes the stage. Logs one line each."""
 
     def __init__(self, log: Callable[[str], None]):
         self.log = log
 
-    def __call__(self, label: str, done: Path, action: Callable[[], object]) -> None:
-        if done.is_file():
+    def __call__(self, label: str, done: Path, action: Callable[[], object], inputs: dict) -> None:
+        stamp = done.parent / STAGE_FILE
+        key = fingerprint(inputs)
+        if done.is_file() and stamp.is_file() and read_json(stamp).get("fingerprint") == key:
             self.log(f"{label}: already done, skipped")
             return
         started = time.perf_counter()
         action()
+        write_json_atomic(stamp, {"fingerprint": key, "inputs": inputs})
         self.log(f"{label}: done in {time.perf_counter() - started:.1f} s")
 
 
+def closure(original: float | None, method: float | None, retrain: float | None) -> float | None:
+    """Share of the Original→Retrain gap a method closes: 1 like Retrain, 0 nothing forgotten, > 1 beyond."""
+    if None in (original, method, retrain) or original == retrain:
+        return None
+    return (original - method) / (original - retrain)
+
+
 def run_seed(root: Path, dataset: str, data_dir: Path | None, backbone: str, preset: Preset, seed: int,
-             stage: Stages) -> dict[str, dict]:
-    """All stages for one seed; returns {row: metrics} for the report."""
+             stage: Stages, rows: tuple[str, ...] = ROWS) -> dict[str, dict]:
+    """The stages `rows` need for one seed; returns {row: metrics} for the report."""
     data, tag = root / "data", f"[seed {seed}]"
     cfg = PrepareConfig(dataset=dataset, data_dir=str(data_dir) if data_dir else None, last_n=preset.last_n,
                         seed=seed)
-    stage(f"{tag} prepare", data / MANIFEST_FILE, lambda: prepare(cfg, data, overwrite=True))
+    base = {"dataset": dataset, "data_dir": str(data_dir) if data_dir else None, "last_n": preset.last_n,
+            "seed": seed}
+    stage(f"{tag} prepare", data / MANIFEST_FILE, lambda: prepare(cfg, data, overwrite=True), base)
     recipe = TrainConfig(**{**preset.train, "seed": seed, "max_length": preset.max_length})
+    trained = {**base, "backbone": backbone, "recipe": asdict(recipe)}
     stage(f"{tag} original", root / "original" / "meta.json",
-          lambda: train(data, "original", backbone, root / "original", recipe, overwrite=True))
-    for system in SHARDED:
+          lambda: train(data, "original", backbone, root / "original", recipe, overwrite=True), trained)
+    reseeded = replace(recipe, seed=seed + RESEED_OFFSET)
+    if RESEED_ROW in rows:
+        stage(f"{tag} {RESEED_ROW}", root / RESEED_ROW / "meta.json",
+              lambda: train(data, "original", backbone, root / RESEED_ROW, reseeded, overwrite=True),
+              {**trained, "recipe": asdict(reseeded)})
+    for system in (s for s in SHARDED if s in rows):
         stage(f"{tag} {system} system", root / f"{system}-system" / "meta.json",
               lambda system=system: train_system(data, system, backbone, root / f"{system}-system", recipe,
-                                                 overwrite=True))
-    sources = {"retrain": root / "original", **{m: root / "original" for m in APPROXIMATE},
-               **{m: root / f"{m}-system" for m in SHARDED}}
-    for method, source in sources.items():
-        options = {**preset.method_options.get(method, {}), "seed": seed}
-        stage(f"{tag} unlearn {method}", root / method / "meta.json",
-              lambda method=method, source=source, options=options: unlearn(
-                  method, source, data, root / method, options, overwrite=True))
+                                                 overwrite=True), {**trained, "system": system})
+    runs = {"retrain": ("retrain", root / "original", {}),
+            **{m: (m, root / "original", {}) for m in APPROXIMATE},
+            **{row: (m, root / "original", options) for row, (m, options) in VARIANTS.items()},
+            **{m: (m, root / f"{m}-system", {}) for m in SHARDED}}
+    for row, (method, source, variant) in ((k, v) for k, v in runs.items() if k in rows):
+        options = {**variant, **preset.method_options.get(row, {}), "seed": seed}
+        stage(f"{tag} unlearn {row}", root / row / "meta.json",
+              lambda method=method, source=source, options=options, row=row: unlearn(
+                  method, source, data, root / row, options, overwrite=True),
+              {**trained, "method": method, "config": asdict(REGISTRY[method].Config.from_options(options))})
     # Retrain's own attack score comes from its own row, so no other row repeats that attack.
-    evals = EvalConfig(mia_samples=preset.mia_samples, seed=seed, max_length=preset.max_length, reference_mia=False)
+    evals = EvalConfig(batch_size=preset.eval_batch_size, mia_samples=preset.mia_samples, seed=seed,
+                       max_length=preset.max_length, reference_mia=False)
     results: dict[str, dict] = {}
-    for row in ROWS:
+    for row in rows:
         model = root / row
         test_dir, forget_dir = root / "eval" / f"{row}-test", root / "eval" / f"{row}-forget"
+        evaluated = {**trained, "row": row, "eval": asdict(evals),
+                     "model": read_json(model / STAGE_FILE).get("fingerprint") if (model / STAGE_FILE).is_file()
+                     else None}
         stage(f"{tag} evaluate {row} test", test_dir / "metrics.json",
-              lambda model=model, test_dir=test_dir: evaluate(model, data, "test", test_dir, evals))
+              lambda model=model, test_dir=test_dir: evaluate(model, data, "test", test_dir, evals), evaluated)
         stage(f"{tag} evaluate {row} forget", forget_dir / "metrics.json",
               lambda model=model, forget_dir=forget_dir: evaluate(model, data, "forget", forget_dir, evals,
-                                                                  reference=root / "retrain"))
+                                                                  reference=root / "retrain"), evaluated)
         meta = read_json(model / "meta.json")
         test, forget = read_json(test_dir / "metrics.json"), read_json(forget_dir / "metrics.json")
         results[row] = {
             "auc": test["auc"], "acc": test["acc"], "logloss": test["logloss"],
-            "forget_auc": forget["auc"], "jsd": forget["jsd"], "l2": forget["l2"],
-            "jsd_yesno": forget["jsd_yesno"], "l2_yesno": forget["l2_yesno"], "mia_auc": forget["mia_auc"],
+            "forget_auc": forget["auc"], "forget_logloss": forget["logloss"],
+            "forget_within_user_auc": forget.get("within_user_auc"),
+            "jsd": forget["jsd"], "l2": forget["l2"], "jsd_yesno": forget["jsd_yesno"],
+            "l2_yesno": forget["l2_yesno"], "sym_kl": forget.get("sym_kl"), "mia_auc": forget["mia_auc"],
             "unlearn_seconds": meta.get("unlearn_seconds"),
+            "loop_seconds": (meta.get("fit") or {}).get("loop_seconds"),
             "trainable_params": meta.get("trainable_params"), "total_params": meta.get("total_params"),
             "peak_memory_bytes": meta.get("peak_memory_bytes"),
         }
-    retrain_s = results["retrain"]["unlearn_seconds"]
+        if row == "e2urec" and meta.get("teacher"):
+            results[TEACHER_ROW] = {"forget_auc": meta["teacher"]["auc"],
+                                    "forget_logloss": meta["teacher"]["logloss"],
+                                    "forget_within_user_auc": meta["teacher"]["within_user_auc"]}
+    retrain, original = results["retrain"], results["original"]
+    retrain_s = retrain["unlearn_seconds"]
     for values in results.values():
-        values["mia_auc_retrain"] = results["retrain"]["mia_auc"]
-        seconds = values["unlearn_seconds"]
+        values["mia_auc_retrain"] = retrain["mia_auc"]
+        seconds = values.get("unlearn_seconds")
         values["time_vs_retrain"] = seconds / retrain_s if seconds is not None and retrain_s else None
+        values["closure_auc"] = closure(original["forget_auc"], values["forget_auc"], retrain["forget_auc"])
+        values["closure_logloss"] = closure(original["forget_logloss"], values["forget_logloss"],
+                                            retrain["forget_logloss"])
     return results
 
 
 def bench(dataset: str, backbone: str, preset: str | Preset, out: Path, data_dir: Path | None = None,
-          seeds: tuple[int, ...] | None = None, log: Callable[[str], None] = print) -> dict:
+          seeds: tuple[int, ...] | None = None, log: Callable[[str], None] = print,
+          rows: tuple[str, ...] | None = None) -> dict:
     """Run the comparison and write report.md, results.json, results.csv and plots into `out`; `preset` is a
-    name from PRESETS or a Preset of one's own (reported as "custom")."""
+    name from PRESETS or a Preset of one's own (reported as "custom"); `rows` limits the report to some rows
+    (Original and Retrain are always in: every other row is measured against them)."""
     from e2urec.report import write_report
 
     preset_name = preset if isinstance(preset, str) else "custom"
@@ -137,9 +200,16 @@ def bench(dataset: str, backbone: str, preset: str | Preset, out: Path, data_dir
         preset = PRESETS[preset]
     if seeds:
         preset = replace(preset, seeds=tuple(seeds))
+    if preset.backbone and preset.backbone != backbone:
+        log(f"preset {preset_name}: backbone {preset.backbone} (instead of {backbone})")
+        backbone = preset.backbone
+    unknown = sorted(set(rows or ()) - set(ROWS))
+    if unknown:
+        raise E2URecError(f"unknown rows {unknown}; choose from {', '.join(ROWS)}")
+    chosen = tuple(r for r in ROWS if r in {"original", "retrain", *(rows or ROWS)})
     out = Path(out)
     stage = Stages(log)
-    per_seed = {seed: run_seed(out / f"seed-{seed}", dataset, data_dir, backbone, preset, seed, stage)
+    per_seed = {seed: run_seed(out / f"seed-{seed}", dataset, data_dir, backbone, preset, seed, stage, chosen)
                 for seed in preset.seeds}
-    config = {"dataset": dataset, "backbone": backbone, "preset": preset_name, **asdict(preset)}
+    config = {"dataset": dataset, "backbone": backbone, "preset": preset_name, **asdict(preset), "rows": chosen}
     return write_report(out, per_seed, config, machine())

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import ipaddress
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -13,6 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from e2urec.errors import E2URecError
+from e2urec.io import guard_output, read_text
 
 if TYPE_CHECKING:
     from e2urec.engine import TrainConfig
@@ -44,14 +47,38 @@ def friendly(func: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def parse_ids(text: str) -> list[str]:
-    """`1,2,3` or `@file` (one id per line or comma-separated)."""
+def parse_ids(text: str, what: str = "--users") -> list[str]:
+    """`1,2,3` or `@file` (UTF-8, one id per line or comma-separated)."""
     if text.startswith("@"):
-        path = Path(text[1:])
-        if not path.is_file():
-            raise E2URecError(f"{path}: id file not found")
-        text = path.read_text().replace("\n", ",")
+        text = read_text(Path(text[1:]), what).replace("\n", ",")
     return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def number(low: float | None = None, high: float | None = None, open_low: bool = False,
+           open_high: bool = False) -> Callable[[Any], Any]:
+    """A parse-time check for a numeric option (finite, within bounds), so bad values stop before any work."""
+
+    def check(value: Any) -> Any:
+        if value is None:
+            return value
+        if isinstance(value, float) and not math.isfinite(value):
+            raise typer.BadParameter(f"{value} is not a finite number")
+        if low is not None and (value < low or (open_low and value == low)):
+            raise typer.BadParameter(f"{value} is out of range: must be {'>' if open_low else '>='} {low:g}")
+        if high is not None and (value > high or (open_high and value == high)):
+            raise typer.BadParameter(f"{value} is out of range: must be {'<' if open_high else '<='} {high:g}")
+        return value
+
+    return check
+
+
+def not_empty(value: str) -> str:
+    if not value:
+        raise typer.BadParameter("must not be empty")
+    return value
+
+
+POSITIVE, NATURAL, SEED = number(1), number(0), number(0, 2**32 - 1)  # seeds: numpy takes 0..2**32-1
 
 
 def print_counts(title: str, counts: dict) -> None:
@@ -84,15 +111,16 @@ def prepare(
     dataset: Annotated[str, typer.Option(help="ml-100k | ml-1m | goodreads | csv")],
     out: Annotated[Path, typer.Option(help="output folder (written atomically)")],
     data_dir: Annotated[Path | None, typer.Option(help="dataset folder (or file for ml-1m zip / csv)")] = None,
-    last_n: Annotated[int, typer.Option(help="keep the last N samples in time order")] = 100_000,
-    history: Annotated[int, typer.Option(help="K: history items shown in a prompt")] = 10,
-    min_history: Annotated[int, typer.Option(help="M: drop samples with fewer earlier ratings")] = 5,
-    label_threshold: Annotated[float, typer.Option(help="label 1 when rating > T")] = 3.0,
+    last_n: Annotated[int, typer.Option(help="keep the last N samples in time order", callback=POSITIVE)] = 100_000,
+    history: Annotated[int, typer.Option(help="K: history items shown in a prompt", callback=POSITIVE)] = 10,
+    min_history: Annotated[int, typer.Option(help="M: drop samples with fewer earlier ratings", callback=NATURAL)
+                           ] = 5,
+    label_threshold: Annotated[float, typer.Option(help="label 1 when rating > T", callback=number())] = 3.0,
     forget_fraction: Annotated[float | None, typer.Option(help="forget this share of train users")] = None,
     forget_users: Annotated[str | None, typer.Option(help="ids to forget: 1,2,3 or @file")] = None,
     forget_interactions: Annotated[Path | None, typer.Option(help="CSV user_id,item_id[,timestamp]")] = None,
-    shards: Annotated[int, typer.Option(help="S: shards for SISA and RecEraser")] = 4,
-    seed: Annotated[int, typer.Option(help="seed for forget selection and shards")] = 0,
+    shards: Annotated[int, typer.Option(help="S: shards for SISA and RecEraser", callback=POSITIVE)] = 4,
+    seed: Annotated[int, typer.Option(help="seed for forget selection and shards", callback=SEED)] = 0,
     overwrite: Annotated[bool, typer.Option(help="replace an existing --out")] = False,
     items: Annotated[Path | None, typer.Option(help="csv: item-title file")] = None,
     user_col: Annotated[str, typer.Option(help="csv: user column")] = "user_id",
@@ -100,12 +128,15 @@ def prepare(
     rating_col: Annotated[str, typer.Option(help="csv: rating column")] = "rating",
     time_col: Annotated[str, typer.Option(help="csv: timestamp column")] = "timestamp",
     title_col: Annotated[str, typer.Option(help="csv: title column of --items")] = "title",
-    sep: Annotated[str, typer.Option(help="csv: field separator")] = ",",
+    sep: Annotated[str, typer.Option(help="csv: field separator", callback=not_empty)] = ",",
 ) -> None:
     """Turn raw ratings into prompt samples with a temporal split, a forget set and shards."""
     from e2urec.data.prepare import PrepareConfig
     from e2urec.data.prepare import prepare as run_prepare
 
+    guard_output(out, "data", [data_dir, items, forget_interactions], overwrite)
+    if forget_interactions is not None:
+        read_text(forget_interactions, "--forget-interactions")
     reader_options = {}
     if dataset == "csv":
         reader_options = {"items": str(items) if items else None, "user_col": user_col, "item_col": item_col,
@@ -118,7 +149,7 @@ def prepare(
         min_history=min_history,
         label_threshold=label_threshold,
         forget_fraction=forget_fraction,
-        forget_users=parse_ids(forget_users) if forget_users is not None else None,
+        forget_users=parse_ids(forget_users, "--forget-users") if forget_users is not None else None,
         forget_interactions=str(forget_interactions) if forget_interactions else None,
         shards=shards,
         seed=seed,
@@ -146,23 +177,27 @@ def train(
     ] = "original",
     backbone: Annotated[str, typer.Option(help="tiny | tiny-t5 | smollm2-135m | hub id | local path")] = "tiny",
     lora: Annotated[bool, typer.Option(help="train LoRA adapters only (peft) instead of full fine-tuning")] = False,
-    lora_r: Annotated[int, typer.Option(help="LoRA rank")] = 16,
-    lora_alpha: Annotated[int, typer.Option(help="LoRA alpha")] = 32,
-    lora_dropout: Annotated[float, typer.Option(help="LoRA dropout")] = 0.05,
-    epochs: Annotated[int, typer.Option(help="maximum epochs")] = 10,
-    lr: Annotated[float, typer.Option(help="AdamW learning rate")] = 5e-4,
-    batch_size: Annotated[int, typer.Option(help="samples per step (per process)")] = 32,
-    grad_accum: Annotated[int, typer.Option(help="gradient accumulation steps")] = 1,
-    patience: Annotated[int, typer.Option(help="stop after this many epochs without a better valid loss")] = 3,
-    max_steps: Annotated[int | None, typer.Option(help="stop after this many optimizer steps")] = None,
-    max_length: Annotated[int | None, typer.Option(help="truncate prompts (from the left) to this many tokens")] = None,
-    seed: Annotated[int, typer.Option(help="seed for initialisation and data order")] = 0,
+    lora_r: Annotated[int, typer.Option(help="LoRA rank", callback=POSITIVE)] = 16,
+    lora_alpha: Annotated[int, typer.Option(help="LoRA alpha", callback=POSITIVE)] = 32,
+    lora_dropout: Annotated[float, typer.Option(help="LoRA dropout", callback=number(0, 1, open_high=True))] = 0.05,
+    epochs: Annotated[int, typer.Option(help="maximum epochs", callback=POSITIVE)] = 10,
+    lr: Annotated[float, typer.Option(help="AdamW learning rate", callback=number(0, open_low=True))] = 5e-4,
+    batch_size: Annotated[int, typer.Option(help="samples per step (per process)", callback=POSITIVE)] = 32,
+    grad_accum: Annotated[int, typer.Option(help="gradient accumulation steps", callback=POSITIVE)] = 1,
+    patience: Annotated[int, typer.Option(help="stop after this many epochs without a better valid loss",
+                                          callback=POSITIVE)] = 3,
+    max_steps: Annotated[int | None, typer.Option(help="stop after this many optimizer steps", callback=POSITIVE)
+                         ] = None,
+    max_length: Annotated[int | None, typer.Option(help="truncate prompts (from the left) to this many tokens",
+                                                   callback=POSITIVE)] = None,
+    seed: Annotated[int, typer.Option(help="seed for initialisation and data order", callback=SEED)] = 0,
     overwrite: Annotated[bool, typer.Option(help="replace an existing model folder")] = False,
 ) -> None:
     """Instruction-tune a backbone: the Original (all train samples) or Retrain (without the forget set)."""
     from e2urec.training import train as run_train
     from e2urec.unlearning.sharded import SYSTEMS, train_system
 
+    guard_output(out, "model", [data], overwrite)
     cfg = train_config(epochs, lr, batch_size, grad_accum, patience, max_steps, max_length, seed)
     if role in SYSTEMS:
         lora_cfg = {"r": lora_r, "alpha": lora_alpha, "dropout": lora_dropout} if lora else None
@@ -187,18 +222,23 @@ def evaluate(
     out: Annotated[Path, typer.Option(help="folder for metrics.json and predictions.parquet")],
     split: Annotated[str, typer.Option(help="test | valid | forget | retain | train")] = "test",
     reference: Annotated[Path | None, typer.Option(help="Retrain model: adds JSD/L2 to it (and its MIA)")] = None,
-    batch_size: Annotated[int, typer.Option(help="prompts per forward pass")] = 64,
-    max_length: Annotated[int | None, typer.Option(help="truncate prompts to this many tokens")] = None,
-    mia_samples: Annotated[int, typer.Option(help="members sampled for the membership attack")] = 1000,
-    seed: Annotated[int, typer.Option(help="seed for the attack's samples")] = 0,
+    batch_size: Annotated[int, typer.Option(help="prompts per forward pass", callback=POSITIVE)] = 64,
+    max_length: Annotated[int | None, typer.Option(help="truncate prompts to this many tokens", callback=POSITIVE)
+                          ] = None,
+    mia_samples: Annotated[int, typer.Option(help="members sampled for the membership attack", callback=POSITIVE)
+                           ] = 1000,
+    seed: Annotated[int, typer.Option(help="seed for the attack's samples", callback=SEED)] = 0,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing evaluation folder")] = False,
 ) -> None:
     """Score a split: AUC, accuracy, log-loss; forgetting metrics against a --reference; MIA on forget."""
     from e2urec.training import EvalConfig
     from e2urec.training import evaluate as run_evaluate
 
+    guard_output(out, "evaluation", [model, data, reference], overwrite)
     cfg = EvalConfig(batch_size=batch_size, max_length=max_length, mia_samples=mia_samples, seed=seed)
     metrics = run_evaluate(model, data, split, out, cfg, reference=reference)
-    shown = ("auc", "acc", "logloss", "jsd", "l2", "jsd_yesno", "l2_yesno", "mia_auc", "mia_auc_reference", "n")
+    shown = ("auc", "acc", "logloss", "within_user_auc", "jsd", "l2", "jsd_yesno", "l2_yesno", "sym_kl", "mia_auc",
+             "mia_auc_reference", "n")
     print_counts(f"{split} metrics → {out}", {k: metrics[k] if isinstance(metrics[k], int) else round(metrics[k], 4)
                                               for k in shown if metrics.get(k) is not None})
 
@@ -224,21 +264,39 @@ def parse_options(pairs: list[str], config_cls: type) -> dict[str, Any]:
             options[key] = raw.lower() in ("1", "true", "yes") if kinds[0] is bool else kinds[0](raw)
         except ValueError as exc:
             raise E2URecError(f"--set {pair!r}: {raw!r} is not a valid {kinds[0].__name__}") from exc
+        if isinstance(options[key], float) and not math.isfinite(options[key]):
+            raise E2URecError(f"--set {pair!r}: {raw!r} is not a finite number")
+    return options
+
+
+def method_options(method: str, options: dict[str, Any], where: str) -> dict[str, Any]:
+    """`options` checked by the method's own config (ranges, known keys) now, before any work is done."""
+    from e2urec.unlearning.base import REGISTRY
+
+    try:
+        REGISTRY[method].Config.from_options(options)
+    except E2URecError as exc:
+        raise E2URecError(f"{where}: {exc}") from None
+    except (TypeError, ValueError) as exc:
+        raise E2URecError(f"{where}: invalid {method} option ({exc})") from None
     return options
 
 
 @app.command()
 @friendly
 def unlearn(
-    method: Annotated[str, typer.Option(help="e2urec | retrain | neggrad | badt | label-flip | sisa | receraser")],
+    method: Annotated[str, typer.Option(help="a registered method: e2urec, retrain, neggrad, label-flip, badt, npo, "
+                                                     "simnpo, sisa, receraser (`e2urec methods` shows options)")],
     model: Annotated[Path, typer.Option(help="the Original (or the sisa/receraser system) to unlearn from")],
     data: Annotated[Path, typer.Option(help="prepared data folder; its forget rows are forgotten")],
     out: Annotated[Path, typer.Option(help="folder for the unlearned model")],
-    epochs: Annotated[int | None, typer.Option(help="epochs (method default if unset)")] = None,
-    lr: Annotated[float | None, typer.Option(help="learning rate (method default if unset)")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="batch size (method default if unset)")] = None,
-    max_steps: Annotated[int | None, typer.Option(help="stop after this many steps")] = None,
-    seed: Annotated[int | None, typer.Option(help="seed")] = None,
+    epochs: Annotated[int | None, typer.Option(help="epochs (method default if unset)", callback=POSITIVE)] = None,
+    lr: Annotated[float | None, typer.Option(help="learning rate (method default if unset)",
+                                             callback=number(0, open_low=True))] = None,
+    batch_size: Annotated[int | None, typer.Option(help="batch size (method default if unset)", callback=POSITIVE)
+                          ] = None,
+    max_steps: Annotated[int | None, typer.Option(help="stop after this many steps", callback=POSITIVE)] = None,
+    seed: Annotated[int | None, typer.Option(help="seed", callback=SEED)] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="other method option, key=value (see `methods`)")
                     ] = None,
     keep_intermediates: Annotated[bool, typer.Option(help="keep the augmented model and caches")] = False,
@@ -255,6 +313,8 @@ def unlearn(
                        ("seed", seed)):
         if value is not None:
             options[key] = value
+    method_options(method, options, "unlearn")
+    guard_output(out, "model", [model, data], overwrite)
     meta = run_unlearn(method, model, data, out, options, keep_intermediates=keep_intermediates,
                        overwrite=overwrite)
     share = meta["trainable_params"] / max(meta["total_params"], 1)
@@ -269,14 +329,21 @@ def init(
     data: Annotated[Path, typer.Option(help="prepared data folder the model was trained on")],
     model: Annotated[Path, typer.Option(help="the Original (`e2urec train --role original`)")],
     set_: Annotated[list[str] | None, typer.Option("--set", help="E2URec option for requests, key=value")] = None,
+    key_file: Annotated[Path | None, typer.Option(
+        help="where to create the ledger key (0600, outside the run; default: E2UREC_CACHE/keys/<run id>.key)")
+    ] = None,
     overwrite: Annotated[bool, typer.Option(help="replace an existing --run")] = False,
 ) -> None:
     """Deploy a model and its data as a run that takes deletion requests (`forget`, `serve`)."""
-    from e2urec.ops.run import init_run
+    from e2urec.ops.run import check_key_file, init_run
     from e2urec.unlearning.base import REGISTRY
 
-    init_run(run, data, model, parse_options(set_ or [], REGISTRY["e2urec"].Config), overwrite=overwrite)
-    out_console.print(f"run ready → {run} (current = v0000)")
+    options = method_options("e2urec", parse_options(set_ or [], REGISTRY["e2urec"].Config), "init --set")
+    guard_output(run, "run", [data, model], overwrite)
+    if key_file is not None:
+        check_key_file(key_file, run)
+    init_run(run, data, model, options, overwrite=overwrite, key_file=key_file)
+    out_console.print(f"run ready → {run} (current = v0000); keep its ledger key file safe and private")
 
 
 @app.command()
@@ -290,6 +357,8 @@ def forget(
     from e2urec.ops.forget import forget as run_forget
     from e2urec.ops.forget import read_request
 
+    if interactions is not None:
+        read_text(interactions, "--interactions")
     request = read_request(parse_ids(users) if users is not None else None, interactions)
     record = run_forget(run, request, log=out_console.print)
     if record["noop"]:
@@ -305,14 +374,14 @@ def forget(
 @friendly
 def ledger(run: Annotated[Path, typer.Option(help="run folder made by `e2urec init`")]) -> None:
     """List a run's deletion requests: status, the version that honours each, ids (as counts), test AUC, time."""
-    from e2urec.ops.ledger import Ledger
     from e2urec.ops.run import Run
 
-    current = Run(run).current().name
+    deployed = Run(run)
+    current = deployed.current().name
     table = Table(title=f"{run}: deletion requests (serving {current})")
     for column in ("request", "kind", "ids", "status", "version", "test AUC", "seconds", "error"):
         table.add_column(column, no_wrap=column != "error")
-    for r in Ledger(Run(run).ledger_path).requests():
+    for r in deployed.ledger(keyed=False).requests():
         auc = (r["metrics"] or {}).get("auc")
         table.add_row(r["request_id"], r["kind"], str(len(r["id_hashes"])), r["status"], r["version"] or "",
                       f"{auc:.4f}" if isinstance(auc, float) else "",
@@ -342,16 +411,28 @@ def bench(
     out: Annotated[Path, typer.Option(help="run folder (rerun to resume; finished stages are skipped)")],
     dataset: Annotated[str, typer.Option(help="ml-100k | ml-1m | goodreads | csv")] = "ml-100k",
     backbone: Annotated[str, typer.Option(help="tiny | tiny-t5 | smollm2-135m | hub id | local path")] = "tiny",
-    preset: Annotated[str, typer.Option(help="demo (≤10 min CPU) | cpu (~1 h CPU) | paper (full, GPU)")] = "demo",
+    preset: Annotated[str, typer.Option(help="demo (≤10 min CPU) | cpu (~1 h CPU) | gpu (SmolLM2, one GPU) | "
+                                                     "paper (full, GPU)")] = "demo",
     data_dir: Annotated[Path | None, typer.Option(help="dataset folder (needed for all but ml-100k)")] = None,
     seeds: Annotated[str | None, typer.Option(help="comma-separated seeds (preset default: 0,1,2)")] = None,
+    rows: Annotated[str | None, typer.Option(help="comma-separated report rows (default: all; original and "
+                                                   "retrain are always in), e.g. e2urec,e2urec-reference,npo")] = None,
 ) -> None:
     """Reproduce the paper's comparison: every method, mean ± std over seeds, report.md with plots."""
     from e2urec.bench import bench as run_bench
 
-    chosen = tuple(int(s) for s in parse_ids(seeds)) if seeds else None
-    results = run_bench(dataset, backbone, preset, out, data_dir, chosen, log=out_console.print)
+    chosen = parse_seeds(seeds) if seeds else None
+    guard_output(out, "bench", [data_dir])
+    picked = tuple(r.strip() for r in rows.split(",") if r.strip()) if rows else None
+    results = run_bench(dataset, backbone, preset, out, data_dir, chosen, log=out_console.print, rows=picked)
     show_results(results, out)
+
+
+def parse_seeds(text: str) -> tuple[int, ...]:
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    if not parts or not all(part.isascii() and part.isdigit() and int(part) < 2**32 for part in parts):
+        raise E2URecError(f"--seeds: expected comma-separated integers 0..{2**32 - 1}, e.g. 0,1,2")
+    return tuple(int(part) for part in parts)
 
 
 def show_results(results: dict, out: Path) -> None:
@@ -378,6 +459,7 @@ def demo(
     """The main job: the demo bench on real MovieLens-100K with the tiny backbone, offline, in minutes."""
     from e2urec.bench import bench as run_bench
 
+    guard_output(out, "bench", [])
     results = run_bench("ml-100k", "tiny", "demo", out, log=out_console.print)
     show_results(results, out)
 
@@ -386,20 +468,56 @@ def demo(
 @friendly
 def serve(
     run: Annotated[Path, typer.Option(help="run folder made by `e2urec init`")],
-    host: Annotated[str, typer.Option(help="address to listen on (loopback by default: there is no auth)")
+    host: Annotated[str, typer.Option(help="address to listen on (loopback by default; others need a token)")
                     ] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="TCP port")] = 8000,
-    max_pairs: Annotated[int, typer.Option(help="most pairs (or ids) one request may carry; more → 413")] = 1000,
+    port: Annotated[int, typer.Option(help="TCP port", callback=number(1, 65535))] = 8000,
+    max_pairs: Annotated[int, typer.Option(help="most pairs (or ids) one request may carry; more → 413",
+                                           callback=POSITIVE)] = 1000,
+    token_file: Annotated[Path | None, typer.Option(
+        help="file holding the bearer token for every endpoint but /health (else $E2UREC_API_TOKEN)")] = None,
+    read_token_file: Annotated[Path | None, typer.Option(
+        help="file holding a read-only token: /score and /jobs, not /forget (else $E2UREC_API_READ_TOKEN)")] = None,
+    allow_host: Annotated[list[str] | None, typer.Option(
+        help="a host name clients use in the Host header (repeatable); the bound address is always allowed")
+    ] = None,
 ) -> None:
     """Serve the run over HTTP: /score, /forget (queued, honoured one at a time), /jobs/{id}, /health."""
     import logging
 
     import uvicorn
 
-    from e2urec.serve import create_app
+    from e2urec.serve import create_app, load_tokens
 
+    tokens = load_tokens(token_file, read_token_file)
+    if not tokens.enabled and not is_loopback(host):
+        raise E2URecError(f"--host {host}: not a loopback address, and no token is set; anyone who reaches the "
+                          f"port could delete users. Set --token-file (or E2UREC_API_TOKEN), or bind 127.0.0.1")
+    hosts = allowed_hosts(host, allow_host or [])
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    uvicorn.run(create_app(run, max_pairs=max_pairs), host=host, port=port)
+    uvicorn.run(create_app(run, max_pairs=max_pairs, tokens=tokens, allowed_hosts=hosts), host=host, port=port)
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def allowed_hosts(host: str, extra: list[str]) -> list[str]:
+    """Names the Host header may carry (DNS-rebinding guard): the bound address, loopback names when bound to
+    loopback, and each --allow-host; a wildcard bind (0.0.0.0, ::) needs the names clients use."""
+    try:
+        wildcard = ipaddress.ip_address(host).is_unspecified
+    except ValueError:
+        wildcard = False
+    if wildcard and not extra:
+        raise E2URecError(f"--host {host}: listens on every address, so name the host names clients use with "
+                          f"--allow-host (the Host header is checked against them)")
+    names = [] if wildcard else [host]
+    if is_loopback(host):
+        names += ["127.0.0.1", "localhost"]
+    return sorted(set(names + extra))
 
 
 @app.command()
@@ -409,11 +527,8 @@ def methods() -> None:
 
     from e2urec.unlearning.base import REGISTRY
 
-    table = Table(title="unlearning methods")
-    table.add_column("method")
-    table.add_column("what it does")
-    table.add_column("options (defaults)")
     for name, cls in sorted(REGISTRY.items()):
-        fields = ", ".join(f"{f.name}={f.default}" for f in dataclasses.fields(cls.Config))
-        table.add_row(name, (cls.__doc__ or name).strip().splitlines()[0], fields)
-    out_console.print(table)
+        out_console.print(f"[bold]{name}[/] — {escape((cls.__doc__ or name).strip().splitlines()[0])}")
+        for f in dataclasses.fields(cls.Config):
+            out_console.print(f"  {f.name}={f.default}" + (f"  {escape(f.metadata['help'])}" if f.metadata.get("help")
+                                                           else ""), highlight=False)

@@ -1,16 +1,19 @@
 """The one training loop. A method is an Objective (a loss over named batches, e.g. "train", or "retain"
 and "forget") plus the set of parameters left trainable; the engine does the rest: accelerate devices and
 DDP, AdamW, gradient accumulation, bf16 on GPU, early stopping on a validation loss, a progress bar, and
-resumable epochs (a rerun after an interruption continues from the last completed epoch)."""
+resumable epochs (a rerun after an interruption continues from the last completed epoch). How a recipe runs
+on the hardware (`Speed`: length-bucketed batches, one forward per step, fused AdamW, torch.compile) is chosen
+per device and kept out of the recipe."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import math
+import os
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -52,13 +55,66 @@ class TrainConfig:
             raise E2URecError(f"--lr must be positive, got {self.lr}")
 
 
-class Objective(Protocol):
-    """What a method contributes: which data streams an epoch reads and the loss over one step's batches."""
+BUCKET_WINDOW = 32  # optimiser steps whose samples are sorted by length together when bucketing
 
-    def streams(self, epoch: int) -> tuple[str, ...]:
-        """Stream names for this epoch; the first sets the epoch length, the others are cycled."""
+
+@dataclass(frozen=True)
+class Speed:
+    """How the engine runs a recipe on the hardware, never what the recipe is: every optimiser step still sees
+    `batch_size × grad_accum` samples and every sample is read once per epoch. `auto` turns the features on for
+    a GPU and leaves CPU runs exactly as the plain loop (bit-identical weights); kept out of TrainConfig so
+    recipes, meta.json and resume fingerprints do not depend on the machine."""
+
+    bucket: bool = False  # batches of similar prompt length (less padding); changes which samples share a step
+    device_batch: int | None = None  # samples per forward pass (None: batch_size); must divide the step's samples
+    fused: bool = False  # fused AdamW kernel (one launch per step instead of one per tensor)
+    compile: bool = False  # torch.compile the training forward (dynamic shapes); its first steps are slow
+    sync_every: int = 1  # forwards between reading the loss back to the host for the progress bar
+
+    @classmethod
+    def auto(cls, device: torch.device, cfg: TrainConfig) -> Speed:
+        """GPU: bucketing, one forward per optimiser step, fused AdamW, the loss read back every 50 forwards;
+        torch.compile only with E2UREC_COMPILE=1."""
+        gpu = device.type == "cuda"
+        return cls(bucket=gpu, device_batch=cfg.batch_size * cfg.grad_accum if gpu else None, fused=gpu,
+                   compile=os.environ.get("E2UREC_COMPILE") == "1", sync_every=50 if gpu else 1)
+
+    def forwards_per_step(self, cfg: TrainConfig) -> tuple[int, int]:
+        """(samples per forward, forwards per optimiser step) for a recipe."""
+        step = cfg.batch_size * cfg.grad_accum
+        micro = self.device_batch or cfg.batch_size
+        if micro < 1 or step % micro:
+            raise E2URecError(f"device batch {micro} must divide the {step} samples of an optimiser step "
+                              f"(batch_size {cfg.batch_size} × grad_accum {cfg.grad_accum})")
+        return micro, step // micro
+
+
+class Objective(Protocol):
+    """What a method contributes: which data streams a step reads and the loss over one step's batches."""
+
+    def streams(self, epoch: int, step: int) -> tuple[str, ...]:
+        """Stream names for this step (`step` = optimiser steps done so far). The first is the epoch's primary
+        stream, which sets the epoch length and must not change within an epoch; the others are cycled."""
 
     def loss(self, model: torch.nn.Module, batches: dict[str, Batch]) -> torch.Tensor: ...
+
+
+@dataclass
+class Check:
+    """A monitor's verdict at a step: keep this state as the result, stop training, and what it measured."""
+
+    keep: bool
+    stop: bool
+    record: dict = field(default_factory=dict)
+
+
+class Monitor(Protocol):
+    """Called every `every` optimiser steps (and once before the first) to decide when training has done its
+    job, e.g. E2URec's stopping rule; the state of the last check that said `keep` is the result."""
+
+    every: int
+
+    def __call__(self, model: torch.nn.Module, accelerator: Accelerator, steps: int) -> Check: ...
 
 
 @dataclass
@@ -68,6 +124,8 @@ class FitResult:
     seconds: float
     best_valid_loss: float | None
     history: list[dict] = field(default_factory=list)
+    loop_seconds: float = 0.0  # forward/backward/optimiser only: validation and monitor checks excluded
+    checks: list[dict] = field(default_factory=list)
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -93,10 +151,45 @@ def make_accelerator() -> Accelerator:
     return Accelerator(mixed_precision="bf16" if bf16 else "no")
 
 
-def _loader(backbone: Backbone, data: PromptSet, batch_size: int, seed: int, epoch: int, shuffle: bool) -> DataLoader:
+def bucketed_batches(lengths: Sequence[int], batch_size: int, per_step: int, generator: torch.Generator,
+                     window: int = BUCKET_WINDOW) -> list[list[int]]:
+    """Every index once, in batches of similar length: shuffle, sort each window of `window` optimiser steps by
+    length, cut it into steps of `per_step` batches, and shuffle the steps. A short last step stays last, so
+    every other step holds exactly `batch_size × per_step` samples."""
+    order = torch.randperm(len(lengths), generator=generator).tolist()
+    span = batch_size * per_step
+    steps: list[list[list[int]]] = []
+    for start in range(0, len(order), span * window):
+        chunk = sorted(order[start:start + span * window], key=lambda i: lengths[i])
+        window_steps = [chunk[i:i + span] for i in range(0, len(chunk), span)]
+        steps += [window_steps[j] for j in torch.randperm(len(window_steps), generator=generator).tolist()]
+    short = [s for s in steps if len(s) < span]
+    return [step[i:i + batch_size] for step in [s for s in steps if len(s) == span] + short
+            for i in range(0, len(step), batch_size)]
+
+
+class _Buckets:
+    """A batch sampler over precomputed batches; `batch_size` lets accelerate shard it across processes."""
+
+    def __init__(self, batches: list[list[int]], batch_size: int):
+        self.batches, self.batch_size = batches, batch_size
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def _loader(backbone: Backbone, data: PromptSet, batch_size: int, seed: int, epoch: int, per_step: int = 1,
+            bucket: bool = False) -> DataLoader:
+    """Shuffled batches of a stream for one pass (seeded by `seed` and `epoch`)."""
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return DataLoader(data, batch_size=batch_size, shuffle=shuffle, generator=generator,
-                      collate_fn=collator(backbone, data))
+    make = collator(backbone, data)
+    if not bucket:
+        return DataLoader(data, batch_size=batch_size, shuffle=True, generator=generator, collate_fn=make)
+    batches = bucketed_batches([len(ids) for ids in data.ids], batch_size, per_step, generator)
+    return DataLoader(data, batch_sampler=_Buckets(batches, batch_size), collate_fn=make)
 
 
 def _cycle(make: Callable[[int], DataLoader]) -> Iterator[Batch]:
@@ -143,9 +236,6 @@ class _Checkpoint:
         tmp.rename(self.folder)
         shutil.rmtree(old, ignore_errors=True)
 
-    def remove(self) -> None:
-        shutil.rmtree(self.folder, ignore_errors=True)
-
 
 def _optimizer_tensors(optimizer: torch.optim.Optimizer, names: dict[int, str]) -> dict[str, torch.Tensor]:
     flat: dict[str, torch.Tensor] = {}
@@ -157,10 +247,11 @@ def _optimizer_tensors(optimizer: torch.optim.Optimizer, names: dict[int, str]) 
 
 def _restore_optimizer(optimizer: torch.optim.Optimizer, params: dict[str, torch.nn.Parameter],
                        flat: dict[str, torch.Tensor]) -> None:
+    on_device = bool(optimizer.defaults.get("fused"))  # fused AdamW keeps its step counter beside the weights
     for key, value in flat.items():
         name, slot = key.rsplit("::", 1)
         param = params[name]
-        optimizer.state[param][slot] = value.to(param.device) if slot != "step" else value
+        optimizer.state[param][slot] = value.to(param.device) if slot != "step" or on_device else value
 
 
 def fit(
@@ -173,28 +264,36 @@ def fit(
     fingerprint: dict | None = None,
     accelerator: Accelerator | None = None,
     desc: str = "train",
+    monitor: Monitor | None = None,
+    speed: Speed | None = None,
 ) -> FitResult:
     """Train the parameters of `backbone.model` that require grad, in place, and return what happened.
 
     With `valid_loss`, the best epoch's trainable weights are restored at the end and training stops after
     `cfg.patience` epochs without improvement. With `checkpoint_dir`, each completed epoch is saved and a
-    rerun with the same `fingerprint` resumes after it.
+    rerun with the same `fingerprint` resumes after it. With `monitor`, its checks decide which state is kept
+    and when to stop (a monitored run ignores `valid_loss`). `speed` defaults to `Speed.auto` for the device.
     """
     accelerator = accelerator or make_accelerator()
+    speed = speed or Speed.auto(accelerator.device, cfg)
+    micro, per_step = speed.forwards_per_step(cfg)
     torch.manual_seed(cfg.seed)
     model = backbone.model
     named = {n: p for n, p in model.named_parameters() if p.requires_grad}
     if not named:
         raise E2URecError("nothing to train: no parameter requires grad")
-    optimizer = torch.optim.AdamW(list(named.values()), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(list(named.values()), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                  fused=speed.fused or None)
     model, optimizer = accelerator.prepare(model, optimizer)
+    inner = backbone.model  # unwrapped: state names without DDP's "module." prefix
+    forward = torch.compile(model, dynamic=True) if speed.compile else model
     names = {id(p): n for n, p in named.items()}
 
     key = json.dumps({"cfg": asdict(cfg), "extra": fingerprint or {}}, sort_keys=True, default=str)
     ckpt = _Checkpoint(checkpoint_dir, hashlib.sha256(key.encode()).hexdigest()) if checkpoint_dir else None
-    start_epoch, steps, best_loss, bad_epochs, history = 0, 0, math.inf, 0, []
-    best_state = trainable_state(model)
-    elapsed = 0.0
+    start_epoch, steps, best_loss, bad_epochs, history, checks = 0, 0, math.inf, 0, [], []
+    best_state = trainable_state(inner)
+    elapsed = loop = 0.0
     resumed = ckpt.load() if ckpt else None
     if resumed:
         with torch.no_grad():
@@ -206,49 +305,81 @@ def fit(
         start_epoch, steps = resumed["epoch"] + 1, resumed["steps"]
         best_loss, bad_epochs = resumed["best_loss"], resumed["bad_epochs"]
         history, elapsed = resumed["history"], resumed["seconds"]
+        loop, checks = resumed.get("loop_seconds", 0.0), resumed.get("checks", [])
         accelerator.print(f"{desc}: resuming after epoch {start_epoch} (found a checkpoint in {checkpoint_dir})")
 
     started = time.perf_counter() - elapsed
     stop = start_epoch >= cfg.epochs or (cfg.max_steps is not None and steps >= cfg.max_steps)
+
+    def check() -> bool:
+        """Run the monitor; keep the state it approves; True when it says stop."""
+        nonlocal best_state
+        verdict = monitor(model, accelerator, steps)
+        checks.append({"step": steps, "keep": verdict.keep, "stop": verdict.stop, **verdict.record})
+        if verdict.keep:
+            best_state = trainable_state(inner)
+        model.train()
+        return verdict.stop
+
+    if monitor is not None and not resumed:
+        stop = check() or stop
     epoch = start_epoch
     while not stop and epoch < cfg.epochs:
-        streams = objective.streams(epoch)
-        primary = accelerator.prepare(_loader(backbone, data[streams[0]], cfg.batch_size, cfg.seed, epoch, True))
-        others = {
-            s: _cycle(lambda r, s=s, i=i, e=epoch: accelerator.prepare(
-                _loader(backbone, data[s], cfg.batch_size, cfg.seed + 7919 * (i + 1), e * 10_000 + r, True)))
-            for i, s in enumerate(streams[1:])
-        }
+        primary_stream = objective.streams(epoch, steps)[0]
+        primary = accelerator.prepare(_loader(backbone, data[primary_stream], micro, cfg.seed, epoch, per_step,
+                                              speed.bucket))
+        others: dict[str, Iterator[Batch]] = {}
+
+        def secondary(name: str, epoch: int = epoch, others: dict[str, Iterator[Batch]] = others) -> Iterator[Batch]:
+            if name not in others:
+                i = len(others) + 1
+                others[name] = _cycle(lambda r: accelerator.prepare(_loader(
+                    backbone, data[name], micro, cfg.seed + 7919 * i, epoch * 10_000 + r, per_step, speed.bucket)))
+            return others[name]
+
         model.train()
-        total, count = 0.0, 0
+        # Summed in float64 (exactly what adding Python floats gave), on a GPU without reading it back each step.
+        on_gpu = accelerator.device.type == "cuda"
+        total, count = torch.zeros((), dtype=torch.float64, device=accelerator.device if on_gpu else "cpu"), 0
         bar = tqdm(primary, desc=f"{desc} epoch {epoch + 1}/{cfg.epochs}", leave=False,
                    disable=not accelerator.is_local_main_process)
+        tick = time.perf_counter()
         for i, batch in enumerate(bar):
-            batches = {streams[0]: batch, **{s: next(it) for s, it in others.items()}}
-            loss = objective.loss(model, batches)
-            accelerator.backward(loss / cfg.grad_accum)
-            if (i + 1) % cfg.grad_accum == 0 or i + 1 == len(primary):
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                steps += 1
-            total += float(loss.detach())
+            wanted = objective.streams(epoch, steps)
+            batches = {primary_stream: batch, **{s: next(secondary(s)) for s in wanted if s != primary_stream}}
+            loss = objective.loss(forward, batches)
+            accelerator.backward(loss / per_step)
+            total += loss.detach().to(total.device)
             count += 1
-            bar.set_postfix(loss=f"{total / count:.4f}")
+            if not bar.disable and count % speed.sync_every == 0:
+                bar.set_postfix(loss=f"{float(total) / count:.4f}")
+            if (i + 1) % per_step != 0 and i + 1 != len(primary):
+                continue
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            steps += 1
             if cfg.max_steps is not None and steps >= cfg.max_steps:
                 stop = True
+            if monitor is not None and (stop or steps % monitor.every == 0):
+                loop += time.perf_counter() - tick
+                stop = check() or stop
+                tick = time.perf_counter()
+            if stop:
                 break
-        record = {"epoch": epoch + 1, "train_loss": total / max(count, 1), "streams": list(streams)}
-        if valid_loss is not None:
+        loop += time.perf_counter() - tick
+        record = {"epoch": epoch + 1, "train_loss": float(total) / max(count, 1),
+                  "streams": sorted({primary_stream, *others})}
+        if monitor is None and valid_loss is not None:
             record["valid_loss"] = valid_loss(model, accelerator)
             if record["valid_loss"] < best_loss:
                 best_loss, bad_epochs = record["valid_loss"], 0
-                best_state = trainable_state(model)
+                best_state = trainable_state(inner)
             else:
                 bad_epochs += 1
                 if bad_epochs >= cfg.patience:
                     stop = True
-        else:
-            best_state = trainable_state(model)
+        elif monitor is None:
+            best_state = trainable_state(inner)
         record["seconds"] = time.perf_counter() - started
         history.append(record)
         accelerator.print(f"{desc}: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
@@ -256,8 +387,8 @@ def fit(
         if ckpt and accelerator.is_main_process:
             ckpt.save(
                 {"epoch": epoch, "steps": steps, "best_loss": best_loss, "bad_epochs": bad_epochs,
-                 "history": history, "seconds": record["seconds"]},
-                trainable_state(model), best_state,
+                 "history": history, "seconds": record["seconds"], "loop_seconds": loop, "checks": checks},
+                trainable_state(inner), best_state,
                 _optimizer_tensors(optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer, names),
             )
         accelerator.wait_for_everyone()
@@ -272,4 +403,6 @@ def fit(
         seconds=time.perf_counter() - started,
         best_valid_loss=None if best_loss == math.inf else best_loss,
         history=history,
+        loop_seconds=loop,
+        checks=checks,
     )

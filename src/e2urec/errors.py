@@ -6,12 +6,14 @@ class E2URecError(Exception):
 
 
 class UnknownIds(E2URecError):
-    """Ids that are not in the data (never seen, or forgotten already): the service answers 404 for these."""
+    """Ids that are not in the data (never seen, or forgotten already): the service answers 404 for these. The
+    message gives counts; the ids stay on the object for the caller that sent them."""
 
     def __init__(self, where: str, users: list | None = None, items: list | None = None,
                  interactions: list | None = None):
         self.users, self.items, self.interactions = list(users or []), list(items or []), list(interactions or [])
-        parts = [f"{len(values)} {what} not in the data: {values[:20]}"
+        # Counts only: an id named in a request must not reach a log, a ledger row or a response.
+        parts = [f"{len(values)} {what} not in the data"
                  for what, values in (("users", self.users), ("items", self.items),
                                       ("interactions", self.interactions)) if values]
         super().__init__(f"{where}: " + "; ".join(parts) + " (unknown, or forgotten by an earlier request)")

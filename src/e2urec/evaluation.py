@@ -25,6 +25,17 @@ def utility_metrics(labels: np.ndarray, p_yes: np.ndarray) -> dict:
     }
 
 
+def within_user_auc(users: np.ndarray, labels: np.ndarray, p_yes: np.ndarray) -> tuple[float | None, int]:
+    """Mean AUC inside each user having both labels, and how many users that is.
+
+    Pooled AUC mixes users' base rates (who likes more) with how well each user's own answers are ranked;
+    memorisation shows in the latter, so forgetting is judged on it too.
+    """
+    frame = pd.DataFrame({"user": np.asarray(users), "label": np.asarray(labels, dtype=int), "p": p_yes})
+    aucs = [roc_auc_score(g["label"], g["p"]) for _, g in frame.groupby("user", sort=True) if g["label"].nunique() == 2]
+    return (float(np.mean(aucs)) if aucs else None), len(aucs)
+
+
 def mia_features(labels: np.ndarray, p_yes: np.ndarray) -> np.ndarray:
     """Per-sample loss and confidence in the true answer: what a loss-based membership attack sees."""
     p_true = np.clip(np.where(np.asarray(labels) == 1, p_yes, 1 - np.asarray(p_yes)), EPS, 1 - EPS)
@@ -56,6 +67,12 @@ def jsd(log_p: Tensor, log_q: Tensor) -> Tensor:
     kl_pm = (log_p.exp() * (log_p - log_m)).sum(-1)
     kl_qm = (log_q.exp() * (log_q - log_m)).sum(-1)
     return (0.5 * (kl_pm + kl_qm)).clamp(min=0.0)
+
+
+def symmetric_kl(log_p: Tensor, log_q: Tensor) -> Tensor:
+    """½KL(p‖q) + ½KL(q‖p) per row: what the paper's reference code reports as "JSD" (it is not the
+    Jensen–Shannon divergence, which mixes through the midpoint), kept so our figures can sit beside the paper's."""
+    return (0.5 * ((log_p.exp() - log_q.exp()) * (log_p - log_q)).sum(-1)).clamp(min=0.0)
 
 
 def l2(log_p: Tensor, log_q: Tensor) -> Tensor:

@@ -66,8 +66,11 @@ def atomic_dir(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
     out = Path(out)
     if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
         raise E2URecError(f"{out}: already exists and is not empty; pass --overwrite to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    except OSError as exc:
+        raise E2URecError(f"{out}: cannot write there ({exc.strerror}); choose a writable place") from exc
     try:
         yield tmp
     except BaseException:
@@ -80,3 +83,84 @@ def atomic_dir(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
     os.replace(tmp, out)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def read_text(path: str | Path, what: str) -> str:
+    """A user-given text file, which must be UTF-8: a folder, a binary file or another encoding (latin-1, UTF-16)
+    is a clear error naming the option and the file, never a traceback or a silent misreading."""
+    path = Path(path)
+    if path.is_dir():
+        raise E2URecError(f"{what} {path}: is a folder; give a text file")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError as exc:
+        raise E2URecError(f"{what} {path}: file not found") from exc
+    except UnicodeDecodeError as exc:
+        raise E2URecError(f"{what} {path}: not UTF-8 text (bad byte at offset {exc.start}); save it as UTF-8"
+                          ) from exc
+    except OSError as exc:
+        raise E2URecError(f"{what} {path}: cannot read it ({exc.strerror})") from exc
+    if "\x00" in text:
+        raise E2URecError(f"{what} {path}: holds NUL bytes, so it is binary, not text; give a UTF-8 text file")
+    return text
+
+
+# What each kind of folder e2urec writes holds, checked in this order (a run holds data and models below it).
+KIND_MARKERS: dict[str, tuple[str, ...]] = {
+    "run": ("run.json", "ledger.sqlite"),
+    "bench": ("results.json",),
+    "evaluation": ("metrics.json",),
+    "model": ("meta.json", "system.json"),
+    "data": ("manifest.json", "samples.parquet"),
+}
+
+
+def artifact_kind(path: Path) -> str | None:
+    """The kind of artifact a folder is (run, bench, evaluation, model, data), by its marker files; else None."""
+    if not path.is_dir():
+        return None
+    for kind, markers in KIND_MARKERS.items():
+        if any((path / marker).exists() for marker in markers):
+            return kind
+    return "bench" if any(p.is_dir() for p in path.glob("seed-*")) else None
+
+
+def guard_output(out: str | Path, kind: str, inputs: list[str | Path | None], overwrite: bool = False) -> None:
+    """Refuse (before any work) an output folder whose writing could destroy something: one that is an input,
+    contains one or lies inside one; one inside another artifact (a run's version, a model folder); an
+    existing artifact of another kind, or a non-empty folder that is no artifact, `--overwrite` or not; an
+    artifact of the same kind without `--overwrite` (a bench folder resumes instead); an unwritable place."""
+    given = Path(out)
+    target = given.expanduser().resolve()
+    for item in inputs:
+        if item is None:
+            continue
+        source = Path(item).expanduser().resolve()
+        relation = ("is" if target == source else "contains" if source.is_relative_to(target)
+                    else "lies inside" if target.is_relative_to(source) else None)
+        if relation:
+            raise E2URecError(f"--out {given}: {relation} the input {item}; writing there would destroy it. "
+                              f"Choose another --out (nothing was changed)")
+    for parent in target.parents:
+        inside = artifact_kind(parent)
+        if inside is not None:
+            raise E2URecError(f"--out {given}: lies inside the {inside} folder {parent}; writing there would "
+                              f"damage it. Choose a folder outside it (nothing was changed)")
+    if target.exists():
+        existing = artifact_kind(target)
+        if not target.is_dir():
+            raise E2URecError(f"--out {given}: is a file, not a folder; choose another --out (nothing was changed)")
+        if existing is None and any(target.iterdir()):
+            raise E2URecError(f"--out {given}: a non-empty folder that e2urec did not write; --overwrite replaces "
+                              f"only an e2urec {kind} folder. Choose an empty or new folder (nothing was changed)")
+        if existing is not None and existing != kind:
+            raise E2URecError(f"--out {given}: holds a {existing}, not a {kind}; --overwrite replaces only a {kind}. "
+                              f"Choose another --out (nothing was changed)")
+        if existing == kind and not overwrite and kind != "bench":
+            raise E2URecError(f"--out {given}: already holds a {kind}; pass --overwrite to replace it")
+    existing_parent = next(p for p in target.parents if p.exists())
+    if not existing_parent.is_dir():
+        raise E2URecError(f"--out {given}: {existing_parent} is a file, so no folder can be made below it")
+    if not os.access(existing_parent, os.W_OK | os.X_OK):
+        raise E2URecError(f"--out {given}: cannot write in {existing_parent} (permission denied); choose a "
+                          f"writable place")

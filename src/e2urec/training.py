@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -19,7 +20,15 @@ from e2urec.checkpoint import load_model, save_model
 from e2urec.data.store import load_prepared
 from e2urec.engine import Batch, FitResult, TrainConfig, count_parameters, fit, make_accelerator
 from e2urec.errors import E2URecError
-from e2urec.evaluation import jsd, l2, membership_inference_auc, mia_features, utility_metrics
+from e2urec.evaluation import (
+    jsd,
+    l2,
+    membership_inference_auc,
+    mia_features,
+    symmetric_kl,
+    utility_metrics,
+    within_user_auc,
+)
 from e2urec.io import atomic_dir, write_json_atomic
 from e2urec.model.backbone import Backbone, load_backbone
 from e2urec.model.scoring import PromptSet, answer_logits, encode_prompts, p_yes_from_logits, per_sample
@@ -61,7 +70,7 @@ class AnswerCrossEntropy:
         self.kind = kind
         self.stream = stream
 
-    def streams(self, epoch: int) -> tuple[str, ...]:
+    def streams(self, epoch: int, step: int) -> tuple[str, ...]:
         return (self.stream,)
 
     def loss(self, model: torch.nn.Module, batches: dict[str, Batch]) -> torch.Tensor:
@@ -93,17 +102,38 @@ def valid_loss_fn(backbone: Backbone, data: PromptSet, batch_size: int):
     return compute
 
 
-def add_lora(backbone: Backbone, r: int, alpha: int, dropout: float, targets: list[str] | None = None) -> None:
-    """Freeze the backbone and insert LoRA modules (peft's per-architecture defaults: q/v projections)."""
-    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets,
+LORA_TARGETS = ("attention", "all-linear", "all-linear+embeddings")
+
+
+def lora_target_modules(model: torch.nn.Module, targets: str) -> list[str] | str | None:
+    """peft `target_modules` for a named choice: attention → peft's per-architecture default (q/v projections);
+    all-linear → every linear layer but the output head; +embeddings → and the input embedding."""
+    if targets == "attention":
+        return None
+    if targets == "all-linear":
+        return "all-linear"
+    if targets == "all-linear+embeddings":
+        head = model.get_output_embeddings()
+        embedding = model.get_input_embeddings()
+        names = {n.rsplit(".", 1)[-1] for n, m in model.named_modules()
+                 if isinstance(m, torch.nn.Linear) and m is not head}
+        names |= {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if m is embedding}
+        return sorted(names)
+    raise E2URecError(f"unknown LoRA targets {targets!r}; choose one of {', '.join(LORA_TARGETS)}")
+
+
+def add_lora(backbone: Backbone, r: int, alpha: int, dropout: float, targets: str = "attention") -> None:
+    """Freeze the backbone and insert LoRA modules where `targets` says."""
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout,
+                        target_modules=lora_target_modules(backbone.model, targets),
                         task_type="SEQ_2_SEQ_LM" if backbone.kind == "seq2seq" else "CAUSAL_LM")
     backbone.model = get_peft_model(backbone.model, config)
 
 
 def make_trainable(backbone: Backbone, lora: dict | None) -> None:
-    """LoRA adapters only (backbone frozen) when `lora` gives r/alpha/dropout; otherwise every weight."""
+    """LoRA adapters only (backbone frozen) when `lora` gives r/alpha/dropout[/targets]; otherwise every weight."""
     if lora:
-        add_lora(backbone, lora["r"], lora["alpha"], lora["dropout"])
+        add_lora(backbone, lora["r"], lora["alpha"], lora["dropout"], lora.get("targets", "attention"))
     else:
         backbone.model.requires_grad_(True)
 
@@ -145,9 +175,15 @@ def fit_rows(
         "trainable_params": trainable,
         "total_params": total,
         "train_samples": len(train_rows),
+        "train_rows_sha256": rows_digest(train_rows),
         "valid": utility_metrics(valid_rows["label"].to_numpy(), p_valid),
     }
     return backbone, result, facts
+
+
+def rows_digest(rows: pd.DataFrame) -> str:
+    """sha256 of the sample ids a model trained on: lets `unlearn` check an Original against the data."""
+    return hashlib.sha256(",".join(map(str, sorted(rows["sample_id"].tolist()))).encode()).hexdigest()
 
 
 def role_rows(samples: pd.DataFrame, role: str) -> tuple[pd.DataFrame, list[str] | None]:
@@ -215,10 +251,11 @@ def membership_auc(backbone: Backbone, samples: pd.DataFrame, targets: pd.DataFr
                                     mia_features(targets["label"].to_numpy(), p_targets), cfg.seed)
 
 
-def distances(model: Backbone, reference: Backbone, data: PromptSet, cfg: EvalConfig,
-              accelerator: Accelerator) -> dict:
-    """Mean JSD and L2 to the reference's answer-position distributions: full vocabulary (the paper's) and
-    the two answer tokens only."""
+DISTANCES = ("jsd", "l2", "jsd_yesno", "l2_yesno", "sym_kl")
+
+
+def _distance_rows(model: Backbone, reference: Backbone, with_p_yes: bool = False):
+    """batch → per-sample distances of `model` to `reference` (DISTANCES order), after both P(yes) if asked."""
     if model.answer_ids != reference.answer_ids or len(model.tokenizer) != len(reference.tokenizer):
         raise E2URecError("--reference uses a different tokenizer; compare models of the same backbone")
     answer = list(model.answer_ids)
@@ -230,10 +267,31 @@ def distances(model: Backbone, reference: Backbone, data: PromptSet, cfg: EvalCo
         zq = answer_logits(reference.model, batch, reference.kind).float()
         lp, lq = torch.log_softmax(zp, -1), torch.log_softmax(zq, -1)
         yp, yq = torch.log_softmax(zp[:, answer], -1), torch.log_softmax(zq[:, answer], -1)
-        return torch.stack([jsd(lp, lq), l2(lp, lq), jsd(yp, yq), l2(yp, yq)], dim=1)
+        rows = [jsd(lp, lq), l2(lp, lq), jsd(yp, yq), l2(yp, yq), symmetric_kl(lp, lq)]
+        if with_p_yes:
+            rows = [p_yes_from_logits(zp, model.answer_ids), p_yes_from_logits(zq, reference.answer_ids), *rows]
+        return torch.stack(rows, dim=1)
 
-    values = per_sample(model, data, fn, cfg.batch_size, accelerator, desc="distance").mean(0)
-    return dict(zip(("jsd", "l2", "jsd_yesno", "l2_yesno"), map(float, values), strict=True))
+    return fn
+
+
+def distances(model: Backbone, reference: Backbone, data: PromptSet, cfg: EvalConfig,
+              accelerator: Accelerator) -> dict:
+    """Mean JSD and L2 to the reference's answer-position distributions: full vocabulary (the paper's) and
+    the two answer tokens only; also the symmetrised KL the paper's code reports under the name "JSD"."""
+    values = per_sample(model, data, _distance_rows(model, reference), cfg.batch_size, accelerator,
+                        desc="distance").mean(0)
+    return dict(zip(DISTANCES, map(float, values), strict=True))
+
+
+def split_scores(model: Backbone, reference: Backbone, data: PromptSet, cfg: EvalConfig,
+                 accelerator: Accelerator) -> tuple[np.ndarray, np.ndarray, dict]:
+    """P(yes) of the model and of the reference, and the mean distances, from one forward of each per batch
+    (what `per_sample_p_yes` twice and `distances` gave, without scoring either model again)."""
+    values = per_sample(model, data, _distance_rows(model, reference, with_p_yes=True), cfg.batch_size,
+                        accelerator, desc="score + distance")
+    means = np.ascontiguousarray(values[:, 2:]).mean(0)
+    return values[:, 0].copy(), values[:, 1].copy(), dict(zip(DISTANCES, map(float, means), strict=True))
 
 
 @dataclass
@@ -258,19 +316,23 @@ def evaluate(model_dir: Path, data_dir: Path, split: str, out: Path, cfg: EvalCo
     if rows.empty:
         raise E2URecError(f"{data_dir}: split {split!r} has no samples")
     data = prompt_set(backbone, rows, cfg.max_length)
-    p = per_sample_p_yes(backbone, data, cfg.batch_size, accelerator)
-    metrics = {**utility_metrics(rows["label"].to_numpy(), p), "split": split, "model": str(model_dir),
-               "data_samples_sha256": manifest["samples_sha256"]}
     ref = None
-    if reference is not None:
+    if reference is None:
+        p = per_sample_p_yes(backbone, data, cfg.batch_size, accelerator)
+    else:
         ref, _ = load_model(reference)
         ref.model.to(accelerator.device)
-        metrics.update(distances(backbone, ref, data, cfg, accelerator))
+        # One pass scores both models on the split: P(yes) of each and the distances come from the same logits.
+        p, p_ref, near = split_scores(backbone, ref, data, cfg, accelerator)
+    within, users = within_user_auc(rows["user_id"].to_numpy(), rows["label"].to_numpy(), p)
+    metrics = {**utility_metrics(rows["label"].to_numpy(), p), "within_user_auc": within, "within_user_n": users,
+               "split": split, "model": str(model_dir), "data_samples_sha256": manifest["samples_sha256"]}
+    if ref is not None:
+        metrics.update(near)
         metrics["reference"] = str(reference)
     if split == "forget":
         metrics["mia_auc"] = membership_auc(backbone, samples, rows, p, cfg, accelerator)
         if ref is not None and cfg.reference_mia:
-            p_ref = per_sample_p_yes(ref, data, cfg.batch_size, accelerator)
             metrics["mia_auc_reference"] = membership_auc(ref, samples, rows, p_ref, cfg, accelerator)
     if accelerator.is_main_process:
         with atomic_dir(out, overwrite=True) as tmp:

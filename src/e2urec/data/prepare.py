@@ -6,6 +6,7 @@ Output contract (read by every later stage): `samples.parquet` (one row per samp
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from e2urec.data.tables import RawData
 from e2urec.errors import E2URecError, UnknownIds
 from e2urec.io import sha256_file
 
+INTEGER = re.compile(r"-?[0-9]{1,20}")  # digits only: no exponent, fraction, separator or sign games
 __all__ = ["MANIFEST_FILE", "SAMPLES_FILE", "PrepareConfig", "build_samples", "prepare"]
 
 
@@ -65,13 +67,17 @@ class PrepareConfig:
 
 
 def cast_like(values: pd.Series, like: pd.Series, what: str) -> pd.Series:
-    """Cast user-given ids to the dataset's id type, so "42" matches the integer id 42."""
+    """Cast user-given ids to the dataset's id type, exactly: "42" matches the integer id 42, while "1e2", "13.0",
+    and values outside the type's range are refused rather than coerced into another (or a wrapped) id."""
     if pd.api.types.is_integer_dtype(like):
-        numbers = pd.to_numeric(values.astype(str).str.strip(), errors="coerce")
-        bad = values[numbers.isna() | (numbers % 1 != 0)]
-        if len(bad):
-            raise E2URecError(f"{what}: ids must be integers for this dataset, got {bad.tolist()[:10]}")
-        return numbers.astype("int64")
+        info = np.iinfo(like.dtype)
+        text = values.astype(str).str.strip()
+        numbers = [int(t) if INTEGER.fullmatch(t) else None for t in text]
+        bad = sum(n is None or not info.min <= n <= info.max for n in numbers)
+        if bad:
+            raise E2URecError(f"{what}: {bad} of {len(numbers)} ids are not integers in this dataset's id range "
+                              f"({info.min}..{info.max}); write ids as plain digits (1e2 and 13.0 are refused)")
+        return pd.Series(numbers, index=values.index, dtype=like.dtype)
     return values.astype(str).str.strip()
 
 

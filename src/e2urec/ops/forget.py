@@ -1,6 +1,6 @@
 """`e2urec forget`: honour a deletion request on a run, end to end.
 
-Validate the ids → record the request (salted hashes) → rebuild the data without the forgotten rows (later
+Validate the ids → record the request (keyed hashes) → rebuild the data without the forgotten rows (later
 prompts' histories included) → E2URec from the current version on (forget = every training prompt that
 showed the forgotten rows, retain = the rebuilt training set) → merge the adapter, evaluate on test → write the
 new version and swap `current` → purge the old version, the augmented model, caches and scratch data.
@@ -9,6 +9,7 @@ A request that was interrupted (even by kill -9) is finished by the next call; a
 
 from __future__ import annotations
 
+import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -25,7 +26,16 @@ from e2urec.data.store import load_prepared, load_tables, write_prepared
 from e2urec.errors import E2URecError, UnknownIds
 from e2urec.io import atomic_dir, write_json_atomic
 from e2urec.ops.ledger import Ledger
-from e2urec.ops.run import VERSION_FILE, Run, data_dir, full_weights, model_dir, version_meta
+from e2urec.ops.run import (
+    VERSION_FILE,
+    Run,
+    data_dir,
+    full_weights,
+    model_checksums,
+    model_dir,
+    verify_version,
+    version_meta,
+)
 from e2urec.training import EvalConfig, evaluate
 from e2urec.unlearning.run import unlearn
 
@@ -147,14 +157,28 @@ def submit(ledger: Ledger, request: Request, events: pd.DataFrame) -> tuple[dict
     prior = ledger.find(ledger.fingerprint(request.kind, hashes))
     if prior and prior["status"] == "done":
         return prior, True, narrowed(request, [])
-    forgotten, salt = ledger.forgotten(request.kind), ledger.salt
-    todo = [key for key in request.keys if ledger.hash_id(key, salt) not in forgotten]
+    forgotten = ledger.forgotten(request.kind)
+    todo = [key for key in request.keys if ledger.hash_id(key) not in forgotten]
     if not todo:
-        record = prior or ledger.add(request.kind, hashes)
-        return record, True, narrowed(request, [])
+        return ledger.add(request.kind, hashes), True, narrowed(request, [])
     rest = narrowed(request, todo)
     match(events, rest)
-    return prior or ledger.add(request.kind, hashes), False, rest
+    return ledger.add(request.kind, hashes), False, rest  # an identical unfinished request is reused, not doubled
+
+
+def redact(text: str, request: Request) -> str:
+    """`text` with every id the request names replaced by `<id>`: failure messages from deep inside a library
+    may quote a row or a key, and they are stored in the ledger, returned by the service and logged."""
+    ids = sorted({part for key in request.keys for part in key.split("|") if part}, key=len, reverse=True)
+    if not ids:
+        return text
+    pattern = re.compile(r"(?<![\w.])(?:" + "|".join(map(re.escape, ids)) + r")(?![\w.])")
+    return pattern.sub("<id>", text)
+
+
+def failure(exc: BaseException, request: Request) -> str:
+    """What the ledger records about a failed request: the error's type and its message, ids redacted."""
+    return redact(f"{type(exc).__name__}: {exc}", request)
 
 
 def forget(root: str | Path, request: Request, request_id: str | None = None, log=print) -> dict:
@@ -162,17 +186,18 @@ def forget(root: str | Path, request: Request, request_id: str | None = None, lo
     identical request had been honoured already). Requests are serialised by the run's lock; `request_id`
     names a record made by `submit` (the service queues requests that way)."""
     run = Run(root)
-    ledger = Ledger(run.ledger_path)
+    ledger = run.ledger()
     with run.lock():
-        recover(run, ledger)
-        current = run.current()
-        tables = load_tables(data_dir(current))
-        samples, manifest = load_prepared(data_dir(current))
         try:
+            recover(run, ledger)
+            current = run.current()
+            verify_version(current)
+            tables = load_tables(data_dir(current))
+            samples, manifest = load_prepared(data_dir(current))
             record, done, rest = submit(ledger, request, tables["events"])
         except E2URecError as exc:
-            if request_id:  # a queued request whose ids are no longer valid fails instead of waiting forever
-                ledger.update(request_id, status="failed", error=str(exc))
+            if request_id:  # a queued request that can no longer run fails instead of waiting forever
+                ledger.update(request_id, status="failed", error=failure(exc, request))
             raise
         rid = request_id or record["request_id"]
         if done:
@@ -185,7 +210,8 @@ def forget(root: str | Path, request: Request, request_id: str | None = None, lo
         try:
             version, metrics, counts = apply(run, current, samples, manifest, tables, rest, rid, log)
         except BaseException as exc:
-            ledger.update(rid, status="failed", error=f"{type(exc).__name__}: {exc}")
+            ledger.update(rid, status="failed", error=failure(exc, request))
+            shutil.rmtree(run.work / rid, ignore_errors=True)  # scratch data holds the forgotten rows
             raise
         seconds = round(time.perf_counter() - started, 3)
         run.set_current(version)
@@ -227,12 +253,14 @@ def apply(run: Run, current: Path, samples: pd.DataFrame, manifest: dict, tables
         metrics = {k: test[k] for k in ("auc", "acc", "logloss")}
         metrics["unlearn_seconds"] = facts.get("unlearn_seconds", 0.0)
         write_json_atomic(tmp / VERSION_FILE, {"version": version.name, "request_id": rid, "parent": current.name,
-                                               "created": time.time(), "metrics": metrics, "counts": counts})
+                                               "created": time.time(), "metrics": metrics, "counts": counts,
+                                               "model_sha256": model_checksums(tmp / "model")})
     return version, metrics, counts
 
 
-def recover(run: Run, ledger: Ledger) -> None:
-    """After a crash: finish the ledger of a request whose version was already swapped in; drop leftovers."""
+def recover(run: Run, ledger: Ledger, sweep: bool = True) -> list[str]:
+    """After a crash: finish the ledger of a request whose version was already swapped in, mark requests whose
+    process died `failed`, and (with the lock held) drop leftovers; returns the ids of the requests failed."""
     meta = version_meta(run.current())
     rid = meta.get("request_id")
     if rid:
@@ -240,4 +268,7 @@ def recover(run: Run, ledger: Ledger) -> None:
         if record and record["status"] != "done":
             ledger.update(rid, status="done", version=meta["version"], metrics=meta.get("metrics"),
                           row_counts=meta.get("counts"))
-    run.sweep()
+    orphans = ledger.fail_orphans()
+    if sweep:
+        run.sweep()
+    return orphans

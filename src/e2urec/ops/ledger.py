@@ -1,18 +1,28 @@
-"""The deletion ledger (SQLite in the run folder): one row per request, with salted hashes of the ids, never the
-ids themselves, so the ledger can prove a request was honoured without keeping what was forgotten."""
+"""The deletion ledger (SQLite in the run folder): one row per request, with keyed hashes (HMAC-SHA256) of the ids,
+never the ids themselves, so the ledger can prove a request was honoured without keeping what was forgotten.
+
+The key lives outside the run folder (see `e2urec.ops.run.ledger_key`): ids are small integers, so an unkeyed or
+salted hash stored beside its salt is reversed by hashing every candidate; without the key nothing can be tested.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import hmac
 import json
-import secrets
+import os
+import socket
 import sqlite3
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from e2urec.errors import E2URecError
+
+SCHEME = "hmac-sha256-v1"
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS requests (
@@ -27,46 +37,95 @@ CREATE TABLE IF NOT EXISTS requests (
     version      TEXT,
     metrics      TEXT,
     seconds      REAL,
-    error        TEXT
+    error        TEXT,
+    owner        TEXT
 );
 CREATE INDEX IF NOT EXISTS requests_fingerprint ON requests (fingerprint);
 """
 STATUSES = ("queued", "running", "done", "failed")
 
 
+def key_id(key: bytes) -> str:
+    """A public name for a key (HMAC of a constant): tells which key a ledger needs, reveals nothing of it."""
+    return hmac.new(key, b"e2urec ledger key id", hashlib.sha256).hexdigest()[:16]
+
+
+def owner() -> str:
+    """This process, as recorded on the requests it queues or runs (to tell orphans after a crash)."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def owner_alive(name: str | None) -> bool:
+    """Whether the process that owns a record still runs; one on another host is assumed alive."""
+    host, _, pid = (name or "").rpartition(":")
+    if host != socket.gethostname():
+        return True
+    if not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class Ledger:
-    """Request records for one run. Each call opens its own connection, so threads and processes may share it."""
+    """Request records for one run. Each call opens and closes its own connection, so threads and processes may
+    share it. `key` is needed to hash ids; listing and updating records works without it."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, key: bytes | None = None):
         self.path = Path(path)
+        self._key = key
         with self._connect() as db:
-            db.executescript(SCHEMA)
-            db.execute("INSERT OR IGNORE INTO settings VALUES ('salt', ?)", (secrets.token_hex(16),))
+            try:
+                db.executescript(SCHEMA)
+                settings = dict(db.execute("SELECT key, value FROM settings").fetchall())
+                if "salt" in settings:
+                    raise E2URecError(
+                        f"{self.path}: made by an older e2urec with salted hashes, which can be reversed; it cannot "
+                        f"be converted (the ids are not known). Keep it offline as a record and create the run "
+                        f"again with `e2urec init`")
+                if key is not None:
+                    db.execute("INSERT OR IGNORE INTO settings VALUES ('scheme', ?), ('key_id', ?)",
+                               (SCHEME, key_id(key)))
+                    stored = db.execute("SELECT value FROM settings WHERE key = 'key_id'").fetchone()["value"]
+                    if stored != key_id(key):
+                        raise E2URecError(f"{self.path}: the ledger key given is not this ledger's (key id {stored}); "
+                                          f"point E2UREC_KEY_FILE at the key file made by `e2urec init`")
+            except sqlite3.DatabaseError as exc:
+                raise E2URecError(f"{self.path}: not a readable ledger ({exc}); restore it from a backup") from exc
 
-    def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
-        db.row_factory = sqlite3.Row
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=FULL")
-        return db
+    @contextlib.contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        """One connection per call, closed on exit (`with sqlite3.connect()` alone commits but never closes)."""
+        try:
+            db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+            db.row_factory = sqlite3.Row
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+        except sqlite3.DatabaseError as exc:
+            raise E2URecError(f"{self.path}: not a readable ledger ({exc}); restore it from a backup") from exc
+        try:
+            yield db
+        finally:
+            db.close()
 
     def _one(self, sql: str, args: tuple = ()) -> sqlite3.Row | None:
         with self._connect() as db:
             return db.execute(sql, args).fetchone()
 
-    @property
-    def salt(self) -> str:
-        row = self._one("SELECT value FROM settings WHERE key = 'salt'")
-        return row["value"]
-
-    def hash_id(self, key: str, salt: str | None = None) -> str:
-        """Salted SHA-256 of one id: comparable between requests of this run, useless elsewhere."""
-        return hashlib.sha256((salt or self.salt).encode() + key.encode()).hexdigest()
+    def hash_id(self, key: str) -> str:
+        """HMAC-SHA256 of one id under the run's key: comparable between requests of this run, and without the key
+        not even a guess can be checked."""
+        if self._key is None:
+            raise E2URecError(f"{self.path}: hashing ids needs the run's ledger key")
+        return hmac.new(self._key, key.encode(), hashlib.sha256).hexdigest()
 
     def hash_ids(self, keys: Iterable[str]) -> list[str]:
         """The sorted, distinct hashes of a request's ids (what the ledger stores and fingerprints)."""
-        salt = self.salt
-        return sorted({self.hash_id(key, salt) for key in keys})
+        return sorted({self.hash_id(key) for key in keys})
 
     def fingerprint(self, kind: str, hashes: list[str]) -> str:
         return hashlib.sha256(json.dumps([kind, hashes]).encode()).hexdigest()
@@ -80,11 +139,23 @@ class Ledger:
         return _decode(self._one("SELECT * FROM requests WHERE request_id = ?", (request_id,)))
 
     def add(self, kind: str, hashes: list[str], status: str = "queued") -> dict:
-        request_id = uuid.uuid4().hex[:16]
+        """Record a new request; an identical one (same fingerprint) that is not done is returned instead, checked
+        and inserted in one write transaction so concurrent identical submissions share one record."""
+        fingerprint = self.fingerprint(kind, hashes)
         with self._connect() as db:
-            db.execute("INSERT INTO requests (request_id, fingerprint, kind, created, status, id_hashes) "
-                       "VALUES (?, ?, ?, ?, ?, ?)",
-                       (request_id, self.fingerprint(kind, hashes), kind, time.time(), status, json.dumps(hashes)))
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                row = db.execute("SELECT request_id FROM requests WHERE fingerprint = ? AND status != 'done' "
+                                 "ORDER BY created DESC LIMIT 1", (fingerprint,)).fetchone()
+                request_id = row["request_id"] if row else uuid.uuid4().hex[:16]
+                if row is None:
+                    db.execute("INSERT INTO requests (request_id, fingerprint, kind, created, status, id_hashes, "
+                               "owner) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                               (request_id, fingerprint, kind, time.time(), status, json.dumps(hashes), owner()))
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
         return self.get(request_id)
 
     def update(self, request_id: str, **values: Any) -> None:
@@ -92,6 +163,8 @@ class Ledger:
             raise ValueError(f"unknown status {values['status']!r}")
         if values.get("status") in ("done", "failed"):
             values.setdefault("finished", time.time())
+        if values.get("status") in ("queued", "running"):
+            values.setdefault("owner", owner())
         encoded = {k: json.dumps(v) if k in ("row_counts", "metrics") else v for k, v in values.items()}
         columns = ", ".join(f"{k} = ?" for k in encoded)
         with self._connect() as db:
@@ -100,6 +173,16 @@ class Ledger:
     def requests(self) -> list[dict]:
         with self._connect() as db:
             return [_decode(row) for row in db.execute("SELECT * FROM requests ORDER BY created")]
+
+    def fail_orphans(self) -> list[str]:
+        """Mark `queued`/`running` records whose owning process is gone `failed` (it died: kill -9, power loss);
+        returns their ids. A waiting request's ids lived only in that process, so it must be submitted again."""
+        orphans = [r["request_id"] for r in self.requests()
+                   if r["status"] in ("queued", "running") and not owner_alive(r["owner"])]
+        for request_id in orphans:
+            self.update(request_id, status="failed",
+                        error="the process running it stopped (crash or kill); submit the request again")
+        return orphans
 
     def forgotten(self, kind: str) -> set[str]:
         """Hashes of every id that finished requests of this kind forgot."""

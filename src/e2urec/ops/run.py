@@ -3,7 +3,7 @@
     RUN/run.json            backbone, E2URec options for requests, evaluation settings
     RUN/versions/vNNNN/     model/ (full safetensors weights), data/ (prepared folder), version.json
     RUN/current             symlink to versions/vNNNN, replaced atomically (rename of a new symlink)
-    RUN/ledger.sqlite       deletion requests (salted hashes only)
+    RUN/ledger.sqlite       deletion requests (HMAC-SHA256 of the ids under a key kept outside RUN)
     RUN/.lock               held while a request changes the run: requests are serialised across processes
 
 Every version is complete before `current` points at it, so a reader sees the old version or the new one.
@@ -15,8 +15,10 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import secrets
 import shutil
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,12 +26,51 @@ from e2urec import __version__
 from e2urec.checkpoint import load_model, save_model
 from e2urec.data.store import load_prepared, load_tables, write_prepared
 from e2urec.errors import E2URecError
-from e2urec.io import atomic_dir, read_json, write_json_atomic
+from e2urec.io import atomic_dir, cache_dir, read_json, sha256_file, write_json_atomic
 from e2urec.model.backbone import Backbone
+from e2urec.ops.ledger import Ledger, key_id
 
 RUN_FILE = "run.json"
 VERSION_FILE = "version.json"
 CURRENT = "current"
+KEY_ENV = "E2UREC_KEY_FILE"
+
+
+def default_key_file(run_id: str) -> Path:
+    """Where `init` puts a run's ledger key unless told otherwise: the e2urec cache, outside every run folder."""
+    return cache_dir() / "keys" / f"{run_id}.key"
+
+
+def check_key_file(path: Path, run_root: Path) -> Path:
+    """Where a new key may go: a new file outside the run folder (beside the ledger it would unlock nothing)."""
+    path = Path(path).expanduser().resolve()
+    if path.is_relative_to(Path(run_root).expanduser().resolve()):
+        raise E2URecError(f"--key-file: {path} lies inside the run folder; the key must be kept apart from the "
+                          f"ledger, or the ledger's hashes can be reversed")
+    if path.exists():
+        raise E2URecError(f"--key-file: {path} exists already; name a new file (keys are never reused)")
+    return path
+
+
+def create_key(path: Path, run_root: Path) -> bytes:
+    """A fresh 32-byte ledger key in a new file readable by its owner only (0600, never overwritten)."""
+    path = check_key_file(path, run_root)
+    key = secrets.token_bytes(32)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError as exc:
+        raise E2URecError(f"--key-file: {path} exists already; name a new file (keys are never reused)") from exc
+    except OSError as exc:
+        raise E2URecError(f"--key-file: cannot create {path} ({exc.strerror})") from exc
+    with os.fdopen(fd, "w") as fh:
+        fh.write(key.hex() + "\n")
+    return key
+
+
+def model_checksums(folder: Path) -> dict[str, str]:
+    """sha256 of every file of a model folder, recorded in version.json and checked whenever a version loads."""
+    return {p.name: sha256_file(p) for p in sorted(folder.iterdir()) if p.is_file()}
 
 
 def full_weights(backbone: Backbone) -> Backbone:
@@ -47,6 +88,41 @@ class Run:
         if not (self.root / RUN_FILE).is_file():
             raise E2URecError(f"{self.root}: not a run folder (no {RUN_FILE}); create one with `e2urec init`")
         self.config = read_json(self.root / RUN_FILE)
+        if not isinstance(self.config, dict):
+            raise E2URecError(f"{self.root / RUN_FILE}: damaged (not a JSON object); restore it or `e2urec init` "
+                              f"again")
+
+    def key_file(self) -> Path:
+        """The ledger key: $E2UREC_KEY_FILE, else the file `init` recorded, else the default place for this run."""
+        if os.environ.get(KEY_ENV):
+            return Path(os.environ[KEY_ENV]).expanduser()
+        recorded = self.config.get("ledger_key") or {}
+        if recorded.get("file"):
+            return Path(recorded["file"])
+        if not self.config.get("run_id"):
+            raise E2URecError(f"{self.root}: made by an older e2urec without a ledger key; create it again with "
+                              f"`e2urec init`")
+        return default_key_file(self.config["run_id"])
+
+    def key(self) -> bytes:
+        path = self.key_file()
+        try:
+            key = bytes.fromhex(path.read_text(encoding="ascii").strip())
+        except FileNotFoundError as exc:
+            raise E2URecError(f"{self.root}: its ledger key file is missing (looked at {KEY_ENV} and where "
+                              f"`e2urec init` wrote it); restore it from a backup, or set {KEY_ENV}") from exc
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise E2URecError(f"{self.root}: its ledger key file is unreadable or damaged; restore it from a "
+                              f"backup") from exc
+        expected = (self.config.get("ledger_key") or {}).get("id")
+        if expected and key_id(key) != expected:
+            raise E2URecError(f"{self.root}: the ledger key file is not this run's (key id {expected} expected); "
+                              f"point {KEY_ENV} at the right one")
+        return key
+
+    def ledger(self, keyed: bool = True) -> Ledger:
+        """The run's ledger; `keyed=False` opens it for reading records only (no ids can be hashed)."""
+        return Ledger(self.ledger_path, self.key() if keyed else None)
 
     @property
     def versions(self) -> Path:
@@ -69,6 +145,21 @@ class Run:
         if not (target / VERSION_FILE).is_file():
             raise E2URecError(f"{link} → {target}: not a complete version; the run folder is damaged")
         return target
+
+    @contextlib.contextmanager
+    def try_lock(self) -> Iterator[bool]:
+        """The lock if nobody holds it (yields True), else yields False at once: a starting service must not wait
+        for a long request of another process, whose end sweeps anyway."""
+        with open(self.root / ".lock", "a+") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
 
     def set_current(self, version: Path) -> None:
         """Point `current` at `version` atomically: a new symlink renamed over the old one."""
@@ -104,8 +195,13 @@ class Run:
             stray.unlink(missing_ok=True)
 
 
-def init_run(root: Path, data: Path, model: Path, options: dict | None = None, overwrite: bool = False) -> Path:
-    """Create a run from a prepared data folder and a model trained on it (the Original, version v0000)."""
+def init_run(root: Path, data: Path, model: Path, options: dict | None = None, overwrite: bool = False,
+             key_file: Path | None = None) -> Path:
+    """Create a run from a prepared data folder and a model trained on it (the Original, version v0000), and its
+    ledger key (default: `default_key_file`, outside the run folder)."""
+    root = Path(root)
+    if key_file is not None:
+        check_key_file(key_file, root)  # before the work, not after it
     samples, manifest = load_prepared(data)
     tables = load_tables(data)
     backbone, meta = load_model(model)
@@ -116,20 +212,29 @@ def init_run(root: Path, data: Path, model: Path, options: dict | None = None, o
         raise E2URecError(f"{model}: was trained on other data than {data} (samples checksum differs); pass the "
                           f"data folder the model was trained on")
     samples = samples.assign(forget=False)
+    # The prepared forget set is not what a run forgets (requests are); its ids must not outlive a request.
+    config = {**manifest["config"], "forget_users": None, "forget_interactions": None}
+    run_id = uuid.uuid4().hex
     with atomic_dir(root, overwrite=overwrite) as tmp:
         version = tmp / "versions" / "v0000"
-        write_prepared(version / "data", samples, tables, {**manifest, "parent_samples_sha256":
+        write_prepared(version / "data", samples, tables, {**manifest, "config": config, "parent_samples_sha256":
                                                             manifest["samples_sha256"]})
         save_model(full_weights(backbone), version / "model",
                    {**meta, "role": "version", "version": "v0000", "backbone": meta.get("backbone", backbone.name)})
         write_json_atomic(version / VERSION_FILE, {"version": "v0000", "request_id": None, "parent": None,
-                                                   "created": time.time()})
-        write_json_atomic(tmp / RUN_FILE, {"e2urec_version": __version__, "created": time.time(),
+                                                   "created": time.time(),
+                                                   "model_sha256": model_checksums(version / "model")})
+        key = create_key(Path(key_file) if key_file else default_key_file(run_id), root)
+        write_json_atomic(tmp / RUN_FILE, {"e2urec_version": __version__, "created": time.time(), "run_id": run_id,
+                                           "ledger_key": {"id": key_id(key),
+                                                          "file": str(Path(key_file).expanduser().resolve())
+                                                          if key_file else None},
                                            "backbone": meta.get("backbone", backbone.name),
                                            "method": "e2urec", "options": options or {},
                                            "source": {"data": str(Path(data).resolve()),
                                                       "model": str(Path(model).resolve())}})
         (tmp / CURRENT).symlink_to(os.path.join("versions", "v0000"))
+        Ledger(tmp / "ledger.sqlite", key)
     return root
 
 
@@ -142,4 +247,23 @@ def data_dir(version: Path) -> Path:
 
 
 def version_meta(version: Path) -> dict:
-    return read_json(version / VERSION_FILE)
+    meta = read_json(version / VERSION_FILE)
+    if not isinstance(meta, dict) or not isinstance(meta.get("version"), str):
+        raise E2URecError(f"{version / VERSION_FILE}: damaged (not a version record); restore the run folder")
+    return meta
+
+
+def verify_version(version: Path) -> dict:
+    """version.json, after checking the weights against the sha256 it records: a truncated or overwritten weight
+    file is refused with the file's name instead of failing (or scoring garbage) later."""
+    meta = version_meta(version)
+    expected = meta.get("model_sha256")
+    if expected is None:
+        raise E2URecError(f"{version}: its weights carry no checksum (made by an older e2urec); `e2urec init` again")
+    folder = model_dir(version)
+    for name, digest in expected.items():
+        path = folder / name
+        if not path.is_file() or sha256_file(path) != digest:
+            raise E2URecError(f"{path}: missing or changed (sha256 differs from {VERSION_FILE}); the weights are "
+                              f"damaged; restore the run folder from a backup")
+    return meta

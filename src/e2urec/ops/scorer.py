@@ -19,8 +19,7 @@ from e2urec.data.readers import ITEM_NOUN
 from e2urec.data.store import load_manifest, load_tables
 from e2urec.errors import UnknownIds
 from e2urec.model.scoring import score
-from e2urec.ops.ledger import Ledger
-from e2urec.ops.run import Run, data_dir, model_dir, version_meta
+from e2urec.ops.run import Run, data_dir, model_dir, verify_version
 from e2urec.training import EvalConfig
 
 
@@ -41,7 +40,7 @@ class Scorer:
     def __init__(self, run: str | Path, version: Path | None = None):
         self.run = Run(run)
         folder = version or self.run.current()
-        self.version: str = version_meta(folder)["version"]
+        self.version: str = verify_version(folder)["version"]  # damaged weights are refused, not served
         config = load_manifest(data_dir(folder))["config"]
         tables = load_tables(data_dir(folder))
         self.events, items, users = tables["events"], tables["items"], tables["users"]
@@ -61,7 +60,7 @@ class Scorer:
     def honours(self) -> list[str]:
         """Request ids this version honours, read from the ledger each time (a request is marked done only
         after its version is swapped in, so a value cached at load could miss it)."""
-        return Ledger(self.run.ledger_path).honoured_by(self.version)
+        return self.run.ledger(keyed=False).honoured_by(self.version)
 
     def cast(self, users: Sequence, items: Sequence) -> tuple[pd.Series, pd.Series]:
         """Ids as the dataset types them (JSON gives strings or ints); unknown ones raise UnknownIds."""

@@ -4,6 +4,7 @@ choice of trainable parameters; the engine (`e2urec.engine.fit`) trains it like 
 
 from __future__ import annotations
 
+import math
 import shutil
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -16,12 +17,12 @@ from accelerate import Accelerator
 
 from e2urec.checkpoint import META_FILE, load_model, save_model
 from e2urec.data.store import load_prepared
-from e2urec.engine import Batch, FitResult, TrainConfig, fit
+from e2urec.engine import Batch, FitResult, Monitor, TrainConfig, fit
 from e2urec.errors import E2URecError
 from e2urec.io import read_json
 from e2urec.model.backbone import Backbone
 from e2urec.model.scoring import PromptSet, answer_logits, per_sample
-from e2urec.training import make_trainable, prompt_set, rows_for
+from e2urec.training import make_trainable, prompt_set, role_rows, rows_digest, rows_for
 from e2urec.unlearning.losses import compress
 
 TEACHER_TOP_K = 64
@@ -48,6 +49,11 @@ class Job:
         self.original_meta = read_json(self.original / META_FILE)
         if rows_for(self.samples, "forget").empty:
             raise E2URecError(f"{self.data}: the forget set is empty; nothing to unlearn")
+        recorded = self.original_meta.get("train_rows_sha256")
+        if self.original_meta.get("role") == "original" and recorded and recorded != rows_digest(
+                role_rows(self.samples, "original")[0]):
+            raise E2URecError(f"{self.original}: this Original was not trained on the train rows of {self.data}; "
+                              "unlearn from the Original trained on this data folder (or retrain it)")
 
     def load_original(self, trainable: bool = False) -> Backbone:
         backbone, _ = load_model(self.original, trainable=trainable)
@@ -60,16 +66,46 @@ class Job:
             shutil.rmtree(self.work, ignore_errors=True)
 
 
+def option(default: Any, help: str, low: float | None = None, high: float | None = None,
+           choices: tuple[str, ...] | None = None, open_low: bool = False) -> Any:
+    """A config field with its help text and the range it is checked against (`e2urec methods` shows both)."""
+    return field(default=default, metadata={"help": help, "low": low, "high": high, "choices": choices,
+                                            "open_low": open_low})
+
+
+def check_fields(config: Any) -> None:
+    """Refuse non-finite numbers, values outside a field's range and unknown choices, before any work."""
+    name = type(config).__name__
+    for f in fields(config):
+        value, meta = getattr(config, f.name), f.metadata
+        if value is None:
+            continue
+        if isinstance(value, bool | str):
+            if meta.get("choices") and value not in meta["choices"]:
+                raise E2URecError(f"{name}: {f.name}={value!r} is not one of {', '.join(meta['choices'])}")
+            continue
+        if not isinstance(value, int | float) or not math.isfinite(value):
+            raise E2URecError(f"{name}: {f.name}={value!r} must be a finite number")
+        low, high = meta.get("low"), meta.get("high")
+        if low is not None and (value <= low if meta.get("open_low") else value < low):
+            raise E2URecError(f"{name}: {f.name}={value} must be {'>' if meta.get('open_low') else '≥'} {low}")
+        if high is not None and value > high:
+            raise E2URecError(f"{name}: {f.name}={value} must be ≤ {high}")
+
+
 @dataclass
 class MethodConfig:
     """Fields shared by the objective-based methods; each method overrides the defaults it needs."""
 
-    epochs: int = 1
-    lr: float = 5e-5
-    batch_size: int = 16
-    max_steps: int | None = None
-    max_length: int | None = None
-    seed: int = 0
+    epochs: int = option(1, "passes over the forget set", low=1)
+    lr: float = option(5e-5, "learning rate (AdamW)", low=0, open_low=True)
+    batch_size: int = option(16, "samples per stream per step", low=1)
+    max_steps: int | None = option(None, "stop after this many optimiser steps", low=1)
+    max_length: int | None = option(None, "truncate prompts to this many tokens (from the left)", low=1)
+    seed: int = option(0, "seed of sampling, shuffling and initialisation", low=0)
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
     def train_config(self) -> TrainConfig:
         return TrainConfig(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, max_steps=self.max_steps,
@@ -77,21 +113,25 @@ class MethodConfig:
 
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> MethodConfig:
+        """The config for `--set` options: unknown keys and bad values are refused here, before any work."""
         known = {f.name: f for f in fields(cls)}
         unknown = sorted(set(options) - set(known))
         if unknown:
             raise E2URecError(f"{cls.__name__}: unknown options {unknown}; known: {sorted(known)}")
-        return cls(**options)
+        try:
+            return cls(**options)
+        except TypeError as exc:
+            raise E2URecError(f"{cls.__name__}: {exc}") from None
 
 
 @dataclass
 class RecipeOverrides(MethodConfig):
     """For methods that retrain with the trained model's own recipe; a field set here (not None) overrides it."""
 
-    epochs: int | None = None
-    lr: float | None = None
-    batch_size: int | None = None
-    seed: int | None = None
+    epochs: int | None = option(None, "epochs (the trained model's recipe if unset)", low=1)
+    lr: float | None = option(None, "learning rate (the recipe's if unset)", low=0, open_low=True)
+    batch_size: int | None = option(None, "batch size (the recipe's if unset)", low=1)
+    seed: int | None = option(None, "seed (the recipe's if unset)", low=0)
 
     def recipe(self, config: dict) -> TrainConfig:
         return TrainConfig(**{**config, **{k: v for k, v in asdict(self).items() if v is not None}})
@@ -129,27 +169,30 @@ class Method:
 class ObjectiveMethod(Method):
     """Train a student from the Original on (forget, retain) batches with a method-specific loss."""
 
+    def lora_config(self) -> dict | None:
+        """LoRA settings of the student (None: full fine-tuning of a copy of the Original)."""
+        return None
+
     def student(self, job: Job) -> Backbone:
-        """Full fine-tuning of a copy of the Original by default; LoRA methods freeze it and add adapters."""
+        """A trainable copy of the Original: every weight, or frozen with LoRA adapters."""
         backbone = job.load_original()
-        make_trainable(backbone, {"r": self.cfg.lora_r, "alpha": self.cfg.lora_alpha, "dropout": self.cfg.lora_dropout}
-                       if self.lora else None)
+        make_trainable(backbone, self.lora_config())
         backbone.model.to(job.accelerator.device)
         return backbone
 
-    def zipped_epochs(self) -> int:
-        """Epochs that pair each forget batch with a retain batch (sizes the retain sample)."""
-        return self.cfg.epochs
+    def retain_needed(self, n_forget: int) -> int:
+        """Retain samples the schedule will read: one retain batch per forget batch, every epoch."""
+        return max(1, self.cfg.epochs) * n_forget
 
     def prompt_sets(self, job: Job, backbone: Backbone) -> dict[str, PromptSet]:
-        """The forget set, and as many retain samples as the zipped epochs will read (seeded).
+        """The forget set, and as many retain samples as the schedule will read (seeded).
 
-        Pairing each forget batch with one retain batch is the reference schedule; sampling only what is read
-        keeps unlearning cost proportional to the forget set, not to the retained data.
+        Sampling only what is read keeps unlearning cost proportional to the forget set, not to the retained
+        data.
         """
         forget = rows_for(job.samples, "forget")
         retain = rows_for(job.samples, "retain")
-        need = max(1, self.zipped_epochs()) * len(forget)
+        need = self.retain_needed(len(forget))
         if need < len(retain):
             picked = np.random.default_rng([self.cfg.seed, 11]).choice(len(retain), size=need, replace=False)
             retain = retain.iloc[np.sort(picked)]
@@ -162,32 +205,44 @@ class ObjectiveMethod(Method):
     def objective(self, backbone: Backbone) -> Any:
         raise NotImplementedError
 
+    def train_config(self, data: dict[str, PromptSet]) -> TrainConfig:
+        return self.cfg.train_config()
+
+    def monitor(self, job: Job, backbone: Backbone, data: dict[str, PromptSet]) -> Monitor | None:
+        """A check that decides when the method has done its job (None: train the whole schedule)."""
+        return None
+
     def run(self, job: Job) -> tuple[Backbone, FitResult]:
         torch.manual_seed(self.cfg.seed)
         student = self.student(job)
         data = self.prompt_sets(job, student)
         self.attach_teachers(job, student, data)
-        result = fit(student, self.objective(student), data, self.cfg.train_config(),
+        result = fit(student, self.objective(student), data, self.train_config(data),
                      checkpoint_dir=job.work / "resume", accelerator=job.accelerator,
                      fingerprint={"method": self.name, "config": vars(self.cfg),
                                   "data": job.manifest["samples_sha256"]},
-                     desc=self.name)
+                     desc=self.name, monitor=self.monitor(job, student, data))
         return student, result
 
 
 def cache_teacher(backbone: Backbone, data: PromptSet, logits_fn: Any, prefix: str, accelerator: Accelerator,
                   batch_size: int = 64, k: int = TEACHER_TOP_K) -> None:
     """Compute a teacher's answer-position distribution once per sample and keep it compressed (top-k + rest)
-    in `data.extras` under `{prefix}_idx`, `{prefix}_p`, `{prefix}_rest`, so no epoch recomputes it."""
+    in `data.extras` under `{prefix}_idx`, `{prefix}_p`, `{prefix}_rest`, so no epoch recomputes it; also its
+    distribution over the two answer tokens (No, Yes) under `{prefix}_p2`."""
+    pair = torch.as_tensor(backbone.answer_ids)
 
     def fn(batch: Batch) -> torch.Tensor:
-        top_i, top_p, rest = compress(logits_fn(batch), k)
-        return torch.cat([top_i.float(), top_p, rest[:, None]], dim=-1)
+        logits = logits_fn(batch)
+        top_i, top_p, rest = compress(logits, k)
+        p2 = torch.softmax(logits.float().index_select(-1, pair.to(logits.device)), dim=-1)
+        return torch.cat([top_i.float(), top_p, p2, rest[:, None]], dim=-1)
 
     packed = torch.from_numpy(per_sample(backbone, data, fn, batch_size, accelerator, desc=f"teacher {prefix}"))
-    width = (packed.shape[1] - 1) // 2
+    width = (packed.shape[1] - 3) // 2
     data.extras[f"{prefix}_idx"] = packed[:, :width].round().to(torch.int64)
     data.extras[f"{prefix}_p"] = packed[:, width:2 * width].contiguous()
+    data.extras[f"{prefix}_p2"] = packed[:, 2 * width:2 * width + 2].contiguous()
     data.extras[f"{prefix}_rest"] = packed[:, -1].contiguous()
 
 

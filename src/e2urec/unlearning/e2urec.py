@@ -1,0 +1,312 @@
+"""E2URec: a LoRA student distilled from a forgetting teacher on the forget set and from the Original on the
+retain set. The schedule is counted in steps (forget-only steps, then joint steps) with a floor that does not
+depend on the forget set's size, and a stopping rule that needs neither Retrain nor test data."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+
+from e2urec.checkpoint import load_model, save_model
+from e2urec.engine import Batch, Check, TrainConfig, fit
+from e2urec.errors import E2URecError
+from e2urec.evaluation import utility_metrics, within_user_auc
+from e2urec.model.backbone import Backbone
+from e2urec.model.scoring import PromptSet, answer_logits, per_sample
+from e2urec.training import AnswerCrossEntropy, prompt_set, rows_for, sample_rows
+from e2urec.unlearning.base import Job, MethodConfig, ObjectiveMethod, cache_teacher, logits_of, option, register
+from e2urec.unlearning.losses import forgetting_teacher_logits
+from e2urec.unlearning.methods import teacher_loss
+
+# The paper's reference code, exactly: 3 passes over the forget set, the first on the forgetting loss alone,
+# an augmented model at lr 5e-5 for 100 steps, q/v LoRA, full-vocabulary distillation, no stopping rule.
+REFERENCE: dict[str, Any] = {
+    "epochs": 3.0, "min_steps": 1, "forget_only": 1 / 3, "lr": 1e-3, "alpha": 2.0, "beta": 0.4, "retain_ce": True,
+    "lora_r": 16, "lora_alpha": 32, "lora_dropout": 0.05, "lora_targets": "attention", "distill": "vocab",
+    "aug_lr": 5e-5, "aug_steps": 100, "alpha_rule": "fixed", "stop": "none",
+}
+MIN_NON_MEMBERS = 20
+
+
+@dataclass
+class E2URecConfig(MethodConfig):
+    """Defaults chosen on validation data only (README: "Choosing E2URec's defaults"); `profile=reference`
+    starts from the reference code's values instead. Options given explicitly override either."""
+
+    profile: str = option("default", "default | reference (the paper code's exact values)",
+                          choices=("default", "reference"))
+    epochs: float = option(3.0, "forget-set passes that size the schedule", low=0, open_low=True)
+    min_steps: int = option(30, "at least this many student steps, whatever the forget set's size", low=1)
+    forget_only: float = option(0.8, "share of the steps on the forgetting loss alone (then joint steps)",
+                                low=0, high=1)
+    lr: float = option(1e-3, "student learning rate", low=0, open_low=True)
+    alpha: float = option(2.0, "forgetting teacher: z_orig − α·ReLU(z_aug − z_orig) (alpha_rule=fixed)", low=0)
+    alpha_rule: str = option("nonmember", "nonmember: choose α so the teacher's forget-set loss equals the "
+                             "Original's loss on held-out non-members; fixed: use alpha",
+                             choices=("nonmember", "fixed"))
+    alpha_max: float = option(50.0, "largest α the nonmember rule may choose", low=0, open_low=True)
+    beta: float = option(0.4, "joint steps: β·L_FGT + (1−β)·L_REM", low=0, high=1)
+    retain_ce: bool = option(True, "add the answer cross-entropy on retain to L_REM (the reference code's)")
+    lora_r: int = option(16, "LoRA rank", low=1)
+    lora_alpha: int = option(32, "LoRA scaling numerator", low=1)
+    lora_dropout: float = option(0.05, "LoRA dropout", low=0, high=0.99)
+    lora_targets: str = option("attention", "attention (q/v) | all-linear | all-linear+embeddings",
+                               choices=("attention", "all-linear", "all-linear+embeddings"))
+    distill: str = option("vocab", "distil the full vocabulary or the two answer tokens",
+                          choices=("vocab", "answer"))
+    aug_epochs: float = option(1.5, "augmented model: passes over the forget set", low=0, open_low=True)
+    aug_lr_scale: float = option(1.0, "augmented model lr as a multiple of the Original's lr (its meta.json)",
+                                 low=0, open_low=True)
+    aug_lr: float | None = option(None, "augmented model lr (overrides aug_lr_scale)", low=0, open_low=True)
+    aug_steps: int | None = option(None, "augmented model steps (overrides aug_epochs)", low=1)
+    aug_batch_size: int = option(16, "augmented model batch size", low=1)
+    stop: str = option("nonmember", "nonmember: stop once the forget set's loss reaches held-out "
+                       "non-members'; none: run the whole schedule", choices=("nonmember", "none"))
+    check_every: int = option(10, "steps between stopping-rule checks", low=1)
+    stop_margin: float = option(0.0, "stop when forget loss ≥ non-member loss − margin", low=0)
+    utility_tolerance: float = option(0.01, "keep a state only while valid AUC ≥ the Original's − this",
+                                      low=0, high=1)
+    monitor_samples: int = option(1024, "forget, non-member and utility samples scored per check (at most)", low=10)
+
+    @classmethod
+    def from_options(cls, options: dict[str, Any]) -> MethodConfig:
+        base = REFERENCE if options.get("profile") == "reference" else {}
+        return super().from_options({**base, **options})
+
+
+class E2URecObjective:
+    """Forget-only steps train L_FGT; joint steps β·L_FGT + (1−β)·(L_REM [+ CE on retain])."""
+
+    def __init__(self, backbone: Backbone, cfg: E2URecConfig, forget_only_steps: int):
+        self.kind = backbone.kind
+        self.cfg = cfg
+        self.forget_only_steps = forget_only_steps
+        self.answer = backbone.answer_ids if cfg.distill == "answer" else None
+
+    def streams(self, epoch: int, step: int) -> tuple[str, ...]:
+        return ("forget",) if step < self.forget_only_steps else ("forget", "retain")
+
+    def loss(self, model: torch.nn.Module, batches: dict[str, Batch]) -> torch.Tensor:
+        forget = batches["forget"]
+        l_fgt = teacher_loss(answer_logits(model, forget, self.kind), forget, "fgt", self.answer)
+        if "retain" not in batches:
+            return l_fgt
+        retain = batches["retain"]
+        logits = answer_logits(model, retain, self.kind)
+        l_rem = teacher_loss(logits, retain, "rem", self.answer)
+        if self.cfg.retain_ce:
+            l_rem = l_rem + F.cross_entropy(logits.float(), retain["target"])
+        return self.cfg.beta * l_fgt + (1 - self.cfg.beta) * l_rem
+
+
+def answer_losses(backbone: Backbone, model: torch.nn.Module, data: PromptSet, accelerator: Accelerator
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Per-sample two-token log-loss of the true answer and P(yes), in `data` order."""
+    pair = torch.as_tensor(backbone.answer_ids)
+
+    def fn(batch: Batch) -> torch.Tensor:
+        logp = torch.log_softmax(answer_logits(model, batch, backbone.kind).float()[:, pair.to(batch["target"].device)],
+                                 -1)
+        yes = (batch["target"] == backbone.answer_ids[1]).long()
+        return torch.stack([-logp.gather(1, yes[:, None])[:, 0], logp[:, 1].exp()], dim=1)
+
+    out = per_sample(backbone, data, fn, 64, accelerator, desc="check", progress=False)
+    return out[:, 0], out[:, 1]
+
+
+def calibrate_alpha(z_orig: np.ndarray, z_aug: np.ndarray, yes: np.ndarray, target: float, alpha_max: float
+                    ) -> float:
+    """α at which the forgetting teacher's mean two-token loss on the forget set equals `target`.
+
+    `z_orig`, `z_aug`: [N, 2] logits of (No, Yes); the teacher's two answer logits depend on α elementwise, so
+    its loss is computed without the vocabulary. 0 when the Original already loses `target` (nothing to
+    forget), `alpha_max` when even that is not enough. Bisection: the loss grows with α wherever the
+    augmented model raised the true answer, which is what training on the forget set does.
+    """
+
+    def loss(alpha: float) -> float:
+        z = z_orig - alpha * np.maximum(z_aug - z_orig, 0.0)
+        z = z - z.max(1, keepdims=True)
+        log_p = z - np.log(np.exp(z).sum(1, keepdims=True))
+        return float(-log_p[np.arange(len(z)), yes].mean())
+
+    if loss(0.0) >= target:
+        return 0.0
+    if loss(alpha_max) <= target:
+        return alpha_max
+    low, high = 0.0, alpha_max
+    for _ in range(50):
+        mid = (low + high) / 2
+        low, high = (mid, high) if loss(mid) < target else (low, mid)
+    return (low + high) / 2
+
+
+class NonMemberStop:
+    """The stopping rule: stop once the forget set's mean answer loss reaches that of held-out non-members
+    (see `E2URec.non_members`), after `min_steps`; a state is kept only while the AUC on valid samples of
+    users who are not forgotten stays within `utility_tolerance` of the Original's. Needs no Retrain, no test."""
+
+    def __init__(self, backbone: Backbone, forget: PromptSet, non_members: PromptSet, utility: PromptSet,
+                 labels: np.ndarray, cfg: E2URecConfig):
+        self.backbone, self.forget, self.non_members, self.cfg = backbone, forget, non_members, cfg
+        self.utility, self.labels = utility, labels
+        self.every = cfg.check_every
+        self.base_auc: float | None = None
+
+    def __call__(self, model: torch.nn.Module, accelerator: Accelerator, steps: int) -> Check:
+        f_loss, _ = answer_losses(self.backbone, model, self.forget, accelerator)
+        n_loss, _ = answer_losses(self.backbone, model, self.non_members, accelerator)
+        auc = utility_metrics(self.labels, answer_losses(self.backbone, model, self.utility, accelerator)[1])["auc"]
+        if self.base_auc is None:
+            self.base_auc = auc
+        useful = auc is None or self.base_auc is None or auc >= self.base_auc - self.cfg.utility_tolerance
+        reached = float(f_loss.mean()) >= float(n_loss.mean()) - self.cfg.stop_margin
+        record = {"forget_loss": float(f_loss.mean()), "nonmember_loss": float(n_loss.mean()), "valid_auc": auc}
+        return Check(keep=useful, stop=not useful or (reached and steps >= self.cfg.min_steps), record=record)
+
+
+@register
+class E2URec(ObjectiveMethod):
+    """LoRA student; forgetting teacher on forget, the Original as remembering teacher on retain."""
+
+    name = "e2urec"
+    Config = E2URecConfig
+    lora = True
+
+    def lora_config(self) -> dict:
+        return {"r": self.cfg.lora_r, "alpha": self.cfg.lora_alpha, "dropout": self.cfg.lora_dropout,
+                "targets": self.cfg.lora_targets}
+
+    processes = 1  # data-parallel processes: each step reads `batch_size` samples per process
+
+    def schedule(self, n_forget: int) -> tuple[int, int]:
+        """(total student steps, forget-only steps)."""
+        per_pass = math.ceil(n_forget / (self.cfg.batch_size * self.processes))
+        total = max(self.cfg.min_steps, math.ceil(self.cfg.epochs * per_pass))
+        if self.cfg.max_steps is not None:
+            total = min(total, self.cfg.max_steps)
+        return total, round(self.cfg.forget_only * total)
+
+    def retain_needed(self, n_forget: int) -> int:
+        total, forget_only = self.schedule(n_forget)
+        return max(1, total - forget_only) * self.cfg.batch_size
+
+    def train_config(self, data: dict[str, PromptSet]) -> TrainConfig:
+        total, _ = self.schedule(len(data["forget"]))
+        per_pass = math.ceil(len(data["forget"]) / (self.cfg.batch_size * self.processes))
+        return TrainConfig(epochs=math.ceil(total / per_pass), lr=self.cfg.lr, batch_size=self.cfg.batch_size,
+                           max_steps=total, max_length=self.cfg.max_length, seed=self.cfg.seed)
+
+    def augmented(self, job: Job, data: PromptSet) -> Backbone:
+        """The Original tuned further on the forget set (every weight): it exaggerates what the Original learned
+        from it. Its steps follow the forget set's size; its lr follows the Original's own recipe."""
+        folder = job.work / "augmented"
+        if (folder / "meta.json").is_file():
+            backbone, _ = load_model(folder)
+            backbone.model.to(job.accelerator.device)
+            return backbone
+        original_lr = job.original_meta.get("config", {}).get("lr", self.cfg.lr)
+        lr = self.cfg.aug_lr or self.cfg.aug_lr_scale * original_lr
+        per_pass = math.ceil(len(data) / (self.cfg.aug_batch_size * self.processes))
+        steps = self.cfg.aug_steps or math.ceil(self.cfg.aug_epochs * len(data) / (self.cfg.aug_batch_size
+                                                                                   * self.processes))
+        self.facts["augmented"] = {"lr": lr, "steps": steps}
+        backbone = job.load_original()
+        backbone.model.requires_grad_(True)
+        cfg = TrainConfig(epochs=math.ceil(steps / per_pass), lr=lr, batch_size=self.cfg.aug_batch_size,
+                          max_steps=steps, seed=self.cfg.seed)
+        fit(backbone, AnswerCrossEntropy(backbone.kind, stream="forget"), {"forget": data}, cfg,
+            accelerator=job.accelerator, desc="augmented")
+        backbone.model.eval()
+        if job.accelerator.is_main_process:
+            folder.mkdir(parents=True, exist_ok=True)
+            save_model(backbone, folder, {"role": "augmented", "backbone": job.original_meta.get("backbone")})
+        return backbone
+
+    def non_members(self, job: Job, backbone: Backbone) -> tuple[PromptSet, str]:
+        """Held-out samples the Original never trained on, as like the forget set as the data allows: the
+        forgotten users' own valid samples; else valid samples of users with no training data at all (what
+        the forgotten users are to a model that never saw them); else every valid sample. Their loss is the
+        level that forgetting aims at; which pool was used is recorded."""
+        train_users = set(rows_for(job.samples, "train")["user_id"])
+        forget_users = set(rows_for(job.samples, "forget")["user_id"])
+        valid = rows_for(job.samples, "valid")
+        pools = {"forgotten users' valid samples": valid[valid["user_id"].isin(forget_users)],
+                 "unseen users' valid samples": valid[~valid["user_id"].isin(train_users)],
+                 "valid samples": valid}
+        name, rows = next(((k, v) for k, v in pools.items() if len(v) >= MIN_NON_MEMBERS), (None, valid))
+        if name is None:
+            raise E2URecError(f"{job.data}: E2URec's non-member rules need at least {MIN_NON_MEMBERS} valid samples, "
+                              f"found {len(valid)}; pass --set alpha_rule=fixed --set stop=none")
+        rows = sample_rows(rows, self.cfg.monitor_samples, self.cfg.seed, 32)
+        return prompt_set(backbone, rows, self.cfg.max_length), name
+
+    def utility_set(self, job: Job, backbone: Backbone) -> tuple[PromptSet, np.ndarray]:
+        """Valid samples of users who are not forgotten: the utility the student must keep."""
+        forget_users = set(rows_for(job.samples, "forget")["user_id"])
+        valid = rows_for(job.samples, "valid")
+        rows = sample_rows(valid[~valid["user_id"].isin(forget_users)], self.cfg.monitor_samples, self.cfg.seed, 33)
+        return prompt_set(backbone, rows, self.cfg.max_length), rows["label"].to_numpy()
+
+    def choose_alpha(self, job: Job, backbone: Backbone, original: Backbone, augmented: Backbone,
+                     forget: PromptSet) -> float:
+        if self.cfg.alpha_rule == "fixed":
+            return self.cfg.alpha
+        pair = list(backbone.answer_ids)
+        both = per_sample(backbone, forget, lambda b: torch.cat([
+            answer_logits(original.model, b, original.kind)[:, pair], answer_logits(augmented.model, b,
+                                                                                     augmented.kind)[:, pair]], 1),
+            64, job.accelerator, desc="calibrate", progress=False)
+        non_members, pool = self.non_members(job, backbone)
+        target = float(answer_losses(backbone, original.model, non_members, job.accelerator)[0].mean())
+        yes = (forget.targets == backbone.answer_ids[1]).astype(int)
+        alpha = calibrate_alpha(both[:, :2], both[:, 2:], yes, target, self.cfg.alpha_max)
+        self.facts["alpha"] = {"rule": "nonmember", "alpha": alpha, "target_loss": target, "non_members": pool,
+                               "non_member_samples": len(non_members)}
+        return alpha
+
+    def attach_teachers(self, job: Job, backbone: Backbone, data: dict[str, PromptSet]) -> None:
+        original = job.load_original()
+        augmented = self.augmented(job, data["forget"])
+        z_orig = logits_of(original.model, original.kind)
+        z_aug = logits_of(augmented.model, augmented.kind)
+        alpha = self.choose_alpha(job, backbone, original, augmented, data["forget"])
+        cache_teacher(backbone, data["forget"], lambda b: forgetting_teacher_logits(z_orig(b), z_aug(b), alpha),
+                      "fgt", job.accelerator)
+        del augmented
+        cache_teacher(backbone, data["retain"], z_orig, "rem", job.accelerator)
+        forget = rows_for(job.samples, "forget")
+        p_teacher = data["forget"].extras["fgt_p2"][:, 1].numpy()
+        self.facts["teacher"] = {
+            **utility_metrics(forget["label"].to_numpy(), p_teacher),
+            "within_user_auc": within_user_auc(forget["user_id"].to_numpy(), forget["label"].to_numpy(),
+                                               p_teacher)[0],
+        }
+
+    def monitor(self, job: Job, backbone: Backbone, data: dict[str, PromptSet]) -> NonMemberStop | None:
+        if self.cfg.stop == "none":
+            return None
+        picked = np.sort(np.random.default_rng([self.cfg.seed, 31]).permutation(len(data["forget"]))
+                         [:self.cfg.monitor_samples])
+        forget = PromptSet([data["forget"].ids[i] for i in picked], data["forget"].targets[picked])
+        non_members, _ = self.non_members(job, backbone)
+        return NonMemberStop(backbone, forget, non_members, *self.utility_set(job, backbone), self.cfg)
+
+    def objective(self, backbone: Backbone) -> E2URecObjective:
+        return E2URecObjective(backbone, self.cfg, self._forget_only)
+
+    def run(self, job: Job) -> tuple[Backbone, Any]:
+        self.processes = job.accelerator.num_processes
+        total, self._forget_only = self.schedule(len(rows_for(job.samples, "forget")))
+        student, result = super().run(job)
+        stopped = next((c for c in result.checks if c["stop"]), None)
+        self.facts["schedule"] = {"total_steps": total, "forget_only_steps": self._forget_only,
+                                  "steps_run": result.steps, "stopped_at": stopped and stopped["step"],
+                                  "checks": result.checks}
+        return student, result
