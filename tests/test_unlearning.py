@@ -171,3 +171,13 @@ def test_unlearn_cli_reports_and_rejects_bad_options(run: Path, tmp_path: Path) 
         bad = runner.invoke(app, ["unlearn", "--model", str(run / "original"), "--data", str(run / "data"),
                                   "--out", str(tmp_path / "x"), *args])
         assert bad.exit_code == 2 and message in bad.output, bad.output
+
+
+def test_unlearn_refuses_an_original_trained_on_other_rows(run: Path, tmp_path: Path) -> None:
+    from e2urec.errors import E2URecError
+
+    other = tmp_path / "other-data"
+    prepare(PrepareConfig("ml-100k", data_dir=str(fetch("ml-100k").path), last_n=320, forget_fraction=0.2), other)
+    with pytest.raises(E2URecError, match="not trained on the train rows"):
+        unlearn("neggrad", run / "original", other, tmp_path / "x", QUICK)
+    assert not (tmp_path / "x").exists()

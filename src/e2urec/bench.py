@@ -46,12 +46,15 @@ class Preset:
     max_length: int | None = None
     backbone: str | None = None  # the preset's own backbone, used instead of bench's `backbone` argument
     eval_batch_size: int = 64
+    skip_rows: tuple[str, ...] = ()  # rows left out unless asked for with `rows`
 
 
 PRESETS: dict[str, Preset] = {
-    # ≤ 10 min on 2 CPU cores with the tiny backbone: a recent slice of ML-100K, three seeds.
+    # ≤ 10 min on 2 CPU cores with the tiny backbone: a recent slice of ML-100K, three seeds. RecEraser is left
+    # out: its learned aggregation is unstable on ~180 samples per shard (test AUC 0.46 ± 0.23 measured here).
     "demo": Preset(last_n=1200, seeds=(0, 1, 2), train={"epochs": 2, "lr": 1e-3, "batch_size": 16},
-                   method_options={"e2urec-reference": {"aug_steps": 20}}, mia_samples=200),
+                   method_options={"e2urec-reference": {"aug_steps": 20}}, mia_samples=200,
+                   skip_rows=("receraser",)),
     # About an hour here (estimated from the demo's per-sample cost, not yet timed end to end): a larger slice,
     # three epochs (the tiny Original's valid loss is best at epoch 2-3 at this lr).
     "cpu": Preset(last_n=5_000, seeds=(0, 1, 2), train={"epochs": 3, "lr": 1e-3, "batch_size": 16},
@@ -165,7 +168,7 @@ def run_seed(root: Path, dataset: str, data_dir: Path | None, backbone: str, pre
             "jsd": forget["jsd"], "l2": forget["l2"], "jsd_yesno": forget["jsd_yesno"],
             "l2_yesno": forget["l2_yesno"], "sym_kl": forget.get("sym_kl"), "mia_auc": forget["mia_auc"],
             "unlearn_seconds": meta.get("unlearn_seconds"),
-            "loop_seconds": (meta.get("fit") or {}).get("loop_seconds"),
+            "loop_seconds": (meta.get("fit") or {}).get("loop_seconds") if "unlearn_seconds" in meta else None,
             "trainable_params": meta.get("trainable_params"), "total_params": meta.get("total_params"),
             "peak_memory_bytes": meta.get("peak_memory_bytes"),
         }
@@ -206,10 +209,11 @@ def bench(dataset: str, backbone: str, preset: str | Preset, out: Path, data_dir
     unknown = sorted(set(rows or ()) - set(ROWS))
     if unknown:
         raise E2URecError(f"unknown rows {unknown}; choose from {', '.join(ROWS)}")
-    chosen = tuple(r for r in ROWS if r in {"original", "retrain", *(rows or ROWS)})
+    wanted = rows or tuple(r for r in ROWS if r not in preset.skip_rows)
+    chosen = tuple(r for r in ROWS if r in {"original", "retrain", *wanted})
     out = Path(out)
     stage = Stages(log)
     per_seed = {seed: run_seed(out / f"seed-{seed}", dataset, data_dir, backbone, preset, seed, stage, chosen)
                 for seed in preset.seeds}
-    config = {"dataset": dataset, "backbone": backbone, "preset": preset_name, **asdict(preset), "rows": chosen}
+    config = {**asdict(preset), "dataset": dataset, "backbone": backbone, "preset": preset_name, "rows": chosen}
     return write_report(out, per_seed, config, machine())

@@ -98,8 +98,12 @@ def write_report(out: Path, per_seed: dict[int, dict[str, dict]], config: dict, 
     rows = summarise(per_seed)
     plots = plot(rows, out)
     retrain = next(r for r in rows if r["method"] == "retrain")
-    results = {"methods": rows, "per_seed": {str(k): v for k, v in per_seed.items()}, "config": config,
-               "machine": machine}
+    # Rows measured on the forget set only (the forgetting teacher) are kept apart, so every per-seed row holds
+    # the full set of metrics that tools reading results.json expect.
+    results = {"methods": rows, "config": config, "machine": machine,
+               "per_seed": {str(k): {m: v for m, v in r.items() if "auc" in v} for k, r in per_seed.items()},
+               "forget_only_per_seed": {str(k): {m: v for m, v in r.items() if "auc" not in v}
+                                        for k, r in per_seed.items()}}
     write_json_atomic(out / "results.json", results)
     pd.DataFrame(rows).to_csv(out / "results.csv", index=False)
     text = [

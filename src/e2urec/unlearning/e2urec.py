@@ -248,10 +248,13 @@ class E2URec(ObjectiveMethod):
         return prompt_set(backbone, rows, self.cfg.max_length), name
 
     def utility_set(self, job: Job, backbone: Backbone) -> tuple[PromptSet, np.ndarray]:
-        """Valid samples of users who are not forgotten: the utility the student must keep."""
+        """Valid samples of users who are not forgotten (every valid sample when they are too few): the utility
+        the student must keep."""
         forget_users = set(rows_for(job.samples, "forget")["user_id"])
         valid = rows_for(job.samples, "valid")
-        rows = sample_rows(valid[~valid["user_id"].isin(forget_users)], self.cfg.monitor_samples, self.cfg.seed, 33)
+        others = valid[~valid["user_id"].isin(forget_users)]
+        rows = sample_rows(others if len(others) >= MIN_NON_MEMBERS else valid, self.cfg.monitor_samples,
+                           self.cfg.seed, 33)
         return prompt_set(backbone, rows, self.cfg.max_length), rows["label"].to_numpy()
 
     def choose_alpha(self, job: Job, backbone: Backbone, original: Backbone, augmented: Backbone,
