@@ -27,8 +27,8 @@ from e2urec.model.backbone import load_backbone
 from e2urec.model.scoring import answer_logits, collator
 from e2urec.training import LORA_DEFAULTS, make_trainable, prompt_set, rows_for
 from e2urec.unlearning.base import TEACHER_TOP_K, cache_teacher, logits_of
+from e2urec.unlearning.e2urec import E2URecConfig, E2URecObjective
 from e2urec.unlearning.losses import forgetting_teacher_logits, soft_cross_entropy
-from e2urec.unlearning.methods import E2URecConfig, E2URecObjective
 
 
 def main() -> dict:
@@ -62,7 +62,7 @@ def main() -> dict:
     first = list(range(args.batch_size))
     fb, rb = collator(student, forget)(first), collator(student, retain)(first)
 
-    objective = E2URecObjective(student, cfg)
+    objective = E2URecObjective(student, cfg, forget_only_steps=0)
     beta = cfg.beta
 
     def e2urec() -> torch.Tensor:

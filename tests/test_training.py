@@ -109,7 +109,7 @@ def test_training_is_deterministic_and_resumes_after_an_interruption(data: Path,
 
         calls: dict = {}
         objective.loss = loss
-        objective.streams = lambda epoch: (calls.__setitem__("epoch", epoch), ("train",))[1]
+        objective.streams = lambda epoch, step: (calls.__setitem__("epoch", epoch), ("train",))[1]
         fit(backbone, objective, {"train": prompt_set(backbone, rows_for(samples, "train"))}, cfg,
             checkpoint_dir=ckpt)
         return trainable_state(backbone.model)
