@@ -172,10 +172,10 @@ def test_cli_train_and_evaluate(data: Path, tmp_path: Path) -> None:
 
 
 def test_two_processes_train_and_count_every_sample_once(data: Path, tmp_path: Path) -> None:
-    """accelerate launch with 2 CPU processes: DDP training, then sharded evaluation equal to 1 process."""
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu",
-              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "e2urec"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    """2 real CPU processes (torchrun; `accelerate launch --cpu` starts one with accelerate 1.15): DDP training,
+    then sharded evaluation equal to 1 process."""
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "e2urec"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
     model = tmp_path / "ddp"
     done = subprocess.run(launch + ["train", "--data", str(data), "--out", str(model), "--max-steps", "4",
                                     "--epochs", "1", "--batch-size", "8"], env=env, capture_output=True, text=True,
