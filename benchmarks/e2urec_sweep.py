@@ -22,7 +22,7 @@ from e2urec.bench import PRESETS, closure, machine
 from e2urec.checkpoint import load_model
 from e2urec.data.store import load_prepared
 from e2urec.engine import make_accelerator
-from e2urec.evaluation import utility_metrics
+from e2urec.evaluation import mia_features, utility_metrics
 from e2urec.io import read_json, write_json_atomic
 from e2urec.training import EvalConfig, distances, per_sample_p_yes, prompt_set, rows_for
 from e2urec.unlearning.run import unlearn
@@ -46,11 +46,10 @@ def scores(model: Path, seed_dir: Path, cfg: EvalConfig, original: dict | None =
     forget_users = set(rows_for(samples, "forget")["user_id"])
 
     def p_of(rows):
-        return per_sample_p_yes(backbone, prompt_set(backbone, rows), cfg.batch_size, accelerator)
+        return p_of_model(backbone, rows, cfg, accelerator)
 
     def loss(rows, p) -> float:
-        y = rows["label"].to_numpy()
-        return float(-np.log(np.clip(np.where(y == 1, p, 1 - p), 1e-7, 1)).mean())
+        return float(mia_features(rows["label"].to_numpy(), p)[:, 0].mean())
 
     valid, test, forget = (rows_for(samples, s) for s in ("valid", "test", "forget"))
     p_valid, p_test, p_forget = p_of(valid), p_of(test), p_of(forget)

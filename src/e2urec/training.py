@@ -79,12 +79,13 @@ class AnswerCrossEntropy:
 
 
 def per_sample_p_yes(backbone: Backbone, data: PromptSet, batch_size: int,
-                     accelerator: Accelerator | None = None, model: torch.nn.Module | None = None) -> np.ndarray:
+                     accelerator: Accelerator | None = None, model: torch.nn.Module | None = None,
+                     progress: bool = True) -> np.ndarray:
     model = model if model is not None else backbone.model
     model.eval()
     yes = torch.as_tensor(backbone.answer_ids)
     return per_sample(backbone, data, lambda b: p_yes_from_logits(answer_logits(model, b, backbone.kind), yes),
-                      batch_size, accelerator, desc="p(yes)")
+                      batch_size, accelerator, desc="p(yes)", progress=progress)
 
 
 def valid_loss_fn(backbone: Backbone, data: PromptSet, batch_size: int):

@@ -16,10 +16,10 @@ from accelerate import Accelerator
 from e2urec.checkpoint import load_model, save_model
 from e2urec.engine import Batch, Check, TrainConfig, fit
 from e2urec.errors import E2URecError
-from e2urec.evaluation import utility_metrics, within_user_auc
+from e2urec.evaluation import mia_features, utility_metrics, within_user_auc
 from e2urec.model.backbone import Backbone
 from e2urec.model.scoring import PromptSet, answer_logits, per_sample
-from e2urec.training import AnswerCrossEntropy, prompt_set, rows_for, sample_rows
+from e2urec.training import AnswerCrossEntropy, per_sample_p_yes, prompt_set, rows_for, sample_rows
 from e2urec.unlearning.base import Job, MethodConfig, ObjectiveMethod, cache_teacher, logits_of, option, register
 from e2urec.unlearning.losses import forgetting_teacher_logits
 from e2urec.unlearning.methods import teacher_loss
@@ -108,16 +108,8 @@ class E2URecObjective:
 def answer_losses(backbone: Backbone, model: torch.nn.Module, data: PromptSet, accelerator: Accelerator
                   ) -> tuple[np.ndarray, np.ndarray]:
     """Per-sample two-token log-loss of the true answer and P(yes), in `data` order."""
-    pair = torch.as_tensor(backbone.answer_ids)
-
-    def fn(batch: Batch) -> torch.Tensor:
-        logp = torch.log_softmax(answer_logits(model, batch, backbone.kind).float()[:, pair.to(batch["target"].device)],
-                                 -1)
-        yes = (batch["target"] == backbone.answer_ids[1]).long()
-        return torch.stack([-logp.gather(1, yes[:, None])[:, 0], logp[:, 1].exp()], dim=1)
-
-    out = per_sample(backbone, data, fn, 64, accelerator, desc="check", progress=False)
-    return out[:, 0], out[:, 1]
+    p_yes = per_sample_p_yes(backbone, data, 64, accelerator, model=model, progress=False)
+    return mia_features(data.targets == backbone.answer_ids[1], p_yes)[:, 0], p_yes
 
 
 def calibrate_alpha(z_orig: np.ndarray, z_aug: np.ndarray, yes: np.ndarray, target: float, alpha_max: float
