@@ -17,6 +17,7 @@ E2=${E2:-/tmp/e2}
 keep=$E2/results  # survives between the two calls while the machine is warm
 bench_dir=$E2/bench
 BENCH_LIMIT=${BENCH_LIMIT:-500}  # seconds; the call's own limit is 600
+BENCH_ROWS=${BENCH_ROWS:-}  # e.g. e2urec,neggrad: the bench's --rows (default: every row)
 # Overridable for a CPU smoke test (tests/test_gpu_paths.py): backbone and sizes of the speed benchmarks.
 SPEED_BACKBONE=${SPEED_BACKBONE:-smollm2-shape}
 TRAIN_ARGS=${TRAIN_ARGS:---batch-sizes 32,64 --steps 40 --warmup 10}
@@ -52,11 +53,13 @@ copy_bench() {  # every finished stage's JSON and the report, without weights
 
 bench() {
   mkdir -p "$OUT/bench"
-  local cmd=($py -m e2urec bench --dataset ml-100k --preset gpu --out "$bench_dir")
+  local cmd=($py -m e2urec bench --dataset ml-100k --preset gpu --out "$bench_dir" ${BENCH_ROWS:+--rows "$BENCH_ROWS"})
   if ! $py -c "import matplotlib" 2>/dev/null; then  # the report's plots need it; the stages do not
     log "matplotlib is missing: the bench's stages run without its report; gpu-<date>.json is built from them"
     cmd=($py -c "from pathlib import Path; from e2urec.bench import PRESETS, Stages, run_seed
-p = PRESETS['gpu']; run_seed(Path('$bench_dir') / 'seed-0', 'ml-100k', None, p.backbone, p, 0, Stages(print))")
+from e2urec.bench import ROWS
+rows = tuple(r for r in ROWS if r in {'original', 'retrain', *'$BENCH_ROWS'.split(',')}) if '$BENCH_ROWS' else ROWS
+p = PRESETS['gpu']; run_seed(Path('$bench_dir') / 'seed-0', 'ml-100k', None, p.backbone, p, 0, Stages(print), rows)")
   fi
   log "bench --preset gpu (limit ${BENCH_LIMIT} s)"
   (while sleep 20; do copy_bench; done) & copier=$!

@@ -126,29 +126,38 @@ def run_seed(root: Path, dataset: str, data_dir: Path | None, backbone: str, pre
     stage(f"{tag} original", root / "original" / "meta.json",
           lambda: train(data, "original", backbone, root / "original", recipe, overwrite=True), trained)
     reseeded = replace(recipe, seed=seed + RESEED_OFFSET)
-    if RESEED_ROW in rows:
-        stage(f"{tag} {RESEED_ROW}", root / RESEED_ROW / "meta.json",
-              lambda: train(data, "original", backbone, root / RESEED_ROW, reseeded, overwrite=True),
-              {**trained, "recipe": asdict(reseeded)})
-    for system in (s for s in SHARDED if s in rows):
-        stage(f"{tag} {system} system", root / f"{system}-system" / "meta.json",
-              lambda system=system: train_system(data, system, backbone, root / f"{system}-system", recipe,
-                                                 overwrite=True), {**trained, "system": system})
     runs = {"retrain": ("retrain", root / "original", {}),
             **{m: (m, root / "original", {}) for m in APPROXIMATE},
             **{row: (m, root / "original", options) for row, (m, options) in VARIANTS.items()},
             **{m: (m, root / f"{m}-system", {}) for m in SHARDED}}
-    for row, (method, source, variant) in ((k, v) for k, v in runs.items() if k in rows):
-        options = {**variant, **preset.method_options.get(row, {}), "seed": seed}
-        stage(f"{tag} unlearn {row}", root / row / "meta.json",
-              lambda method=method, source=source, options=options, row=row: unlearn(
-                  method, source, data, root / row, options, overwrite=True),
-              {**trained, "method": method, "config": asdict(REGISTRY[method].Config.from_options(options))})
+
+    def build(row: str) -> None:
+        if row == RESEED_ROW:
+            stage(f"{tag} {RESEED_ROW}", root / RESEED_ROW / "meta.json",
+                  lambda: train(data, "original", backbone, root / RESEED_ROW, reseeded, overwrite=True),
+                  {**trained, "recipe": asdict(reseeded)})
+            return
+        if row in SHARDED:
+            stage(f"{tag} {row} system", root / f"{row}-system" / "meta.json",
+                  lambda: train_system(data, row, backbone, root / f"{row}-system", recipe, overwrite=True),
+                  {**trained, "system": row})
+        if row in runs:
+            method, source, variant = runs[row]
+            options = {**variant, **preset.method_options.get(row, {}), "seed": seed}
+            stage(f"{tag} unlearn {row}", root / row / "meta.json",
+                  lambda: unlearn(method, source, data, root / row, options, overwrite=True),
+                  {**trained, "method": method, "config": asdict(REGISTRY[method].Config.from_options(options))})
+
     # Retrain's own attack score comes from its own row, so no other row repeats that attack.
     evals = EvalConfig(batch_size=preset.eval_batch_size, mia_samples=preset.mia_samples, seed=seed,
                        max_length=preset.max_length, reference_mia=False)
     results: dict[str, dict] = {}
-    for row in rows:
+    # Each row is evaluated as soon as its model exists (Retrain first: the forget metrics compare with it), so
+    # a run stopped part-way, e.g. by a time limit, has finished rows; the extra trainings come last.
+    late = (RESEED_ROW, *SHARDED)
+    order = ["retrain", *(r for r in rows if r not in ("retrain", *late)), *(r for r in late if r in rows)]
+    for row in order:
+        build(row)
         model = root / row
         test_dir, forget_dir = root / "eval" / f"{row}-test", root / "eval" / f"{row}-forget"
         evaluated = {**trained, "row": row, "eval": asdict(evals),
@@ -176,6 +185,8 @@ def run_seed(root: Path, dataset: str, data_dir: Path | None, backbone: str, pre
             results[TEACHER_ROW] = {"forget_auc": meta["teacher"]["auc"],
                                     "forget_logloss": meta["teacher"]["logloss"],
                                     "forget_within_user_auc": meta["teacher"]["within_user_auc"]}
+    ranked = [r for row in rows for r in ((row, TEACHER_ROW) if row == "e2urec" else (row,))]
+    results = {row: results[row] for row in ranked if row in results}
     retrain, original = results["retrain"], results["original"]
     retrain_s = retrain["unlearn_seconds"]
     for values in results.values():
