@@ -22,10 +22,11 @@ import torch.nn.functional as F
 
 from common import recent_samples, run
 from e2urec.bench import machine
+from e2urec.data.roles import rows_for
 from e2urec.engine import make_accelerator
 from e2urec.model.backbone import load_backbone
-from e2urec.model.scoring import answer_logits, collator
-from e2urec.training import LORA_DEFAULTS, make_trainable, prompt_set, rows_for
+from e2urec.model.scoring import answer_logits, collator, prompt_set
+from e2urec.training import LORA_DEFAULTS, make_trainable
 from e2urec.unlearning.base import TEACHER_TOP_K, cache_teacher, logits_of
 from e2urec.unlearning.e2urec import E2URecConfig, E2URecObjective
 from e2urec.unlearning.losses import forgetting_teacher_logits, soft_cross_entropy

@@ -20,11 +20,12 @@ import numpy as np
 from common import run
 from e2urec.bench import PRESETS, closure, machine
 from e2urec.checkpoint import load_model
+from e2urec.data.roles import rows_for
 from e2urec.data.store import load_prepared
 from e2urec.engine import make_accelerator
-from e2urec.evaluation import mia_features, utility_metrics
+from e2urec.evaluation import EvalConfig, distances, mia_features, utility_metrics
 from e2urec.io import read_json, write_json_atomic
-from e2urec.training import EvalConfig, distances, per_sample_p_yes, prompt_set, rows_for
+from e2urec.model.scoring import per_sample_p_yes, prompt_set
 from e2urec.unlearning.run import unlearn
 
 # The reference profile, the new schedule with its rules, then one factor at a time around it.

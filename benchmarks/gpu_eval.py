@@ -21,8 +21,10 @@ import torch
 
 from common import recent_samples, run
 from e2urec.bench import machine
+from e2urec.data.roles import rows_for
 from e2urec.engine import make_accelerator
-from e2urec.training import EvalConfig, distances, per_sample_p_yes, prompt_set, rows_for, split_scores
+from e2urec.evaluation import EvalConfig, distances, split_scores
+from e2urec.model.scoring import per_sample_p_yes, prompt_set
 from gpu_train import backbone_named, mfu, peak_flops, sync
 
 

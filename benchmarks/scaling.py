@@ -23,10 +23,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 from common import run
 from e2urec.bench import machine  # noqa: E402
 from e2urec.data.prepare import PrepareConfig, prepare  # noqa: E402
+from e2urec.data.roles import rows_for
 from e2urec.data.store import load_prepared  # noqa: E402
 from e2urec.engine import TrainConfig  # noqa: E402
 from e2urec.io import read_json, write_json_atomic  # noqa: E402
-from e2urec.training import rows_for, train  # noqa: E402
+from e2urec.training import train  # noqa: E402
 from e2urec.unlearning.run import unlearn  # noqa: E402
 
 RECIPE = {"epochs": 2, "lr": 1e-3, "batch_size": 16}

@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 
 from common import recent_samples, run
 from e2urec.bench import machine
+from e2urec.data.roles import rows_for
 from e2urec.engine import TrainConfig, fit, make_accelerator
 from e2urec.model.backbone import Backbone, load_backbone
 from e2urec.model.scoring import (
@@ -32,8 +33,9 @@ from e2urec.model.scoring import (
     encode_prompts,
     length_sorted_batches,
     p_yes_from_logits,
+    prompt_set,
 )
-from e2urec.training import LORA_DEFAULTS, AnswerCrossEntropy, make_trainable, prompt_set, rows_for
+from e2urec.training import LORA_DEFAULTS, AnswerCrossEntropy, make_trainable
 
 
 def best_of(fn: Callable[[], object], repeats: int) -> float:

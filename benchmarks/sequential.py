@@ -21,12 +21,14 @@ from common import run
 from e2urec.bench import PRESETS, machine
 from e2urec.checkpoint import load_model
 from e2urec.data.prepare import PrepareConfig, prepare
+from e2urec.data.roles import rows_for
 from e2urec.data.store import load_prepared
 from e2urec.engine import TrainConfig, make_accelerator
-from e2urec.evaluation import utility_metrics
+from e2urec.evaluation import EvalConfig, distances, utility_metrics
+from e2urec.model.scoring import per_sample_p_yes, prompt_set
 from e2urec.ops.forget import forget, read_request
 from e2urec.ops.run import init_run
-from e2urec.training import EvalConfig, distances, per_sample_p_yes, prompt_set, rows_for, train
+from e2urec.training import train
 
 
 def test_auc(model: Path, samples: pd.DataFrame) -> float:

@@ -8,12 +8,13 @@ from pathlib import Path
 import pytest
 
 from e2urec.data.prepare import PrepareConfig, prepare
+from e2urec.data.roles import rows_for
 from e2urec.data.store import load_prepared
 from e2urec.engine import TrainConfig
-from e2urec.evaluation import utility_metrics
+from e2urec.evaluation import EvalConfig, evaluate, utility_metrics
 from e2urec.model.backbone import load_backbone
 from e2urec.model.scoring import score
-from e2urec.training import EvalConfig, evaluate, rows_for, train
+from e2urec.training import train
 
 
 @pytest.mark.slow

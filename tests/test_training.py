@@ -17,13 +17,15 @@ from typer.testing import CliRunner
 from e2urec.checkpoint import load_model
 from e2urec.cli import app
 from e2urec.data.prepare import PrepareConfig, prepare
+from e2urec.data.roles import rows_for
 from e2urec.data.sources import fetch
 from e2urec.data.store import load_prepared
 from e2urec.engine import TrainConfig, fit, trainable_state
 from e2urec.errors import E2URecError
-from e2urec.evaluation import utility_metrics
+from e2urec.evaluation import EvalConfig, evaluate, utility_metrics
 from e2urec.model.backbone import load_backbone
-from e2urec.training import AnswerCrossEntropy, EvalConfig, evaluate, prompt_set, rows_for, train
+from e2urec.model.scoring import prompt_set
+from e2urec.training import AnswerCrossEntropy, train
 
 runner = CliRunner()
 FAST = TrainConfig(epochs=1, lr=1e-3, batch_size=16, max_steps=6, eval_batch_size=64)

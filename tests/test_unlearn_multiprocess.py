@@ -78,9 +78,9 @@ def test_e2urec_on_two_processes_equals_one_process(trained: Path, tmp_path: Pat
     # Two trainings (augmented model, then student) in float32 under another reduction order: the adapters agree
     # to about 1% and the answers they give to well within 0.01.
     from e2urec.checkpoint import load_model
+    from e2urec.data.roles import rows_for
     from e2urec.data.store import load_prepared
     from e2urec.model.scoring import score
-    from e2urec.training import rows_for
 
     prompts = rows_for(load_prepared(trained / "data")[0], "forget")["prompt"].tolist()
     p_two, p_one = (score(load_model(folder)[0], prompts) for folder in (two, one))

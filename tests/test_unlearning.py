@@ -14,10 +14,12 @@ from typer.testing import CliRunner
 from e2urec.checkpoint import load_model
 from e2urec.cli import app
 from e2urec.data.prepare import PrepareConfig, prepare
+from e2urec.data.roles import rows_for
 from e2urec.data.sources import fetch
 from e2urec.data.store import load_prepared
 from e2urec.engine import TrainConfig
-from e2urec.training import EvalConfig, evaluate, rows_for, train
+from e2urec.evaluation import evaluate
+from e2urec.training import train
 from e2urec.unlearning import METHODS
 from e2urec.unlearning.run import unlearn
 from e2urec.unlearning.sharded import train_system
@@ -25,8 +27,6 @@ from e2urec.unlearning.sharded import train_system
 runner = CliRunner()
 TINY = TrainConfig(epochs=1, lr=1e-3, batch_size=16, max_steps=3, eval_batch_size=64)
 QUICK = {"max_steps": 2, "batch_size": 8}
-META_KEYS = {"method", "unlearn_seconds", "trainable_params", "total_params", "peak_memory_bytes", "steps",
-             "hyperparameters"}
 
 
 @pytest.fixture(scope="module")
@@ -36,24 +36,6 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
             root / "data")
     train(root / "data", "original", "tiny", root / "original", TINY)
     return root
-
-
-@pytest.mark.parametrize("method", ["e2urec", "neggrad", "label-flip", "badt", "npo", "simnpo", "retrain"])
-def test_method_runs_writes_meta_and_evaluates(run: Path, method: str) -> None:
-    options = {**QUICK, "aug_steps": 2} if method == "e2urec" else ({"epochs": 1} if method == "retrain" else QUICK)
-    out = run / method
-    meta = unlearn(method, run / "original", run / "data", out, options, overwrite=True)
-    assert set(meta) >= META_KEYS
-    on_disk = json.loads((out / "meta.json").read_text())
-    assert on_disk["method"] == method and on_disk["unlearn_seconds"] > 0 and on_disk["steps"] > 0
-    assert 0 < on_disk["trainable_params"] <= on_disk["total_params"]
-    metrics = evaluate(out, run / "data", "forget", run / f"{method}-eval", EvalConfig(mia_samples=50),
-                       reference=run / "original")
-    assert {"auc", "jsd", "l2", "jsd_yesno", "l2_yesno", "sym_kl", "mia_auc", "mia_auc_reference",
-            "within_user_auc"} <= set(metrics)
-    assert metrics["sym_kl"] >= metrics["jsd"], "the symmetrised KL bounds the JSD from above"
-    assert 0 <= metrics["jsd"] <= 0.6932 and 0 <= metrics["mia_auc"] <= 1
-    assert not (run / f".{method}.work").exists(), "intermediates are purged"
 
 
 def test_e2urec_changes_only_adapters_and_purges_forget_derived_files(run: Path) -> None:

@@ -231,8 +231,8 @@ def evaluate(
     overwrite: Annotated[bool, typer.Option(help="replace an existing evaluation folder")] = False,
 ) -> None:
     """Score a split: AUC, accuracy, log-loss; forgetting metrics against a --reference; MIA on forget."""
-    from e2urec.training import EvalConfig
-    from e2urec.training import evaluate as run_evaluate
+    from e2urec.evaluation import EvalConfig
+    from e2urec.evaluation import evaluate as run_evaluate
 
     guard_output(out, "evaluation", [model, data, reference], overwrite)
     cfg = EvalConfig(batch_size=batch_size, max_length=max_length, mia_samples=mia_samples, seed=seed)
@@ -285,8 +285,7 @@ def method_options(method: str, options: dict[str, Any], where: str) -> dict[str
 @app.command()
 @friendly
 def unlearn(
-    method: Annotated[str, typer.Option(help="a registered method: e2urec, retrain, neggrad, label-flip, badt, npo, "
-                                                     "simnpo, sisa, receraser (`e2urec methods` shows options)")],
+    method: Annotated[str, typer.Option(help="a registered method (`e2urec methods` lists them with their options)")],
     model: Annotated[Path, typer.Option(help="the Original (or the sisa/receraser system) to unlearn from")],
     data: Annotated[Path, typer.Option(help="prepared data folder; its forget rows are forgotten")],
     out: Annotated[Path, typer.Option(help="folder for the unlearned model")],
@@ -527,8 +526,8 @@ def methods() -> None:
 
     from e2urec.unlearning.base import REGISTRY
 
-    for name, cls in sorted(REGISTRY.items()):
-        out_console.print(f"[bold]{name}[/] — {escape((cls.__doc__ or name).strip().splitlines()[0])}")
+    for name, cls in REGISTRY.items():
+        out_console.print(f"[bold]{name}[/] ({cls.family}) — {escape((cls.__doc__ or name).strip().splitlines()[0])}")
         for f in dataclasses.fields(cls.Config):
             out_console.print(f"  {f.name}={f.default}" + (f"  {escape(f.metadata['help'])}" if f.metadata.get("help")
                                                            else ""), highlight=False)

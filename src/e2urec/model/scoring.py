@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import numpy as np
+import pandas as pd
 import torch
 from accelerate import Accelerator
 from accelerate.utils import gather_object
@@ -199,3 +200,21 @@ def answer_distributions(backbone: Backbone, prompts: Sequence[str], batch_size:
     """Full-vocabulary log-probabilities [N, V] at the answer position, in input order (for JSD/L2)."""
     return torch.from_numpy(over_prompts(backbone, prompts, lambda z: torch.log_softmax(z.float(), -1), batch_size,
                                          max_length, progress))
+
+
+def prompt_set(backbone: Backbone, rows: pd.DataFrame, max_length: int | None = None,
+               prompts: list[str] | None = None) -> PromptSet:
+    ids = encode_prompts(backbone.tokenizer, prompts if prompts is not None else rows["prompt"].tolist(),
+                         max_length)
+    targets = np.asarray(backbone.answer_ids)[rows["label"].to_numpy(dtype=int)]
+    return PromptSet(ids, targets)
+
+
+def per_sample_p_yes(backbone: Backbone, data: PromptSet, batch_size: int,
+                     accelerator: Accelerator | None = None, model: torch.nn.Module | None = None,
+                     progress: bool = True) -> np.ndarray:
+    model = model if model is not None else backbone.model
+    model.eval()
+    yes = torch.as_tensor(backbone.answer_ids)
+    return per_sample(backbone, data, lambda b: p_yes_from_logits(answer_logits(model, b, backbone.kind), yes),
+                      batch_size, accelerator, desc="p(yes)", progress=progress)

@@ -24,6 +24,7 @@ from e2urec.data.readers import ITEM_NOUN
 from e2urec.data.samples import history_index
 from e2urec.data.store import load_prepared, load_tables, write_prepared
 from e2urec.errors import E2URecError, UnknownIds
+from e2urec.evaluation import EvalConfig, evaluate
 from e2urec.io import atomic_dir, write_json_atomic
 from e2urec.ops.ledger import Ledger
 from e2urec.ops.run import (
@@ -36,7 +37,6 @@ from e2urec.ops.run import (
     verify_version,
     version_meta,
 )
-from e2urec.training import EvalConfig, evaluate
 from e2urec.unlearning.run import unlearn
 
 KEY = ["user_id", "item_id", "timestamp"]

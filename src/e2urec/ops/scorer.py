@@ -18,9 +18,9 @@ from e2urec.data.prepare import PromptRenderer, cast_known
 from e2urec.data.readers import ITEM_NOUN
 from e2urec.data.store import load_manifest, load_tables
 from e2urec.errors import UnknownIds
+from e2urec.evaluation import EvalConfig
 from e2urec.model.scoring import score
 from e2urec.ops.run import Run, data_dir, model_dir, verify_version
-from e2urec.training import EvalConfig
 
 
 def last_k_index(events: pd.DataFrame, k: int) -> tuple[pd.Index, np.ndarray]:

@@ -1,6 +1,12 @@
-"""Unlearning methods, each registered by name; importing this package registers them all."""
+"""Unlearning methods. Every module of this package is imported here, so a method registers itself (`@register`)
+by living in a file of its own in this folder: nothing else needs to name it."""
 
-from e2urec.unlearning import e2urec, methods, npo, run, sharded  # noqa: F401  (registration side effects)
+import importlib
+import pkgutil
+
 from e2urec.unlearning.base import REGISTRY
 
-METHODS = tuple(sorted(REGISTRY))
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
+
+METHODS = tuple(REGISTRY)

@@ -15,14 +15,15 @@ import pandas as pd
 import torch
 from accelerate import Accelerator
 
-from e2urec.checkpoint import META_FILE, load_model, save_model
+from e2urec.checkpoint import META_FILE, base_reference, load_model, save_model
+from e2urec.data.roles import role_rows, rows_digest, rows_for
 from e2urec.data.store import load_prepared
 from e2urec.engine import Batch, FitResult, Monitor, TrainConfig, fit
 from e2urec.errors import E2URecError
 from e2urec.io import read_json
 from e2urec.model.backbone import Backbone
-from e2urec.model.scoring import PromptSet, answer_logits, per_sample
-from e2urec.training import make_trainable, prompt_set, role_rows, rows_digest, rows_for
+from e2urec.model.scoring import PromptSet, answer_logits, per_sample, prompt_set
+from e2urec.training import make_trainable
 from e2urec.unlearning.losses import compress
 
 TEACHER_TOP_K = 64
@@ -153,6 +154,9 @@ class Method:
     name: ClassVar[str]
     Config: ClassVar[type[MethodConfig]] = MethodConfig
     lora: ClassVar[bool] = False
+    # How the bench runs it: "approximate" from the Original, "exact" (Retrain, the reference of every
+    # comparison), or "sharded" from a shard system trained for it.
+    family: ClassVar[str] = "approximate"
 
     def __init__(self, cfg: MethodConfig):
         self.cfg = cfg
@@ -164,6 +168,15 @@ class Method:
     def save(self, job: Job, backbone: Backbone, folder: Path, meta: dict) -> None:
         """Write the unlearned model (adapter only, for a LoRA student) with its meta.json."""
         save_model(backbone, folder, meta)
+
+    def lora_meta(self, job: Job) -> dict | None:
+        """meta.json's `lora`: the LoRA recipe of a model trained from scratch (an adapter on the Original has
+        none: its `base` names the Original)."""
+        return None
+
+    def base_meta(self, job: Job, out: Path) -> dict | None:
+        """meta.json's `base`, what loading the saved weights starts from: the Original, for an adapter."""
+        return {"model": base_reference(out, job.original)} if self.lora else None
 
 
 class ObjectiveMethod(Method):

@@ -14,15 +14,15 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 
 from e2urec.checkpoint import load_model, save_model
+from e2urec.data.roles import rows_for, sample_rows
 from e2urec.engine import Batch, Check, TrainConfig, fit
 from e2urec.errors import E2URecError
 from e2urec.evaluation import mia_features, utility_metrics, within_user_auc
 from e2urec.model.backbone import Backbone
-from e2urec.model.scoring import PromptSet, answer_logits, per_sample
-from e2urec.training import AnswerCrossEntropy, per_sample_p_yes, prompt_set, rows_for, sample_rows
+from e2urec.model.scoring import PromptSet, answer_logits, per_sample, per_sample_p_yes, prompt_set
+from e2urec.training import AnswerCrossEntropy
 from e2urec.unlearning.base import Job, MethodConfig, ObjectiveMethod, cache_teacher, logits_of, option, register
-from e2urec.unlearning.losses import forgetting_teacher_logits
-from e2urec.unlearning.methods import teacher_loss
+from e2urec.unlearning.losses import forgetting_teacher_logits, teacher_loss
 
 # The paper's reference code, exactly: 3 passes over the forget set, the first on the forgetting loss alone,
 # an augmented model at lr 5e-5 for 100 steps, q/v LoRA, full-vocabulary distillation, no stopping rule.

@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from e2urec.engine import Batch
+
 
 def forgetting_teacher_logits(z_orig: Tensor, z_aug: Tensor, alpha: float) -> Tensor:
     """z_fgt = z_orig − α·ReLU(z_aug − z_orig): push down whatever training on the forget set pushed up."""
@@ -44,3 +46,12 @@ def flip_targets(targets: Tensor, answer_ids: tuple[int, int]) -> Tensor:
     """Swap the Yes and No answer tokens (the reference code's 'Bad-T' labels)."""
     no_id, yes_id = answer_ids
     return torch.where(targets == yes_id, no_id, yes_id)
+
+
+def teacher_loss(logits: torch.Tensor, batch: Batch, prefix: str, answer_ids: tuple[int, int] | None = None
+                 ) -> torch.Tensor:
+    """Soft cross-entropy to a cached teacher: over the full vocabulary, or (with `answer_ids`) over the two
+    answer tokens only, which leaves the rest of the vocabulary to the student."""
+    if answer_ids is not None:
+        return soft_cross_entropy(logits[:, list(answer_ids)], batch[f"{prefix}_p2"])
+    return compressed_soft_cross_entropy(logits, batch[f"{prefix}_idx"], batch[f"{prefix}_p"], batch[f"{prefix}_rest"])

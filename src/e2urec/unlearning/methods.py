@@ -21,16 +21,7 @@ from e2urec.unlearning.base import (
     option,
     register,
 )
-from e2urec.unlearning.losses import compressed_soft_cross_entropy, flip_targets, soft_cross_entropy
-
-
-def teacher_loss(logits: torch.Tensor, batch: Batch, prefix: str, answer_ids: tuple[int, int] | None = None
-                 ) -> torch.Tensor:
-    """Soft cross-entropy to a cached teacher: over the full vocabulary, or (with `answer_ids`) over the two
-    answer tokens only, which leaves the rest of the vocabulary to the student."""
-    if answer_ids is not None:
-        return soft_cross_entropy(logits[:, list(answer_ids)], batch[f"{prefix}_p2"])
-    return compressed_soft_cross_entropy(logits, batch[f"{prefix}_idx"], batch[f"{prefix}_p"], batch[f"{prefix}_rest"])
+from e2urec.unlearning.losses import flip_targets, teacher_loss
 
 
 class RetainForget:

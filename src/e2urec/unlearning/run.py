@@ -11,13 +11,10 @@ from typing import Any
 import torch
 
 from e2urec import __version__
-from e2urec.checkpoint import base_reference
-from e2urec.engine import FitResult, count_parameters, make_accelerator
+from e2urec.engine import count_parameters, make_accelerator
 from e2urec.errors import E2URecError
 from e2urec.io import atomic_dir
-from e2urec.model.backbone import Backbone
-from e2urec.training import fit_rows, role_rows
-from e2urec.unlearning.base import REGISTRY, Job, Method, MethodConfig, RecipeOverrides, register
+from e2urec.unlearning.base import REGISTRY, Job, Method, MethodConfig
 
 
 class PeakMemory:
@@ -41,26 +38,6 @@ class PeakMemory:
             for line in Path("/proc/self/status").read_text().splitlines():
                 if line.startswith("VmHWM:"):
                     self.bytes = int(line.split()[1]) * 1024
-
-
-@register
-class Retrain(Method):
-    """Exact unlearning: the Original's own recipe (backbone, LoRA or not, optimiser) on the retain set only."""
-
-    name = "retrain"
-    Config = RecipeOverrides
-
-    def run(self, job: Job) -> tuple[Backbone, FitResult]:
-        meta = job.original_meta
-        cfg = self.cfg.recipe(meta["config"])
-        rows, _ = role_rows(job.samples, "retrain")
-        backbone, result, _ = fit_rows(job.samples, job.manifest, rows, meta["backbone"], cfg, job.accelerator,
-                                       meta.get("lora"), checkpoint_dir=job.work / "resume", desc="retrain")
-        return backbone, result
-
-
-def result_seed(job: Job, cfg: MethodConfig) -> int:
-    return cfg.seed if cfg.seed is not None else job.original_meta["config"]["seed"]
 
 
 def unlearn(method: str, original: Path, data: Path, out: Path, options: dict[str, Any] | None = None,
@@ -88,7 +65,7 @@ def unlearn(method: str, original: Path, data: Path, out: Path, options: dict[st
         "original": str(original.resolve()),
         "data": {"dir": str(Path(data).resolve()), "samples_sha256": job.manifest["samples_sha256"]},
         "hyperparameters": asdict(cfg),
-        "lora": job.original_meta.get("lora") if method == "retrain" else None,
+        "lora": instance.lora_meta(job),
         "unlearn_seconds": round(seconds, 3),
         "trainable_params": trainable,
         "total_params": total,
@@ -99,10 +76,9 @@ def unlearn(method: str, original: Path, data: Path, out: Path, options: dict[st
         "forget_samples": int(job.samples["forget"].sum()),
         **instance.facts,
     }
-    if cls.lora:
-        meta["base"] = {"model": base_reference(out, original)}
-    elif method == "retrain":
-        meta["base"] = {"backbone": job.original_meta["backbone"], "seed": result_seed(job, cfg)}
+    base = instance.base_meta(job, out)
+    if base is not None:
+        meta["base"] = base
     if accelerator.is_main_process:
         with atomic_dir(out, overwrite=True) as tmp:
             instance.save(job, model, tmp, meta)

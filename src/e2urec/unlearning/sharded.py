@@ -18,14 +18,15 @@ from safetensors.torch import save_file
 
 from e2urec import __version__
 from e2urec.checkpoint import AGGREGATOR_FILE, META_FILE, SYSTEM_FILE, load_model, save_model
+from e2urec.data.roles import prompts_seen_by_original, rows_for
 from e2urec.data.store import load_prepared
 from e2urec.engine import FitResult, TrainConfig, make_accelerator
 from e2urec.errors import E2URecError
 from e2urec.io import atomic_dir, read_json, write_json_atomic
-from e2urec.model.backbone import Backbone
+from e2urec.model.backbone import Backbone, load_backbone
 from e2urec.model.ensemble import AttentionAggregator, ShardEnsemble
-from e2urec.model.scoring import answer_logits, per_sample
-from e2urec.training import fit_rows, prompt_set, prompts_seen_by_original, rows_for
+from e2urec.model.scoring import answer_logits, per_sample, prompt_set
+from e2urec.training import fit_rows, make_trainable
 from e2urec.unlearning.base import Job, Method, RecipeOverrides, register
 
 SYSTEMS = {"sisa": ("sisa_shard", "mean"), "receraser": ("receraser_shard", "attention")}
@@ -137,6 +138,7 @@ class ShardRetrain(Method):
     """Retrain exactly the shards whose training rows include forget rows; reuse the others unchanged."""
 
     Config = RecipeOverrides
+    family = "sharded"
     system: str
 
     def run(self, job: Job) -> tuple[Backbone, FitResult]:
@@ -148,10 +150,15 @@ class ShardRetrain(Method):
         train = rows_for(job.samples, "train")
         affected = sorted(int(s) for s in train.loc[train["forget"], column].unique())
         cfg = self.cfg.recipe(meta["config"])
-        shards, results, retrained_params = [], [], 0
+        shards, results, retrained_params, empty = [], [], 0, []
         for s in range(meta["shards"]):
-            if s in affected:
-                rows = train[(train[column] == s) & ~train["forget"]]
+            rows = train[(train[column] == s) & ~train["forget"]]
+            if s in affected and rows.empty:
+                # Every row of the shard is forgotten: training on nothing leaves the initial model.
+                backbone = load_backbone(meta["backbone"], seed=cfg.seed)
+                make_trainable(backbone, meta.get("lora"))
+                empty.append(s)
+            elif s in affected:
                 backbone, result, facts = fit_rows(job.samples, job.manifest, rows, meta["backbone"], cfg,
                                                    job.accelerator, meta.get("lora"),
                                                    checkpoint_dir=job.work / f"resume-{s}",
@@ -167,8 +174,8 @@ class ShardRetrain(Method):
         system = Backbone(ShardEnsemble([b.model for b in shards], first.answer_ids, aggregator), first.tokenizer,
                           first.kind, first.name, first.answer_ids)
         self.shards, self.affected, self.aggregator = shards, affected, aggregator
-        self.facts = {"retrained_shards": affected, "shards": meta["shards"], "trainable_params": retrained_params,
-                      "config": asdict(cfg)}
+        self.facts = {"retrained_shards": affected, "emptied_shards": empty, "shards": meta["shards"],
+                      "trainable_params": retrained_params, "config": asdict(cfg)}
         return system, FitResult(epochs_run=sum(r.epochs_run for r in results), steps=sum(r.steps for r in results),
                                  seconds=sum(r.seconds for r in results), best_valid_loss=None,
                                  history=[h for r in results for h in r.history])

@@ -1,0 +1,16 @@
+"""Scoring models: the metrics (`metrics`) and the `evaluate` command that applies them to a split."""
+
+from e2urec.evaluation.evaluate import EvalConfig, distances, evaluate, membership_auc, split_scores
+from e2urec.evaluation.metrics import (
+    jsd,
+    l2,
+    membership_inference_auc,
+    mia_features,
+    one_hot_anchor,
+    symmetric_kl,
+    utility_metrics,
+    within_user_auc,
+)
+
+__all__ = ["EvalConfig", "distances", "evaluate", "jsd", "l2", "membership_auc", "membership_inference_auc",
+           "mia_features", "one_hot_anchor", "split_scores", "symmetric_kl", "utility_metrics", "within_user_auc"]
