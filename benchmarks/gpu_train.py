@@ -28,9 +28,11 @@ from transformers import AutoModelForCausalLM, LlamaConfig
 
 from common import recent_samples, run
 from e2urec.bench import machine
-from e2urec.engine import Check, Speed, TrainConfig, fit, make_accelerator
-from e2urec.model.backbone import Backbone, _configure_tokenizer, _smollm2_tokenizer, answer_token_ids, load_backbone
+from e2urec.engine import Check, TrainConfig, fit, make_accelerator
+from e2urec.model.backbone import Backbone, _configure_tokenizer, answer_token_ids, load_backbone
+from e2urec.model.builtins.smollm2 import _smollm2_tokenizer
 from e2urec.model.scoring import PromptSet, answer_logits, collator
+from e2urec.speed import Speed
 from e2urec.training import AnswerCrossEntropy, prompt_set, rows_for
 
 # Dense bf16 tensor-core peaks (no sparsity), by a substring of torch.cuda.get_device_name().

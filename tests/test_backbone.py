@@ -14,8 +14,9 @@ from transformers import PreTrainedTokenizerFast
 
 from e2urec.errors import E2URecError
 from e2urec.io import write_json_atomic
-from e2urec.model import backbone as backbone_mod
 from e2urec.model.backbone import BACKBONES, RECORD, Backbone, answer_token_ids, load_backbone
+from e2urec.model.builtins import smollm2 as smollm2_mod
+from e2urec.model.builtins import tiny as tiny_mod
 from e2urec.model.scoring import answer_logits, collate, encode_prompts
 
 
@@ -59,13 +60,13 @@ def test_tiny_t5_builds_and_reuses_its_tokenizer_cache(tmp_path: Path, monkeypat
     def must_not_train(out: Path) -> None:
         raise AssertionError("the cached tokenizer should have been reused")
 
-    monkeypatch.setattr(backbone_mod, "_train_tiny_t5_tokenizer", must_not_train)
+    monkeypatch.setattr(tiny_mod, "_train_tiny_t5_tokenizer", must_not_train)
     second = load_backbone("tiny-t5", seed=0)
     assert second.tokenizer.get_vocab() == first.tokenizer.get_vocab()
     assert _same_weights(first.model, second.model)
     monkeypatch.undo()
     monkeypatch.setenv("E2UREC_CACHE", str(tmp_path))
-    monkeypatch.setattr(backbone_mod, "_TINY_T5_VOCAB", 2500)  # a changed recipe retrains the cached tokenizer
+    monkeypatch.setattr(tiny_mod, "_TINY_T5_VOCAB", 2500)  # a changed recipe retrains the cached tokenizer
     assert len(load_backbone("tiny-t5").tokenizer) == 2500
     text = 'Héllo 日本 "Toy Story (1995)" (5 stars) ✓'
     ids = second.tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -160,8 +161,8 @@ def test_smollm2_loads_converts_faithfully_and_reloads_fast() -> None:
     with torch.inference_mode():
         cached = answer_logits(second.model, batch, "causal")
         assert torch.equal(answer_logits(first.model, batch, "causal"), cached)
-        gguf = backbone_mod._smollm2_gguf()
-        direct = backbone_mod.AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        gguf = smollm2_mod._smollm2_gguf()
+        direct = smollm2_mod.AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
         # Same weights bit for bit, but the GGUF tensors sit unaligned in memory, so BLAS takes other kernels.
         torch.testing.assert_close(answer_logits(direct.eval(), batch, "causal"), cached, atol=1e-4, rtol=0)
     assert _same_weights(direct, second.model)

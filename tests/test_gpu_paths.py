@@ -17,10 +17,11 @@ import torch.nn.functional as F
 
 import e2urec.training as training
 from e2urec.bench import PRESETS, ROWS, bench
-from e2urec.engine import Speed, TrainConfig, bucketed_batches, fit, make_accelerator, trainable_state
+from e2urec.engine import TrainConfig, fit, make_accelerator, trainable_state
 from e2urec.errors import E2URecError
 from e2urec.model.backbone import BACKBONES, load_backbone
 from e2urec.model.scoring import PromptSet, answer_logits
+from e2urec.speed import Speed, bucketed_batches
 from e2urec.training import (
     EvalConfig,
     distances,

