@@ -11,6 +11,18 @@ import pytest  # noqa: E402
 from e2urec.model.backbone import Backbone, load_backbone  # noqa: E402
 
 
+TRAINED_FIXTURES = {"trained", "workspace"}
+# Modules whose tests train models themselves (the engine, the bench, several processes, the GPU paths on CPU).
+TRAINING_MODULES = {"test_bench.py", "test_gpu_paths.py", "test_training.py", "test_unlearn_multiprocess.py"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that need or train a model are `integration` tests (`make test-fast` leaves them out)."""
+    for item in items:
+        if TRAINED_FIXTURES & set(getattr(item, "fixturenames", ())) or item.path.name in TRAINING_MODULES:
+            item.add_marker(pytest.mark.integration)
+
+
 @pytest.fixture(scope="session")
 def tiny() -> Backbone:
     """The seeded tiny causal backbone; shared, so tests must not modify it (load a fresh one to mutate)."""
@@ -30,6 +42,16 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     prepare(PrepareConfig("ml-100k", data_dir=str(fetch("ml-100k").path), last_n=300), root / "data")
     train(root / "data", "original", "tiny", root / "original",
           TrainConfig(epochs=1, lr=1e-3, batch_size=16, max_steps=3))
+    return root
+
+
+@pytest.fixture(scope="module")
+def workspace(trained: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A module's own folder holding links to the shared `data/` and `original/` of `trained`: outputs go
+    beside them without touching the shared fixture or another module's outputs."""
+    root = tmp_path_factory.mktemp("workspace")
+    for name in ("data", "original"):
+        (root / name).symlink_to(trained / name, target_is_directory=True)
     return root
 
 

@@ -11,12 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from e2urec.data.prepare import PrepareConfig, prepare
-from e2urec.data.sources import fetch
 from e2urec.engine import TrainConfig
 from e2urec.errors import E2URecError
 from e2urec.evaluation import EvalConfig, evaluate
-from e2urec.training import train
 from e2urec.unlearning.base import REGISTRY
 from e2urec.unlearning.run import unlearn
 from e2urec.unlearning.sharded import train_system
@@ -28,12 +25,8 @@ META_KEYS = {"method", "unlearn_seconds", "trainable_params", "total_params", "p
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("contract")
-    prepare(PrepareConfig("ml-100k", data_dir=str(fetch("ml-100k").path), last_n=300, forget_fraction=0.2),
-            root / "data")
-    train(root / "data", "original", "tiny", root / "original", TINY)
-    return root
+def run(workspace: Path) -> Path:
+    return workspace
 
 
 def source(run: Path, name: str) -> Path:

@@ -19,7 +19,6 @@ from e2urec.data.sources import fetch
 from e2urec.data.store import load_prepared
 from e2urec.engine import TrainConfig
 from e2urec.evaluation import evaluate
-from e2urec.training import train
 from e2urec.unlearning import METHODS
 from e2urec.unlearning.run import unlearn
 from e2urec.unlearning.sharded import train_system
@@ -30,12 +29,8 @@ QUICK = {"max_steps": 2, "batch_size": 8}
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("unlearn")
-    prepare(PrepareConfig("ml-100k", data_dir=str(fetch("ml-100k").path), last_n=300, forget_fraction=0.2),
-            root / "data")
-    train(root / "data", "original", "tiny", root / "original", TINY)
-    return root
+def run(workspace: Path) -> Path:
+    return workspace
 
 
 def test_e2urec_changes_only_adapters_and_purges_forget_derived_files(run: Path) -> None:
