@@ -10,7 +10,6 @@ from peft import LoraConfig, get_peft_model
 from e2urec.errors import E2URecError
 from e2urec.model.backbone import Backbone, load_backbone
 from e2urec.model.scoring import (
-    answer_distributions,
     answer_logits,
     collate,
     encode_prompts,
@@ -59,10 +58,6 @@ def test_padded_batch_scores_like_each_prompt_alone(fixture: str, request: pytes
     alone = np.array([score(bb, [p], batch_size=1)[0] for p in PROMPTS])
     np.testing.assert_allclose(batched, alone, atol=1e-5, rtol=0)
     assert np.all((batched > 0) & (batched < 1))
-    dists = answer_distributions(bb, PROMPTS, batch_size=2)
-    assert dists.shape[0] == len(PROMPTS)
-    torch.testing.assert_close(dists.exp().sum(-1), torch.ones(len(PROMPTS)), atol=1e-4, rtol=0)
-    torch.testing.assert_close(dists[3], answer_distributions(bb, [PROMPTS[3]])[0], atol=1e-5, rtol=0)
 
 
 def test_score_returns_input_order_despite_length_sorting(tiny: Backbone) -> None:

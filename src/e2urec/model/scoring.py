@@ -195,13 +195,6 @@ def score(backbone: Backbone, prompts: Sequence[str], batch_size: int = 32, max_
                         max_length, progress)
 
 
-def answer_distributions(backbone: Backbone, prompts: Sequence[str], batch_size: int = 32,
-                         max_length: int | None = None, progress: bool = False) -> Tensor:
-    """Full-vocabulary log-probabilities [N, V] at the answer position, in input order (for JSD/L2)."""
-    return torch.from_numpy(over_prompts(backbone, prompts, lambda z: torch.log_softmax(z.float(), -1), batch_size,
-                                         max_length, progress))
-
-
 def prompt_set(backbone: Backbone, rows: pd.DataFrame, max_length: int | None = None,
                prompts: list[str] | None = None) -> PromptSet:
     ids = encode_prompts(backbone.tokenizer, prompts if prompts is not None else rows["prompt"].tolist(),

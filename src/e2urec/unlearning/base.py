@@ -110,7 +110,7 @@ class MethodConfig:
 
     def train_config(self) -> TrainConfig:
         return TrainConfig(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, max_steps=self.max_steps,
-                           max_length=self.max_length, seed=self.seed, patience=10**9)
+                           max_length=self.max_length, seed=self.seed)
 
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> MethodConfig:
