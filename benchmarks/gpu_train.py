@@ -28,12 +28,13 @@ from transformers import AutoModelForCausalLM, LlamaConfig
 
 from common import recent_samples, run
 from e2urec.bench import machine
+from e2urec.data.roles import rows_for
 from e2urec.engine import Check, TrainConfig, fit, make_accelerator
 from e2urec.model.backbone import Backbone, _configure_tokenizer, answer_token_ids, load_backbone
 from e2urec.model.builtins.smollm2 import _smollm2_tokenizer
-from e2urec.model.scoring import PromptSet, answer_logits, collator
+from e2urec.model.scoring import PromptSet, answer_logits, collator, prompt_set
 from e2urec.speed import Speed
-from e2urec.training import AnswerCrossEntropy, prompt_set, rows_for
+from e2urec.training import AnswerCrossEntropy
 
 # Dense bf16 tensor-core peaks (no sparsity), by a substring of torch.cuda.get_device_name().
 PEAK_BF16 = {"H200": 989e12, "H100 SXM": 989e12, "H100 80GB HBM3": 989e12, "H100 NVL": 835e12, "H100 PCIe": 756e12,

@@ -10,7 +10,6 @@ import pytest  # noqa: E402
 
 from e2urec.model.backbone import Backbone, load_backbone  # noqa: E402
 
-
 TRAINED_FIXTURES = {"trained", "workspace"}
 # Modules whose tests train models themselves (the engine, the bench, several processes, the GPU paths on CPU).
 TRAINING_MODULES = {"test_bench.py", "test_gpu_paths.py", "test_training.py", "test_unlearn_multiprocess.py"}

@@ -15,23 +15,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import e2urec.training as training
+import e2urec.evaluation.evaluator as evaluation
 from e2urec.bench import PRESETS, ROWS, bench
+from e2urec.data.roles import rows_for
 from e2urec.engine import TrainConfig, fit, make_accelerator, trainable_state
 from e2urec.errors import E2URecError
+from e2urec.evaluation import EvalConfig, distances, evaluate, membership_auc
 from e2urec.model.backbone import BACKBONES, load_backbone
-from e2urec.model.scoring import PromptSet, answer_logits
+from e2urec.model.scoring import PromptSet, answer_logits, per_sample_p_yes, prompt_set
 from e2urec.speed import Speed, bucketed_batches
-from e2urec.training import (
-    EvalConfig,
-    distances,
-    evaluate,
-    membership_auc,
-    per_sample_p_yes,
-    prompt_set,
-    rows_for,
-    train,
-)
+from e2urec.training import train
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT_ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
@@ -175,7 +168,7 @@ def test_evaluate_scores_each_model_once_per_split_with_the_same_metrics(trained
     train(data, "retrain", "tiny", tmp_path / "retrain", TrainConfig(epochs=1, lr=1e-3, batch_size=16, max_steps=2))
     cfg = EvalConfig(batch_size=16, mia_samples=20)
     counts: dict[str, int] = {}
-    loaded = training.load_model
+    loaded = evaluation.load_model
 
     def counting(folder: Path, **kwargs):
         backbone, meta = loaded(folder, **kwargs)
@@ -184,14 +177,14 @@ def test_evaluate_scores_each_model_once_per_split_with_the_same_metrics(trained
                                                         + len(kw["input_ids"])), with_kwargs=True)
         return backbone, meta
 
-    monkeypatch.setattr(training, "load_model", counting)
+    monkeypatch.setattr(evaluation, "load_model", counting)
     metrics = evaluate(trained / "original", data, "forget", tmp_path / "e", cfg, reference=tmp_path / "retrain")
-    samples = training.load_prepared(data)[0]
+    samples = evaluation.load_prepared(data)[0]
     n, attack = len(rows_for(samples, "forget")), 20 + 2 * 20  # members + non-members
     assert counts == {"original": n + attack, "retrain": n + attack}  # one forward per sample and model
 
-    monkeypatch.setattr(training, "load_model", loaded)
-    model, ref = (training.load_model(p)[0] for p in (trained / "original", tmp_path / "retrain"))
+    monkeypatch.setattr(evaluation, "load_model", loaded)
+    model, ref = (evaluation.load_model(p)[0] for p in (trained / "original", tmp_path / "retrain"))
     rows = rows_for(samples, "forget")
     split = prompt_set(model, rows)
     accelerator = make_accelerator()
@@ -200,7 +193,7 @@ def test_evaluate_scores_each_model_once_per_split_with_the_same_metrics(trained
                 "mia_auc": membership_auc(model, samples, rows, p, cfg, accelerator),
                 "mia_auc_reference": membership_auc(ref, samples, rows, p_ref, cfg, accelerator)}
     assert {k: metrics[k] for k in expected} == expected  # bit for bit what the four-pass evaluation gave
-    saved = training.pd.read_parquet(tmp_path / "e" / "predictions.parquet")
+    saved = evaluation.pd.read_parquet(tmp_path / "e" / "predictions.parquet")
     assert np.array_equal(saved["p_yes"].to_numpy(), p)
 
 

@@ -90,9 +90,10 @@ def test_e2urec_on_two_processes_equals_one_process(trained: Path, tmp_path: Pat
 def _record_epochs(out: Path) -> None:
     """Run under torchrun: train two epochs on 28 prompts of varied length, plain and bucketed, and write which
     sample positions this process read in each epoch."""
-    from e2urec.engine import Speed, TrainConfig, fit, make_accelerator
+    from e2urec.engine import TrainConfig, fit, make_accelerator
     from e2urec.model.backbone import load_backbone
     from e2urec.model.scoring import PromptSet, answer_logits
+    from e2urec.speed import Speed
 
     backbone = load_backbone("tiny")
     backbone.model.requires_grad_(True)

@@ -62,7 +62,7 @@ PRESETS: dict[str, Preset] = {
     # three epochs (the tiny Original's valid loss is best at epoch 2-3 at this lr).
     "cpu": Preset(last_n=5_000, seeds=(0, 1, 2), train={"epochs": 3, "lr": 1e-3, "batch_size": 16},
                   method_options={"e2urec-reference": {"aug_steps": 50}}, mia_samples=500),
-    # DESIGN §3 in full (last 100,000 samples), the paper's Original recipe; meant for a GPU.
+    # The paper's protocol in full (last 100,000 samples) and its Original recipe; meant for a GPU.
     "paper": Preset(last_n=100_000, seeds=(0, 1, 2), train={"epochs": 10, "lr": 5e-4, "batch_size": 32},
                     mia_samples=2000),
     # One GPU, ≤ 8 min end to end with evaluation: the real SmolLM2-135M (full fine-tune, the paper's batch 32),

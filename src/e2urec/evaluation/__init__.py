@@ -1,6 +1,6 @@
 """Scoring models: the metrics (`metrics`) and the `evaluate` command that applies them to a split."""
 
-from e2urec.evaluation.evaluate import EvalConfig, distances, evaluate, membership_auc, split_scores
+from e2urec.evaluation.evaluator import EvalConfig, distances, evaluate, membership_auc, split_scores
 from e2urec.evaluation.metrics import (
     jsd,
     l2,

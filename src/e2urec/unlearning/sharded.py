@@ -9,6 +9,7 @@ import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import NamedTuple
 
 import pandas as pd
 import torch
@@ -29,7 +30,13 @@ from e2urec.model.scoring import answer_logits, per_sample, prompt_set
 from e2urec.training import fit_rows, make_trainable
 from e2urec.unlearning.base import Job, Method, RecipeOverrides, register
 
-SYSTEMS = {"sisa": ("sisa_shard", "mean"), "receraser": ("receraser_shard", "attention")}
+
+class ShardSystem(NamedTuple):
+    column: str  # the prepared samples' column that assigns each training row to a shard
+    aggregation: str  # how shard predictions are combined: "mean" or a learned "attention"
+
+
+SYSTEMS = {"sisa": ShardSystem("sisa_shard", "mean"), "receraser": ShardSystem("receraser_shard", "attention")}
 
 
 def shard_dir(s: int) -> str:
@@ -37,7 +44,7 @@ def shard_dir(s: int) -> str:
 
 
 def shard_ids(samples: pd.DataFrame, system: str) -> list[int]:
-    column = SYSTEMS[system][0]
+    column = SYSTEMS[system].column
     return sorted(int(s) for s in samples.loc[samples["split"] == "train", column].unique() if s >= 0)
 
 
@@ -66,7 +73,7 @@ def learn_aggregator(shards: list[Backbone], samples: pd.DataFrame, accelerator:
 
 def write_system(folder: Path, system: str, shards: int, aggregator: AttentionAggregator | None, meta: dict) -> None:
     write_json_atomic(folder / SYSTEM_FILE, {"type": system, "shards": [shard_dir(s) for s in range(shards)],
-                                             "aggregator": SYSTEMS[system][1]})
+                                             "aggregator": SYSTEMS[system].aggregation})
     if aggregator is not None:
         save_file({k: v.contiguous() for k, v in aggregator.state_dict().items()}, str(folder / AGGREGATOR_FILE))
     write_json_atomic(folder / META_FILE, meta)
@@ -96,7 +103,7 @@ def train_system(data_dir: Path, system: str, backbone_name: str, out: Path, cfg
     accelerator = make_accelerator()
     samples, manifest = load_prepared(data_dir)
     work = out.parent / f".{out.name}.work"
-    column = SYSTEMS[system][0]
+    column = SYSTEMS[system].column
     started = time.perf_counter()
     shards = shard_ids(samples, system)
     trained: list[Backbone] = []
@@ -113,8 +120,8 @@ def train_system(data_dir: Path, system: str, backbone_name: str, out: Path, cfg
                     save_model(backbone, tmp, {"role": f"{system}-shard", "shard": s, **facts})
             accelerator.wait_for_everyone()
         trained.append(load_model(folder)[0])
-    aggregator = learn_aggregator(trained, samples, accelerator, cfg.seed) if SYSTEMS[system][1] == "attention" \
-        else None
+    attention = SYSTEMS[system].aggregation == "attention"
+    aggregator = learn_aggregator(trained, samples, accelerator, cfg.seed) if attention else None
     shard_meta = [read_json(work / shard_dir(s) / META_FILE) for s in shards]
     meta = {
         "e2urec_version": __version__, "role": system, "backbone": backbone_name, "lora": lora,
@@ -146,7 +153,7 @@ class ShardRetrain(Method):
         if meta.get("role") != self.system:
             raise E2URecError(f"{job.original}: --method {self.name} needs a {self.system} system trained with "
                               f"`e2urec train --role {self.system}` (this model's role is {meta.get('role')!r})")
-        column = SYSTEMS[self.system][0]
+        column = SYSTEMS[self.system].column
         train = rows_for(job.samples, "train")
         affected = sorted(int(s) for s in train.loc[train["forget"], column].unique())
         cfg = self.cfg.recipe(meta["config"])
@@ -169,7 +176,7 @@ class ShardRetrain(Method):
                 backbone = load_model(job.original / shard_dir(s))[0]
             shards.append(backbone)
         aggregator = learn_aggregator(shards, job.samples, job.accelerator, cfg.seed) \
-            if SYSTEMS[self.system][1] == "attention" else None
+            if SYSTEMS[self.system].aggregation == "attention" else None
         first = shards[0]
         system = Backbone(ShardEnsemble([b.model for b in shards], first.answer_ids, aggregator), first.tokenizer,
                           first.kind, first.name, first.answer_ids)
