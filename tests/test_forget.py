@@ -27,10 +27,14 @@ from e2urec.ops.run import Run, init_run
 
 runner = CliRunner()
 QUICK = {"max_steps": 2, "batch_size": 8, "aug_steps": 2}
+# These tests are about the request's mechanics: the audit runs and is recorded, but asks for more forget prompts
+# than any request here has, so its verdict is `insufficient` and never escalates (escalation: test_audit.py).
+NO_ESCALATION = {"audit_min_prompts": 100_000}
 
 
 def new_run(trained: Path, tmp_path: Path) -> Path:
-    return init_run(tmp_path / "run", trained / "data", trained / "original", QUICK, key_file=tmp_path / "run.key")
+    return init_run(tmp_path / "run", trained / "data", trained / "original", QUICK, key_file=tmp_path / "run.key",
+                    audit=NO_ESCALATION)
 
 
 def ledger_of(run: Path) -> Ledger:
@@ -70,6 +74,9 @@ def test_user_request_end_to_end(trained: Path, tmp_path: Path) -> None:
     (record,) = ledger.requests()
     assert record["status"] == "done" and record["version"] == "v0001" and record["seconds"] > 0
     assert record["row_counts"]["samples_deleted"] == n_user and 0 <= record["metrics"]["auc"] <= 1
+    verdict = record["metrics"]["audit"]
+    assert verdict["verdict"] == "insufficient" and verdict["forget_prompts"] == record["row_counts"]["forget_prompts"]
+    assert verdict["after"]["mia_auc"] is not None and verdict["non_members"] > 0
     assert record["id_hashes"] == ledger.hash_ids([user]) and len(record["id_hashes"][0]) == 64
     assert ledger.honoured_by("v0001") == [record["request_id"]]
     meta = json.loads((run / "current" / "version.json").read_text())
@@ -77,6 +84,7 @@ def test_user_request_end_to_end(trained: Path, tmp_path: Path) -> None:
 
     listed = runner.invoke(app, ["ledger", "--run", str(run)])
     assert listed.exit_code == 0 and record["request_id"] in listed.output and "v0001" in listed.output
+    assert f"{record['request_id']}: insufficient" in listed.output
     again = runner.invoke(app, ["forget", "--run", str(run), "--users", user])
     assert again.exit_code == 0 and "already honoured" in again.output
     assert len(ledger.requests()) == 1 and os.readlink(run / "current").endswith("v0001")
@@ -272,7 +280,8 @@ def test_prepared_forget_ids_never_reach_the_run(trained: Path, tmp_path: Path) 
     manifest = json.loads((data / "manifest.json").read_text())
     manifest["config"].update(forget_users=[user], forget_fraction=None)
     (data / "manifest.json").write_text(json.dumps(manifest))
-    run = init_run(tmp_path / "run", data, trained / "original", QUICK, key_file=tmp_path / "run.key")
+    run = init_run(tmp_path / "run", data, trained / "original", QUICK, key_file=tmp_path / "run.key",
+                   audit=NO_ESCALATION)
     config = json.loads((run / "current" / "data" / "manifest.json").read_text())["config"]
     assert config["forget_users"] is None and config["forget_interactions"] is None
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -35,7 +36,8 @@ MAX_PAIRS, MAX_BYTES = 20, 20_000
 def run(trained: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("serve")
     return init_run(root / "run", trained / "data", trained / "original",
-                    {"max_steps": 2, "batch_size": 8, "aug_steps": 2}, key_file=root / "run.key")
+                    {"max_steps": 2, "batch_size": 8, "aug_steps": 2}, key_file=root / "run.key",
+                    audit={"audit_min_prompts": 100_000})  # recorded, never escalated (that is test_audit.py)
 
 
 @pytest.fixture(scope="module")
@@ -176,6 +178,8 @@ def test_forget_job_swaps_the_version_and_the_user_is_gone(client: TestClient, r
     job = client.get(f"/jobs/{job_id}").json()
     assert job["status"] == "done" and job["version"] == "v0001" and job["error"] is None
     assert 0.0 <= job["metrics"]["auc"] <= 1.0 and job["row_counts"]["events_deleted"] > 0
+    assert job["audit"]["verdict"] == "insufficient" and job["audit"]["forget_prompts"] > 0
+    assert job["audit"]["after"]["mia_auc"] is not None and str(ids["gone"]) not in json.dumps(job["audit"])
     later = client.get(f"/jobs/{second}").json()
     assert later["status"] == "done" and later["version"] == "v0002", later["error"]
 

@@ -327,22 +327,40 @@ def init(
     run: Annotated[Path, typer.Option(help="run folder to create (versions, ledger, current)")],
     data: Annotated[Path, typer.Option(help="prepared data folder the model was trained on")],
     model: Annotated[Path, typer.Option(help="the Original (`e2urec train --role original`)")],
-    set_: Annotated[list[str] | None, typer.Option("--set", help="E2URec option for requests, key=value")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="E2URec option for requests, or an audit setting "
+                                                          "(on_unverified, audit_*, test_samples), key=value")] = None,
     key_file: Annotated[Path | None, typer.Option(
         help="where to create the ledger key (0600, outside the run; default: E2UREC_CACHE/keys/<run id>.key)")
     ] = None,
     overwrite: Annotated[bool, typer.Option(help="replace an existing --run")] = False,
 ) -> None:
     """Deploy a model and its data as a run that takes deletion requests (`forget`, `serve`)."""
+    from e2urec.ops.audit import AuditConfig, parse_settings
     from e2urec.ops.run import check_key_file, init_run
     from e2urec.unlearning.base import REGISTRY
 
-    options = method_options("e2urec", parse_options(set_ or [], REGISTRY["e2urec"].Config), "init --set")
+    pairs = [(pair, *pair.partition("=")) for pair in set_ or []]
+    audit_keys = AuditConfig.names()
+    audit = parse_settings({key.strip().replace("-", "_"): raw for pair, key, sep, raw in pairs
+                            if sep and key.strip().replace("-", "_") in audit_keys})
+    rest = [pair for pair, key, _, _ in pairs if key.strip().replace("-", "_") not in audit_keys]
+    options = method_options("e2urec", parse_options(rest, REGISTRY["e2urec"].Config), "init --set")
     guard_output(run, "run", [data, model], overwrite)
     if key_file is not None:
         check_key_file(key_file, run)
-    init_run(run, data, model, options, overwrite=overwrite, key_file=key_file)
+    init_run(run, data, model, options, overwrite=overwrite, key_file=key_file, audit=audit)
     out_console.print(f"run ready → {run} (current = v0000); keep its ledger key file safe and private")
+
+
+def audit_line(audit: dict | None) -> str:
+    """A request's audit in a few words: verdict, MIA AUC before → after against its threshold, attempts."""
+    if not audit:
+        return ""
+    before, after = (audit.get(side, {}).get("mia_auc") for side in ("before", "after"))
+    figures = (f" AUC {before:.3f}→{after:.3f}" if before is not None and after is not None else "")
+    limit = f" ≤{audit['threshold']:.3f}" if audit.get("threshold") is not None else ""
+    tries = len(audit.get("attempts", []))
+    return f"{audit['verdict']}{figures}{limit} n={audit['forget_prompts']}" + (f" ×{tries}" if tries > 1 else "")
 
 
 @app.command()
@@ -352,7 +370,8 @@ def forget(
     users: Annotated[str | None, typer.Option(help="user ids to forget entirely: 1,2,3 or @file")] = None,
     interactions: Annotated[Path | None, typer.Option(help="CSV of user_id,item_id[,timestamp] to forget")] = None,
 ) -> None:
-    """Honour a deletion request: rebuild the data, unlearn with E2URec, swap in a new version, purge."""
+    """Honour a deletion request: rebuild the data, unlearn with E2URec, audit the forgetting (escalating when it
+    fails), swap in a new version, purge."""
     from e2urec.ops.forget import forget as run_forget
     from e2urec.ops.forget import read_request
 
@@ -364,15 +383,20 @@ def forget(
         out_console.print(f"request {record['request_id']}: already honoured by {record['version']}; nothing to do")
         return
     metrics = record["metrics"]
-    print_counts(f"request {record['request_id']} → {record['version']} in {record['seconds']:.1f} s",
-                 {**record["row_counts"], **{f"test_{k}": round(metrics[k], 4) for k in ("auc", "acc", "logloss")},
-                  "unlearn_seconds": metrics["unlearn_seconds"]})
+    audit = metrics["audit"]
+    print_counts(f"request {record['request_id']} → {record['version']} in {record['seconds']:.1f} s: "
+                 f"{record['status']}",
+                 {**record["row_counts"], **{f"test_{k}": round(metrics[k], 4) for k in ("auc", "acc", "logloss")
+                                             if metrics.get(k) is not None},
+                  "test_n": metrics.get("test_n"), "unlearn_seconds": metrics["unlearn_seconds"],
+                  "audit": audit_line(audit), "audit_reason": audit["reason"]})
 
 
 @app.command()
 @friendly
 def ledger(run: Annotated[Path, typer.Option(help="run folder made by `e2urec init`")]) -> None:
-    """List a run's deletion requests: status, the version that honours each, ids (as counts), test AUC, time."""
+    """List a run's deletion requests: status, the version that honours each, ids (as counts), test AUC, the
+    forgetting audit, time."""
     from e2urec.ops.run import Run
 
     deployed = Run(run)
@@ -380,12 +404,19 @@ def ledger(run: Annotated[Path, typer.Option(help="run folder made by `e2urec in
     table = Table(title=f"{run}: deletion requests (serving {current})")
     for column in ("request", "kind", "ids", "status", "version", "test AUC", "seconds", "error"):
         table.add_column(column, no_wrap=column != "error")
+    audits = []
     for r in deployed.ledger(keyed=False).requests():
         auc = (r["metrics"] or {}).get("auc")
         table.add_row(r["request_id"], r["kind"], str(len(r["id_hashes"])), r["status"], r["version"] or "",
                       f"{auc:.4f}" if isinstance(auc, float) else "",
                       f"{r['seconds']:.1f}" if r["seconds"] is not None else "", escape(r["error"] or ""))
+        if (r["metrics"] or {}).get("audit"):
+            audits.append(f"{r['request_id']}: {audit_line(r['metrics']['audit'])}")
     out_console.print(table)
+    if audits:  # below the table: a terminal is too narrow for one more column
+        out_console.print("forgetting audit (verdict, MIA AUC before→after ≤ threshold, forget prompts):")
+        for line in audits:
+            out_console.print(f"  {line}", soft_wrap=True)
 
 
 @app.command()

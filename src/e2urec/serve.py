@@ -36,6 +36,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from e2urec.errors import E2URecError, UnknownIds
 from e2urec.io import read_text
 from e2urec.ops.forget import Request, failure, forget, read_request, recover, submit
+from e2urec.ops.ledger import FINAL
 from e2urec.ops.run import CURRENT, Run
 from e2urec.ops.scorer import Scorer
 
@@ -171,14 +172,14 @@ class ForgetBody(BaseModel):
 
 class Accepted(BaseModel):
     job_id: str = Field(description="the ledger's request id; poll GET /jobs/{job_id}")
-    status: str = Field(description="queued, or done when an identical request was honoured already")
+    status: str = Field(description="queued, or done/unverified when an identical request was honoured already")
     version: str | None = Field(None, description="the version that honours it, when done")
 
 
 class Job(BaseModel):
     request_id: str
     kind: str
-    status: str = Field(description="queued | running | done | failed")
+    status: str = Field(description="queued | running | done | unverified (forgetting audit failed) | failed")
     created: float
     finished: float | None = None
     version: str | None = None
@@ -186,6 +187,8 @@ class Job(BaseModel):
     row_counts: dict[str, int] | None = None
     seconds: float | None = None
     error: str | None = None
+    audit: dict[str, Any] | None = Field(None, description="the forgetting audit: statistic, tolerance, sample "
+                                         "counts, figures before and after, verdict pass | fail | insufficient")
 
 
 class Health(BaseModel):
@@ -445,7 +448,8 @@ def create_app(run: Path, max_pairs: int = 1000, max_body_bytes: int = 1_000_000
         record, done, _ = submit(service.ledger, request, scorer.events)  # UnknownIds → 404
         if done:
             response.status_code = 200
-            return Accepted(job_id=record["request_id"], status="done", version=record["version"])
+            status = record["status"] if record["status"] in FINAL else "done"  # ids forgotten by other requests
+            return Accepted(job_id=record["request_id"], status=status, version=record["version"])
         rid = record["request_id"]
         if record["status"] == "failed":  # a retry: queued again under the same id
             service.ledger.update(rid, status="queued", error=None)
@@ -454,10 +458,12 @@ def create_app(run: Path, max_pairs: int = 1000, max_body_bytes: int = 1_000_000
 
     @app.get("/jobs/{job_id}", responses=ERRORS)
     def job(job_id: str) -> Job:
-        """A deletion request's ledger record: status, the version that honours it, test metrics, timing."""
+        """A deletion request's ledger record: status, the version that honours it, test metrics, the forgetting
+        audit, timing."""
         record = service.ledger.get(job_id)
         if record is None:
             raise HTTPException(404, f"no request {job_id!r} in this run's ledger")
-        return Job(**{k: v for k, v in record.items() if k in Job.model_fields})
+        return Job(**{k: v for k, v in record.items() if k in Job.model_fields},
+                   audit=(record["metrics"] or {}).get("audit"))
 
     return app

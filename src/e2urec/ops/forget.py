@@ -2,8 +2,10 @@
 
 Validate the ids → record the request (keyed hashes) → rebuild the data without the forgotten rows (later
 prompts' histories included) → E2URec from the current version on (forget = every training prompt that
-showed the forgotten rows, retain = the rebuilt training set) → merge the adapter, evaluate on test → write the
-new version and swap `current` → purge the old version, the augmented model, caches and scratch data.
+showed the forgotten rows, retain = the rebuilt training set) → audit the forgetting (`e2urec.ops.audit`) and,
+when it fails, escalate as the run says (stronger E2URec, exact Retrain, or keep as `unverified`) → merge the
+adapter, score a test sample → write the new version and swap `current` → purge the old version, the
+augmented model, caches and scratch data.
 A request that was interrupted (even by kill -9) is finished by the next call; a finished one is a no-op.
 """
 
@@ -24,9 +26,12 @@ from e2urec.data.readers import ITEM_NOUN
 from e2urec.data.samples import history_index
 from e2urec.data.store import load_prepared, load_tables, write_prepared
 from e2urec.errors import E2URecError, UnknownIds
-from e2urec.evaluation import EvalConfig, evaluate
+from e2urec.evaluation import utility_metrics
 from e2urec.io import atomic_dir, write_json_atomic
-from e2urec.ops.ledger import Ledger
+from e2urec.model.backbone import Backbone
+from e2urec.model.scoring import per_sample_p_yes, prompt_set
+from e2urec.ops import audit
+from e2urec.ops.ledger import FINAL, Ledger
 from e2urec.ops.run import (
     VERSION_FILE,
     Run,
@@ -37,6 +42,7 @@ from e2urec.ops.run import (
     verify_version,
     version_meta,
 )
+from e2urec.unlearning.base import REGISTRY
 from e2urec.unlearning.run import unlearn
 
 KEY = ["user_id", "item_id", "timestamp"]
@@ -155,7 +161,7 @@ def submit(ledger: Ledger, request: Request, events: pd.DataFrame) -> tuple[dict
     is never refused for naming ids that are gone from the data already."""
     hashes = ledger.hash_ids(request.keys)
     prior = ledger.find(ledger.fingerprint(request.kind, hashes))
-    if prior and prior["status"] == "done":
+    if prior and prior["status"] in FINAL:
         return prior, True, narrowed(request, [])
     forgotten = ledger.forgotten(request.kind)
     todo = [key for key in request.keys if ledger.hash_id(key) not in forgotten]
@@ -201,7 +207,7 @@ def forget(root: str | Path, request: Request, request_id: str | None = None, lo
             raise
         rid = request_id or record["request_id"]
         if done:
-            if record["status"] != "done" or rid != record["request_id"]:
+            if record["status"] not in FINAL or rid != record["request_id"]:
                 ledger.update(rid, status="done", version=current.name, seconds=0.0,
                               metrics={"noop": "every id was forgotten by earlier requests"})
             return {**ledger.get(rid), "noop": True}
@@ -215,9 +221,11 @@ def forget(root: str | Path, request: Request, request_id: str | None = None, lo
             raise
         seconds = round(time.perf_counter() - started, 3)
         run.set_current(version)
-        ledger.update(rid, status="done", version=version.name, metrics=metrics, row_counts=counts, seconds=seconds)
+        status = version_meta(version)["status"]
+        ledger.update(rid, status=status, version=version.name, metrics=metrics, row_counts=counts, seconds=seconds)
         run.sweep()
-        log(f"request {rid}: done in {seconds:.1f} s → {version.name} (test AUC {metrics['auc']:.4f})")
+        log(f"request {rid}: {status} in {seconds:.1f} s → {version.name} (test AUC {metrics['auc']}, audit "
+            f"{metrics['audit']['verdict']})")
         return {**ledger.get(rid), "noop": False}
 
 
@@ -225,37 +233,95 @@ def apply(run: Run, current: Path, samples: pd.DataFrame, manifest: dict, tables
           request: Request, rid: str, log) -> tuple[Path, dict, dict]:
     """Build the next version beside the current one (complete before anyone points at it)."""
     retained, new_tables, forget_rows, counts = rebuild(samples, tables, request, manifest["config"])
+    settings = audit.AuditConfig.from_run(run.config)
     version = run.next_version()
     work = run.work / rid
     shutil.rmtree(work, ignore_errors=True)
-    options = run.config.get("options", {})
+    before, parent = load_model(model_dir(current))
     with atomic_dir(version) as tmp:
         write_prepared(tmp / "data", retained, new_tables, {**manifest, "parent_samples_sha256":
                                                             manifest["samples_sha256"]})
         facts: dict = {}
         if len(forget_rows):
             write_prepared(work / "job-data", job_samples(retained, forget_rows), new_tables, manifest)
-            log(f"request {rid}: unlearning {len(forget_rows)} prompts with {run.config.get('method', 'e2urec')}")
-            facts = unlearn(run.config.get("method", "e2urec"), model_dir(current), work / "job-data",
-                            work / "student", options)
-            student, _ = load_model(work / "student")
+            student, facts, verdict = escalate(run, current, work, before, forget_rows, retained, settings,
+                                               "config" in parent, rid, log)
             shutil.rmtree(work / "job-data")
         else:
-            student, _ = load_model(model_dir(current))
+            student, verdict = before, audit.nothing_to_audit(settings)
+        del before
+        status = "unverified" if verdict["verdict"] == "fail" and not verdict.get("exact") else "done"
         save_model(full_weights(student), tmp / "model",
                    {"role": "version", "version": version.name, "request_id": rid, "parent": current.name,
                     "backbone": run.config.get("backbone"),
+                    **{k: parent[k] for k in ("config", "lora") if k in parent},  # the recipe a Retrain reuses
                     **{k: facts[k] for k in ("unlearn_seconds", "hyperparameters", "trainable_params")
                        if k in facts}})
+        metrics = score_test(student, retained, settings)
         del student
-        cfg = EvalConfig(**run.config.get("eval", {}))
-        test = evaluate(tmp / "model", tmp / "data", "test", work / "eval", cfg)
-        metrics = {k: test[k] for k in ("auc", "acc", "logloss")}
-        metrics["unlearn_seconds"] = facts.get("unlearn_seconds", 0.0)
+        metrics["unlearn_seconds"] = verdict.pop("unlearn_seconds", 0.0)
+        metrics["audit"] = verdict
         write_json_atomic(tmp / VERSION_FILE, {"version": version.name, "request_id": rid, "parent": current.name,
-                                               "created": time.time(), "metrics": metrics, "counts": counts,
-                                               "model_sha256": model_checksums(tmp / "model")})
+                                               "created": time.time(), "status": status, "metrics": metrics,
+                                               "counts": counts, "model_sha256": model_checksums(tmp / "model")})
     return version, metrics, counts
+
+
+def escalate(run: Run, current: Path, work: Path, before: Backbone, forget_rows: pd.DataFrame,
+             retained: pd.DataFrame, settings: audit.AuditConfig, can_retrain: bool, rid: str, log
+             ) -> tuple[Backbone, dict, dict]:
+    """Unlearn, audit, and while the audit fails follow the run's escalation: stronger E2URec attempts, then an
+    exact Retrain (`on_unverified=retry`), a Retrain at once (`retrain`) or nothing more (`keep`); a version made
+    by an older e2urec lacks the recipe a Retrain needs, so it gets the retries only. Returns the last attempt's
+    model, its unlearning facts and the audit record (with every attempt's figures)."""
+    non_members = audit.non_member_rows(retained, set(forget_rows["user_id"]), settings)
+    labels = forget_rows["label"].to_numpy(), non_members["label"].to_numpy()
+    was = audit.score(before, forget_rows, non_members)
+    method, options = run.config.get("method", "e2urec"), run.config.get("options", {})
+    plan = [(method, options)] + escalation_plan(method, options, settings, can_retrain)
+    attempts, seconds = [], 0.0
+    for number, (name, opts) in enumerate(plan):
+        log(f"request {rid}: unlearning {len(forget_rows)} prompts with {name} (attempt {number + 1})")
+        out = work / f"student-{number}"
+        facts = unlearn(name, model_dir(current), work / "job-data", out, opts)
+        seconds += facts["unlearn_seconds"]
+        student, _ = load_model(out)
+        verdict = audit.judge(was, audit.score(student, forget_rows, non_members), *labels, settings)
+        attempts.append({"method": name, "options": opts, "verdict": verdict["verdict"],
+                         "mia_auc": verdict["after"]["mia_auc"], "seconds": facts["unlearn_seconds"]})
+        if verdict["verdict"] != "fail" or number == len(plan) - 1:
+            break
+        log(f"request {rid}: audit failed ({verdict['reason']}); escalating")
+        shutil.rmtree(out, ignore_errors=True)
+    exact = name == "retrain"  # a Retrain never saw the forgotten rows: exact, whatever the audit says
+    return student, facts, {**verdict, "attempts": attempts, "exact": exact, "escalation": settings.on_unverified,
+                            "unlearn_seconds": round(seconds, 3)}
+
+
+def escalation_plan(method: str, options: dict, settings: audit.AuditConfig, can_retrain: bool = True
+                    ) -> list[tuple[str, dict]]:
+    """The attempts after a failed audit: `audit_retries` × (3× the steps, each time) then Retrain; or Retrain;
+    or none. Options go through unlearn() untouched; only the schedule's size grows."""
+    if settings.on_unverified == "keep":
+        return []
+    retries = []
+    if settings.on_unverified == "retry":
+        base = REGISTRY[method].Config.from_options(options)
+        for k in range(1, settings.audit_retries + 1):
+            grown = {key: getattr(base, key) * 3**k for key in ("epochs", "min_steps", "max_steps")
+                     if getattr(base, key, None) is not None}
+            retries.append((method, {**options, **grown}))
+    return [*retries, ("retrain", {})] if can_retrain else retries
+
+
+def score_test(model: Backbone, retained: pd.DataFrame, settings: audit.AuditConfig) -> dict:
+    """Test AUC, accuracy and log-loss of the new version on a seeded test sample (`test_samples`; all if none)."""
+    rows = audit.test_rows(retained, settings)
+    if rows.empty:
+        return {"auc": None, "acc": None, "logloss": None, "test_n": 0}
+    p = per_sample_p_yes(model, prompt_set(model, rows), 64, progress=False)
+    found = utility_metrics(rows["label"].to_numpy(), p)
+    return {**{k: found[k] for k in ("auc", "acc", "logloss")}, "test_n": found["n"]}
 
 
 def recover(run: Run, ledger: Ledger, sweep: bool = True) -> list[str]:
@@ -265,8 +331,8 @@ def recover(run: Run, ledger: Ledger, sweep: bool = True) -> list[str]:
     rid = meta.get("request_id")
     if rid:
         record = ledger.get(rid)
-        if record and record["status"] != "done":
-            ledger.update(rid, status="done", version=meta["version"], metrics=meta.get("metrics"),
+        if record and record["status"] not in FINAL:
+            ledger.update(rid, status=meta.get("status", "done"), version=meta["version"], metrics=meta.get("metrics"),
                           row_counts=meta.get("counts"))
     orphans = ledger.fail_orphans()
     if sweep:

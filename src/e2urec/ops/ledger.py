@@ -42,7 +42,8 @@ CREATE TABLE IF NOT EXISTS requests (
 );
 CREATE INDEX IF NOT EXISTS requests_fingerprint ON requests (fingerprint);
 """
-STATUSES = ("queued", "running", "done", "failed")
+STATUSES = ("queued", "running", "done", "unverified", "failed")
+FINAL = ("done", "unverified")  # honoured: the data is gone (unverified: the forgetting audit did not pass)
 
 
 def key_id(key: bytes) -> str:
@@ -139,14 +140,14 @@ class Ledger:
         return _decode(self._one("SELECT * FROM requests WHERE request_id = ?", (request_id,)))
 
     def add(self, kind: str, hashes: list[str], status: str = "queued") -> dict:
-        """Record a new request; an identical one (same fingerprint) that is not done is returned instead, checked
+        """Record a new request; an identical one (same fingerprint) not yet finished is returned instead, checked
         and inserted in one write transaction so concurrent identical submissions share one record."""
         fingerprint = self.fingerprint(kind, hashes)
         with self._connect() as db:
             db.execute("BEGIN IMMEDIATE")
             try:
-                row = db.execute("SELECT request_id FROM requests WHERE fingerprint = ? AND status != 'done' "
-                                 "ORDER BY created DESC LIMIT 1", (fingerprint,)).fetchone()
+                row = db.execute("SELECT request_id FROM requests WHERE fingerprint = ? AND status NOT IN (?, ?) "
+                                 "ORDER BY created DESC LIMIT 1", (fingerprint, *FINAL)).fetchone()
                 request_id = row["request_id"] if row else uuid.uuid4().hex[:16]
                 if row is None:
                     db.execute("INSERT INTO requests (request_id, fingerprint, kind, created, status, id_hashes, "
@@ -161,7 +162,7 @@ class Ledger:
     def update(self, request_id: str, **values: Any) -> None:
         if "status" in values and values["status"] not in STATUSES:
             raise ValueError(f"unknown status {values['status']!r}")
-        if values.get("status") in ("done", "failed"):
+        if values.get("status") in (*FINAL, "failed"):
             values.setdefault("finished", time.time())
         if values.get("status") in ("queued", "running"):
             values.setdefault("owner", owner())
@@ -185,8 +186,8 @@ class Ledger:
         return orphans
 
     def forgotten(self, kind: str) -> set[str]:
-        """Hashes of every id that finished requests of this kind forgot."""
-        return {h for r in self.requests() if r["status"] == "done" and r["kind"] == kind for h in r["id_hashes"]}
+        """Hashes of every id that finished requests of this kind forgot (unverified ones too: their data is gone)."""
+        return {h for r in self.requests() if r["status"] in FINAL and r["kind"] == kind for h in r["id_hashes"]}
 
     def honoured_by(self, version: str) -> list[str]:
         """Request ids a model version honours: versions only ever build on the one before, so every finished

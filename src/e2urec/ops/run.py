@@ -1,6 +1,6 @@
 """A deployed run folder: model versions, each with the data it was trained on, and a `current` pointer.
 
-    RUN/run.json            backbone, E2URec options for requests, evaluation settings
+    RUN/run.json            backbone, E2URec options for requests, forgetting-audit and escalation settings
     RUN/versions/vNNNN/     model/ (full safetensors weights), data/ (prepared folder), version.json
     RUN/current             symlink to versions/vNNNN, replaced atomically (rename of a new symlink)
     RUN/ledger.sqlite       deletion requests (HMAC-SHA256 of the ids under a key kept outside RUN)
@@ -28,6 +28,7 @@ from e2urec.data.store import load_prepared, load_tables, write_prepared
 from e2urec.errors import E2URecError
 from e2urec.io import atomic_dir, cache_dir, read_json, sha256_file, write_json_atomic
 from e2urec.model.backbone import Backbone
+from e2urec.ops.audit import AuditConfig
 from e2urec.ops.ledger import Ledger, key_id
 
 RUN_FILE = "run.json"
@@ -196,10 +197,12 @@ class Run:
 
 
 def init_run(root: Path, data: Path, model: Path, options: dict | None = None, overwrite: bool = False,
-             key_file: Path | None = None) -> Path:
+             key_file: Path | None = None, audit: dict | None = None) -> Path:
     """Create a run from a prepared data folder and a model trained on it (the Original, version v0000), and its
-    ledger key (default: `default_key_file`, outside the run folder)."""
+    ledger key (default: `default_key_file`, outside the run folder). `options` are the E2URec options of its
+    requests, `audit` the forgetting audit's settings (`AuditConfig`; checked before anything is written)."""
     root = Path(root)
+    audit_settings = AuditConfig(**(audit or {})).as_dict()
     if key_file is not None:
         check_key_file(key_file, root)  # before the work, not after it
     samples, manifest = load_prepared(data)
@@ -230,7 +233,7 @@ def init_run(root: Path, data: Path, model: Path, options: dict | None = None, o
                                                           "file": str(Path(key_file).expanduser().resolve())
                                                           if key_file else None},
                                            "backbone": meta.get("backbone", backbone.name),
-                                           "method": "e2urec", "options": options or {},
+                                           "method": "e2urec", "options": options or {}, "audit": audit_settings,
                                            "source": {"data": str(Path(data).resolve()),
                                                       "model": str(Path(model).resolve())}})
         (tmp / CURRENT).symlink_to(os.path.join("versions", "v0000"))

@@ -1,0 +1,206 @@
+"""The forgetting audit of a deletion request: evidence, without a Retrain, that the new version no longer tells
+the forgotten training prompts from data it never saw.
+
+Statistic: a loss-threshold membership attack. On the request's forget prompts (the texts the model trained on)
+and on held-out non-members (valid and test samples of users the request does not touch, seeded sample of at
+most `audit_samples`), the attack's AUC is P(a forget prompt's answer loss < a non-member's), computed within
+each answer label and averaged with the forget prompts' label shares: a user who answers "Yes" more often than
+most would otherwise look like a member to any model, forgotten or not. 0.5: indistinguishable; above: the
+forget prompts are fitted better than unseen data, i.e. still remembered.
+
+Verdict: `pass` when the new version's AUC ≤ 0.5 + `audit_tolerance` + z·SE (SE: the AUC's sampling error
+under "no difference", Hanley–McNeil's (n_f + n_n + 1) / (12·n_f·n_n) per label, one-sided z = 1.645) and its
+AUC on the valid non-members dropped by at most `audit_utility_tolerance` from the version before (same rows,
+paired); `fail` otherwise; `insufficient` when fewer than `audit_min_prompts` forget prompts can be compared
+(a user with a handful of prompts cannot be told from chance, so no verdict is faked).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from e2urec.data.roles import rows_for, sample_rows
+from e2urec.errors import E2URecError
+from e2urec.evaluation import mia_features, utility_metrics
+from e2urec.model.backbone import Backbone
+from e2urec.model.scoring import per_sample_p_yes, prompt_set
+
+VERDICTS = ("pass", "fail", "insufficient")
+ESCALATIONS = ("retry", "retrain", "keep")
+STATISTIC = "label-stratified loss-threshold MIA AUC: forget prompts vs held-out non-members"
+Z_ONE_SIDED = 1.645  # 95% one-sided: a Retrain (true AUC 0.5) passes 19 times in 20 on sampling error alone
+
+
+def setting(default: Any, help: str, low: float | None = None, high: float | None = None,
+            choices: tuple[str, ...] | None = None) -> Any:
+    return field(default=default, metadata={"help": help, "low": low, "high": high, "choices": choices})
+
+
+@dataclass
+class AuditConfig:
+    """A run's audit and escalation settings (`init --set key=value`); a run made before they existed gets
+    these defaults."""
+
+    on_unverified: str = setting("retry", "a request failing its audit: retry (stronger E2URec, `audit_retries` "
+                                 "times, then an exact Retrain) | retrain (exact Retrain at once) | keep (the "
+                                 "version stays, status unverified)", choices=ESCALATIONS)
+    audit_retries: int = setting(1, "stronger E2URec attempts before the Retrain (on_unverified=retry)", 0, 5)
+    audit_tolerance: float = setting(0.05, "MIA AUC allowed above 0.5, besides the sampling error", 0, 0.49)
+    audit_utility_tolerance: float = setting(0.02, "valid AUC drop allowed against the version before", 0, 1)
+    audit_min_prompts: int = setting(20, "fewer comparable forget prompts: verdict insufficient", 2, 100_000)
+    audit_samples: int = setting(1000, "held-out non-members scored (at most; seeded sample)", 20, 1_000_000)
+    test_samples: int | None = setting(2000, "test prompts scored per request for the ledger's test metrics "
+                                       "(seeded sample; none: all)", 1, None)
+    audit_seed: int = setting(0, "seed of the non-member and test samples", 0, 2**32 - 1)
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value, meta = getattr(self, f.name), f.metadata
+            if value is None and f.name == "test_samples":
+                continue
+            if meta["choices"] is not None:
+                if value not in meta["choices"]:
+                    raise E2URecError(f"{f.name}={value!r}: choose one of {', '.join(meta['choices'])}")
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+                raise E2URecError(f"{f.name}={value!r}: not a finite number")
+            if isinstance(f.default, int) and not isinstance(value, int):
+                raise E2URecError(f"{f.name}={value!r}: must be a whole number")
+            if (meta["low"] is not None and value < meta["low"]) or (meta["high"] is not None and value > meta["high"]):
+                raise E2URecError(f"{f.name}={value!r}: out of range [{meta['low']}, {meta['high'] or '∞'}]")
+
+    @classmethod
+    def names(cls) -> set[str]:
+        return {f.name for f in fields(cls)}
+
+    @classmethod
+    def from_run(cls, config: dict) -> AuditConfig:
+        """The settings a run records (`run.json` key `audit`); a run made before this change has none."""
+        stored = config.get("audit") or {}
+        unknown = set(stored) - cls.names()
+        if not isinstance(stored, dict) or unknown:
+            raise E2URecError(f"run.json: audit settings damaged (unknown {sorted(unknown)}); restore run.json")
+        return cls(**stored)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def parse_settings(pairs: dict[str, str]) -> dict[str, Any]:
+    """`init --set` values for audit keys, typed and checked (a bad value is refused before anything is made)."""
+    typed: dict[str, Any] = {}
+    kinds = {f.name: type(f.default) if f.default is not None else int for f in fields(AuditConfig)}
+    for key, raw in pairs.items():
+        try:
+            typed[key] = None if raw.lower() == "none" else kinds[key](raw)
+        except ValueError:
+            raise E2URecError(f"init --set {key}={raw!r}: not a valid {kinds[key].__name__}") from None
+    try:
+        AuditConfig(**typed)
+    except E2URecError as exc:
+        raise E2URecError(f"init --set {exc}") from None
+    return typed
+
+
+def label_stratified_auc(f_loss: np.ndarray, f_label: np.ndarray, n_loss: np.ndarray, n_label: np.ndarray
+                         ) -> tuple[float | None, float | None, int]:
+    """(AUC, its null standard error, forget prompts compared): P(forget loss < non-member loss) within each label
+    present on both sides, weighted by the forget prompts' label counts."""
+    aucs, weights, variances = [], [], []
+    for label in (0, 1):
+        f, n = f_loss[f_label == label], n_loss[n_label == label]
+        if len(f) == 0 or len(n) == 0:
+            continue
+        ranks = pd.Series(np.concatenate([f, n])).rank().to_numpy()[: len(f)]  # ties: mid-rank, i.e. ½
+        # Forget prompts with *lower* loss look like members, so count pairs where the non-member's loss is higher.
+        aucs.append(1 - (ranks.sum() - len(f) * (len(f) + 1) / 2) / (len(f) * len(n)))
+        weights.append(len(f))
+        variances.append((len(f) + len(n) + 1) / (12 * len(f) * len(n)))
+    if not weights:
+        return None, None, 0
+    w = np.asarray(weights, dtype=float) / sum(weights)
+    return float(w @ aucs), float(math.sqrt(w**2 @ variances)), int(sum(weights))
+
+
+def non_member_rows(samples: pd.DataFrame, touched_users: set, cfg: AuditConfig) -> pd.DataFrame:
+    """Valid and test samples of users the request does not touch: held out from every version's training."""
+    held = samples[samples["split"].isin(["valid", "test"]).to_numpy() & ~samples["user_id"].isin(touched_users)]
+    return sample_rows(held, cfg.audit_samples, cfg.audit_seed, 41)
+
+
+def test_rows(samples: pd.DataFrame, cfg: AuditConfig) -> pd.DataFrame:
+    """The test prompts a request scores for the ledger (a seeded sample: a full pass would dominate its cost)."""
+    rows = rows_for(samples, "test")
+    return rows if cfg.test_samples is None else sample_rows(rows, cfg.test_samples, cfg.audit_seed, 42)
+
+
+@dataclass
+class Scores:
+    """One model's answer losses on the audit's rows (forget prompts, then non-members)."""
+
+    forget_loss: np.ndarray
+    non_member_loss: np.ndarray
+    valid_auc: float | None
+    valid_n: int
+
+
+def score(backbone: Backbone, forget_rows: pd.DataFrame, non_members: pd.DataFrame, batch_size: int = 64
+          ) -> Scores:
+    """Losses of one model: forget prompts as it trained on them, non-members as served."""
+    rows = pd.concat([forget_rows, non_members])
+    p = per_sample_p_yes(backbone, prompt_set(backbone, rows), batch_size, progress=False)
+    losses = mia_features(rows["label"].to_numpy(), p)[:, 0]
+    valid = (non_members["split"] == "valid").to_numpy()
+    labels = non_members["label"].to_numpy()[valid]
+    auc = utility_metrics(labels, p[len(forget_rows):][valid])["auc"] if valid.any() else None
+    return Scores(losses[: len(forget_rows)], losses[len(forget_rows):], auc, int(valid.sum()))
+
+
+def side(scores: Scores, forget_labels: np.ndarray, non_labels: np.ndarray) -> dict:
+    auc, se, n = label_stratified_auc(scores.forget_loss, forget_labels, scores.non_member_loss, non_labels)
+    return {"mia_auc": auc, "se": se, "compared": n,
+            "forget_loss": float(scores.forget_loss.mean()) if len(scores.forget_loss) else None,
+            "non_member_loss": float(scores.non_member_loss.mean()), "valid_auc": scores.valid_auc}
+
+
+def nothing_to_audit(cfg: AuditConfig) -> dict:
+    """The audit record of a request that showed no training prompt (e.g. a user with valid/test rows only):
+    nothing was trained on, nothing was unlearned, and there is nothing to test."""
+    return {"statistic": STATISTIC, "forget_prompts": 0, "verdict": "insufficient", "threshold": None,
+            "tolerance": cfg.audit_tolerance, "min_prompts": cfg.audit_min_prompts, "attempts": [],
+            "reason": "no training prompt showed the forgotten data: nothing was unlearned, nothing to audit"}
+
+
+def judge(before: Scores, after: Scores, forget_labels: np.ndarray, non_labels: np.ndarray, cfg: AuditConfig
+          ) -> dict:
+    """The audit record: figures before and after, the threshold, sample counts and the verdict (no ids)."""
+    b, a = side(before, forget_labels, non_labels), side(after, forget_labels, non_labels)
+    record: dict[str, Any] = {
+        "statistic": STATISTIC,
+        "forget_prompts": int(len(forget_labels)),
+        "forget_yes": int(np.sum(forget_labels == 1)),
+        "non_members": int(len(non_labels)),
+        "non_members_valid": before.valid_n,
+        "before": b, "after": a,
+        "tolerance": cfg.audit_tolerance, "z": Z_ONE_SIDED, "utility_tolerance": cfg.audit_utility_tolerance,
+        "min_prompts": cfg.audit_min_prompts,
+    }
+    if a["compared"] < cfg.audit_min_prompts or a["mia_auc"] is None:
+        record.update(threshold=None, verdict="insufficient",
+                      reason=f"{a['compared']} forget prompts comparable with non-members; the audit needs "
+                             f"{cfg.audit_min_prompts}")
+        return record
+    threshold = 0.5 + cfg.audit_tolerance + Z_ONE_SIDED * a["se"]
+    drop = None if a["valid_auc"] is None or b["valid_auc"] is None else b["valid_auc"] - a["valid_auc"]
+    forgotten = a["mia_auc"] <= threshold
+    useful = drop is None or drop <= cfg.audit_utility_tolerance
+    reasons = ([] if forgotten else [f"MIA AUC {a['mia_auc']:.3f} > {threshold:.3f}"]) + (
+        [] if useful else [f"valid AUC dropped {drop:.3f} > {cfg.audit_utility_tolerance}"])
+    record.update(threshold=round(threshold, 4), valid_auc_drop=drop, verdict="pass" if not reasons else "fail",
+                  reason="; ".join(reasons) or "forget prompts indistinguishable from non-members; utility held")
+    return record

@@ -1,0 +1,238 @@
+"""The forgetting audit of deletion requests (issue 12): the statistic by hand, the verdicts, the escalation paths
+(retry, retrain, keep), what the ledger and the CLI show, and bad settings refused with nothing written."""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from e2urec.checkpoint import load_model
+from e2urec.cli import app
+from e2urec.data.store import load_prepared
+from e2urec.errors import E2URecError
+from e2urec.ops import audit
+from e2urec.ops.audit import AuditConfig, Scores, judge, label_stratified_auc, parse_settings
+from e2urec.ops.forget import escalation_plan, forget, read_request
+from e2urec.ops.run import Run, init_run
+
+runner = CliRunner()
+QUICK = {"max_steps": 2, "batch_size": 8, "aug_steps": 2}
+
+
+def new_run(trained: Path, tmp_path: Path, **settings: object) -> Path:
+    return init_run(tmp_path / "run", trained / "data", trained / "original", QUICK, key_file=tmp_path / "run.key",
+                    audit=settings)
+
+
+def train_users(run: Path) -> list[str]:
+    samples, _ = load_prepared(run / "current" / "data")
+    return [str(u) for u in samples.loc[samples["split"] == "train", "user_id"].value_counts().index]
+
+
+def test_stratified_auc_by_hand() -> None:
+    # Within each label every forget loss is below every non-member loss: a member-like set, AUC 1.
+    auc, se, n = label_stratified_auc(np.array([0.1, 0.2, 1.0]), np.array([1, 1, 0]),
+                                      np.array([0.5, 0.6, 2.0, 3.0]), np.array([1, 1, 0, 0]))
+    assert auc == 1.0 and n == 3
+    assert se == pytest.approx(math.sqrt((2 / 3) ** 2 * 5 / 48 + (1 / 3) ** 2 * 4 / 24))
+    # Ties count ½; identical losses are indistinguishable.
+    assert label_stratified_auc(np.ones(4), np.array([1, 1, 0, 0]), np.ones(6), np.array([1, 0] * 3))[0] == 0.5
+    # A user who says Yes more than most is not a member for that: within the Yes label the losses match, so 0.5,
+    # although pooled over labels (Yes answers have lower loss here) the forget set would look like members.
+    f_loss, f_label = np.array([0.3, 0.5, 0.3, 0.5]), np.ones(4, dtype=int)
+    n_loss, n_label = np.array([0.3, 0.5, 1.2, 1.4]), np.array([1, 1, 0, 0])
+    assert label_stratified_auc(f_loss, f_label, n_loss, n_label)[0] == 0.5
+    pooled = np.mean([(f < n) + 0.5 * (f == n) for f in f_loss for n in n_loss])
+    assert pooled > 0.6
+    # A label with no non-member is left out; nothing comparable at all gives no statistic.
+    assert label_stratified_auc(np.array([0.1]), np.array([0]), np.array([0.5]), np.array([1])) == (None, None, 0)
+
+
+def scores(forget_loss: np.ndarray, non_loss: np.ndarray, valid_auc: float = 0.7) -> Scores:
+    return Scores(forget_loss, non_loss, valid_auc, len(non_loss))
+
+
+def test_verdicts_pass_fail_insufficient() -> None:
+    rng = np.random.default_rng(0)
+    cfg = AuditConfig()
+    f_label, n_label = rng.integers(0, 2, 200), rng.integers(0, 2, 1000)
+    non = rng.gamma(2.0, 0.3, 1000)
+    remembered = scores(rng.gamma(2.0, 0.3, 200) * 0.3, non)  # forget losses far below non-members'
+    forgotten = scores(rng.gamma(2.0, 0.3, 200), non)         # drawn like non-members
+    record = judge(remembered, forgotten, f_label, n_label, cfg)
+    assert record["verdict"] == "pass" and record["before"]["mia_auc"] > 0.85
+    assert record["after"]["mia_auc"] <= record["threshold"]
+    assert record["threshold"] == round(0.5 + cfg.audit_tolerance + 1.645 * record["after"]["se"], 4)
+    assert record["forget_prompts"] == 200 and record["non_members"] == 1000
+    assert judge(remembered, remembered, f_label, n_label, cfg)["verdict"] == "fail"
+    # Forgotten, but utility fell by more than the tolerance: fail, with the reason.
+    hurt = judge(remembered, scores(forgotten.forget_loss, non, valid_auc=0.6), f_label, n_label, cfg)
+    assert hurt["verdict"] == "fail" and "valid AUC dropped" in hurt["reason"]
+    # A handful of prompts cannot be told from chance: insufficient, with the figures, never a pass.
+    few = judge(scores(remembered.forget_loss[:8], non), scores(forgotten.forget_loss[:8], non), f_label[:8],
+                n_label, cfg)
+    assert few["verdict"] == "insufficient" and few["after"]["compared"] == 8 and few["threshold"] is None
+    assert audit.nothing_to_audit(cfg)["verdict"] == "insufficient"
+
+
+def test_settings_are_checked_and_old_runs_get_defaults() -> None:
+    assert AuditConfig.from_run({}).as_dict() == AuditConfig().as_dict()  # a run made before the audit existed
+    assert AuditConfig().on_unverified == "retry" and AuditConfig().audit_retries == 1
+    for bad in ({"on_unverified": "maybe"}, {"audit_tolerance": 0.7}, {"audit_tolerance": float("nan")},
+                {"audit_min_prompts": 1}, {"audit_retries": -1}, {"test_samples": 0}, {"audit_samples": 2.5}):
+        with pytest.raises(E2URecError):
+            AuditConfig(**bad)
+    with pytest.raises(E2URecError, match="run.json"):
+        AuditConfig.from_run({"audit": {"on_unverifed": "keep"}})
+    assert parse_settings({"on_unverified": "keep", "audit_tolerance": "0.1", "test_samples": "none"}) == {
+        "on_unverified": "keep", "audit_tolerance": 0.1, "test_samples": None}
+    with pytest.raises(E2URecError, match="audit_min_prompts"):
+        parse_settings({"audit_min_prompts": "1e2"})
+
+
+def test_escalation_plans() -> None:
+    options = {"max_steps": 2, "min_steps": 5}
+    retry = escalation_plan("e2urec", options, AuditConfig(audit_retries=2))
+    assert retry == [("e2urec", {"max_steps": 6, "min_steps": 15, "epochs": 9.0}),
+                     ("e2urec", {"max_steps": 18, "min_steps": 45, "epochs": 27.0}), ("retrain", {})]
+    assert escalation_plan("e2urec", options, AuditConfig(on_unverified="retrain")) == [("retrain", {})]
+    assert escalation_plan("e2urec", options, AuditConfig(on_unverified="keep")) == []
+    assert escalation_plan("e2urec", options, AuditConfig(), can_retrain=False)[-1][0] == "e2urec"
+
+
+def failing(monkeypatch: pytest.MonkeyPatch, passes_from: int | None = None) -> list[dict]:
+    """Make the audit fail (from attempt `passes_from` on it passes); returns the judged records."""
+    real, seen = audit.judge, []
+
+    def judge_(*args: object) -> dict:
+        record = real(*args)
+        record["verdict"] = "pass" if passes_from is not None and len(seen) + 1 >= passes_from else "fail"
+        seen.append(record)
+        return record
+
+    monkeypatch.setattr(audit, "judge", judge_)
+    return seen
+
+
+def test_unverified_and_keep(trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    run = new_run(trained, tmp_path, on_unverified="keep")
+    user = train_users(run)[0]
+    failing(monkeypatch)
+    record = forget(run, read_request(users=[user]), log=lambda _: None)
+    assert record["status"] == "unverified" and record["version"] == "v0001"
+    assert (run / "current").resolve().name == "v0001", "kept: the version is served, flagged"
+    verdict = record["metrics"]["audit"]
+    assert verdict["verdict"] == "fail" and [a["method"] for a in verdict["attempts"]] == ["e2urec"]
+    assert not verdict["exact"] and verdict["escalation"] == "keep"
+    assert json.loads((run / "current" / "version.json").read_text())["status"] == "unverified"
+    again = forget(run, read_request(users=[user]), log=lambda _: None)  # its data is gone: nothing more to do
+    assert again["noop"] and again["status"] == "unverified" and len(Run(run).ledger().requests()) == 1
+    listed = runner.invoke(app, ["ledger", "--run", str(run)])
+    assert listed.exit_code == 0 and "unverified" in listed.output and "fail" in listed.output
+
+
+def test_retry_then_pass(trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    run = new_run(trained, tmp_path)  # default: retry once, then Retrain
+    failing(monkeypatch, passes_from=2)
+    record = forget(run, read_request(users=[train_users(run)[0]]), log=lambda _: None)
+    attempts = record["metrics"]["audit"]["attempts"]
+    assert record["status"] == "done" and [a["verdict"] for a in attempts] == ["fail", "pass"]
+    assert [a["method"] for a in attempts] == ["e2urec", "e2urec"] and attempts[1]["options"]["max_steps"] == 6
+    assert record["metrics"]["unlearn_seconds"] == pytest.approx(sum(a["seconds"] for a in attempts), abs=1e-2)
+
+
+def test_audit_tells_the_original_from_a_retrain(trained: Path) -> None:
+    """On the fixture's heaviest user (most of its training prompts), the untouched Original fails the audit and
+    a Retrain without the user, with the Original's own recipe, passes it."""
+    from e2urec.engine import TrainConfig, make_accelerator
+    from e2urec.training import fit_rows
+
+    samples, manifest = load_prepared(trained / "data")
+    train = samples[samples["split"] == "train"]
+    user = train["user_id"].value_counts().index[0]
+    forget_rows, kept = train[train["user_id"] == user], samples[samples["user_id"] != user]
+    # The Retrain keeps a few dozen training prompts: its valid AUC says nothing here, so only the MIA part counts.
+    cfg = AuditConfig(audit_utility_tolerance=1.0)
+    non_members = audit.non_member_rows(kept, {user}, cfg)
+    original, meta = load_model(trained / "original")
+    retrain, _, _ = fit_rows(kept, manifest, kept[kept["split"] == "train"], meta["backbone"],
+                             TrainConfig(**meta["config"]), make_accelerator(), meta.get("lora"))
+    labels = forget_rows["label"].to_numpy(), non_members["label"].to_numpy()
+    was = audit.score(original, forget_rows, non_members)
+    untouched = judge(was, was, *labels, cfg)
+    assert untouched["verdict"] == "fail" and untouched["after"]["mia_auc"] > untouched["threshold"]
+    exact = judge(was, audit.score(retrain, forget_rows, non_members), *labels, cfg)
+    assert exact["verdict"] == "pass", exact["reason"]
+    assert exact["after"]["mia_auc"] < untouched["after"]["mia_auc"] - 0.1
+
+
+def test_retrain_is_the_last_resort_and_exact(trained: Path, tmp_path: Path) -> None:
+    # Real audits: two E2URec steps leave the Original as it was (fail), the exact Retrain then passes.
+    run = new_run(trained, tmp_path, on_unverified="retrain", audit_utility_tolerance=1.0)
+    record = forget(run, read_request(users=[train_users(run)[0]]), log=lambda _: None)
+    verdict = record["metrics"]["audit"]
+    assert [(a["method"], a["verdict"]) for a in verdict["attempts"]] == [("e2urec", "fail"), ("retrain", "pass")]
+    assert verdict["exact"] and record["status"] == "done" and verdict["verdict"] == "pass"
+    meta = json.loads((run / "current" / "model" / "meta.json").read_text())
+    assert meta["config"] == json.loads((trained / "original" / "meta.json").read_text())["config"], \
+        "the version keeps the Original's recipe, so the next request can fall back to Retrain too"
+
+
+def test_nothing_trained_is_never_a_pass(trained: Path, tmp_path: Path) -> None:
+    run = new_run(trained, tmp_path)
+    samples, _ = load_prepared(run / "current" / "data")
+    held_only = set(samples["user_id"]) - set(samples.loc[samples["split"] == "train", "user_id"])
+    user = str(sorted(held_only)[0])  # a user with valid/test rows only: no training prompt shows them
+    record = forget(run, read_request(users=[user]), log=lambda _: None)
+    verdict = record["metrics"]["audit"]
+    assert record["row_counts"]["forget_prompts"] == 0 and verdict["verdict"] == "insufficient"
+    assert record["status"] == "done" and record["metrics"]["unlearn_seconds"] == 0.0
+    small = [u for u in train_users(run)
+             if 0 < (samples.loc[samples["split"] == "train", "user_id"].astype(str) == u).sum() < 20][0]
+    record = forget(run, read_request(users=[small]), log=lambda _: None)
+    assert record["metrics"]["audit"]["verdict"] == "insufficient"
+    assert record["metrics"]["audit"]["after"]["mia_auc"] is not None, "the figures are recorded all the same"
+
+
+def test_audit_reaches_cli_ledger_and_stores_no_id(trained: Path, tmp_path: Path) -> None:
+    run = new_run(trained, tmp_path, on_unverified="keep")
+    user = train_users(run)[0]
+    result = runner.invoke(app, ["forget", "--run", str(run), "--users", user])
+    assert result.exit_code == 0, result.output
+    (record,) = Run(run).ledger().requests()
+    verdict = record["metrics"]["audit"]
+    assert verdict["verdict"] in audit.VERDICTS and verdict["forget_prompts"] > 20
+    assert {"mia_auc", "se", "forget_loss", "non_member_loss", "valid_auc"} <= set(verdict["after"])
+    assert verdict["verdict"] in result.output and record["metrics"]["test_n"] <= AuditConfig().test_samples
+    listed = runner.invoke(app, ["ledger", "--run", str(run)])
+    assert listed.exit_code == 0 and verdict["verdict"] in listed.output
+    with sqlite3.connect(run / "ledger.sqlite") as db:
+        dumped = "\n".join(db.iterdump())
+    assert f'"{user}"' not in dumped and f"'{user}'" not in dumped and f" {user}," not in dumped
+
+
+@pytest.mark.parametrize("setting", ["on_unverified=maybe", "audit_tolerance=0.7", "audit_tolerance=nan",
+                                     "audit_min_prompts=1", "audit_retries=1.5", "test_samples=-3"])
+def test_init_refuses_bad_audit_settings(trained: Path, tmp_path: Path, setting: str) -> None:
+    result = runner.invoke(app, ["init", "--run", str(tmp_path / "run"), "--data", str(trained / "data"),
+                                 "--model", str(trained / "original"), "--key-file", str(tmp_path / "k"),
+                                 "--set", setting])
+    assert result.exit_code == 2 and setting.split("=")[0] in result.output, result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "run").exists() and not (tmp_path / "k").exists()
+
+
+def test_init_records_audit_settings_beside_e2urec_options(trained: Path, tmp_path: Path) -> None:
+    result = runner.invoke(app, ["init", "--run", str(tmp_path / "run"), "--data", str(trained / "data"),
+                                 "--model", str(trained / "original"), "--key-file", str(tmp_path / "k"),
+                                 "--set", "on_unverified=keep", "--set", "max_steps=3", "--set", "test_samples=none"])
+    assert result.exit_code == 0, result.output
+    config = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert config["options"] == {"max_steps": 3}
+    assert config["audit"] == {**AuditConfig().as_dict(), "on_unverified": "keep", "test_samples": None}
