@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from e2urec.checkpoint import read_meta
 from e2urec.data.prepare import MANIFEST_FILE, PrepareConfig, prepare
 from e2urec.engine import TrainConfig
 from e2urec.errors import E2URecError
@@ -171,7 +172,7 @@ def run_seed(root: Path, dataset: str, data_dir: Path | None, backbone: str, pre
         stage(f"{tag} evaluate {row} forget", forget_dir / "metrics.json",
               lambda model=model, forget_dir=forget_dir: evaluate(model, data, "forget", forget_dir, evals,
                                                                   reference=root / "retrain"), evaluated)
-        meta = read_json(model / "meta.json")
+        meta = read_meta(model)
         test, forget = read_json(test_dir / "metrics.json"), read_json(forget_dir / "metrics.json")
         results[row] = {
             "auc": test["auc"], "acc": test["acc"], "logloss": test["logloss"],

@@ -7,7 +7,9 @@ unpickling an untrusted file can run arbitrary code.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from peft import PeftModel
@@ -25,6 +27,64 @@ AGGREGATOR_FILE = "aggregator.safetensors"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 
 
+# meta.json's format: 1 adds the `format` field itself; files without it (format 0) read the same way.
+META_FORMAT = 1
+
+
+@dataclass
+class ModelMeta:
+    """meta.json, the one record every model folder carries: what loading needs (backbone, `base`, `lora`)
+    typed and checked, and everything a command measured (role or method, data, recipe, costs) in `facts`.
+    Written by `write_meta` and read by `read_meta`, nowhere else."""
+
+    backbone: str | None = None
+    kind: str | None = None
+    # What the saved weights start from: {"model": path relative to the folder} for an adapter on another
+    # model, {"backbone": name, "seed": n} for an adapter on a fresh backbone; None for full weights.
+    base: dict | None = None
+    lora: dict | None = None  # the LoRA recipe a model trained from scratch used (r, alpha, dropout, targets)
+    facts: dict[str, Any] = field(default_factory=dict)
+    format: int = META_FORMAT
+
+    @classmethod
+    def from_dict(cls, raw: dict, where: Path | str = "meta.json") -> ModelMeta:
+        raw = dict(raw)
+        version = raw.pop("format", 0)
+        if not isinstance(version, int) or version > META_FORMAT:
+            raise E2URecError(f"{where}: meta.json format {version!r} is newer than this e2urec reads "
+                              f"({META_FORMAT}); upgrade e2urec")
+        base, lora = raw.pop("base", None), raw.pop("lora", None)
+        if base is not None and not (isinstance(base, dict) and ("model" in base or "backbone" in base)):
+            raise E2URecError(f"{where}: `base` must name a model folder or a backbone, got {base!r}")
+        if lora is not None and not (isinstance(lora, dict) and {"r", "alpha", "dropout"} <= set(lora)):
+            raise E2URecError(f"{where}: `lora` must give r, alpha and dropout, got {lora!r}")
+        return cls(backbone=raw.pop("backbone", None), kind=raw.pop("kind", None), base=base, lora=lora,
+                   facts=raw, format=version)
+
+    def to_dict(self) -> dict:
+        """The JSON object, flat as it always was: the typed fields, then the facts."""
+        typed = {"format": META_FORMAT, "kind": self.kind, "backbone": self.backbone, "lora": self.lora}
+        return {**typed, **({"base": self.base} if self.base is not None else {}), **self.facts}
+
+
+def write_meta(folder: Path, meta: dict, kind: str | None = None) -> dict:
+    """Check `meta` against ModelMeta and write it as `folder/meta.json` (atomically); returns what was written."""
+    record = ModelMeta.from_dict({**meta, **({"kind": kind} if kind else {})}, folder / META_FILE).to_dict()
+    write_json_atomic(folder / META_FILE, record)
+    return record
+
+
+def read_meta(folder: Path) -> dict:
+    """`folder/meta.json` as a dict, checked (old files without a format read as format 0)."""
+    path = Path(folder) / META_FILE
+    if not path.is_file():
+        raise E2URecError(f"{folder}: no {META_FILE}; not a model directory written by e2urec")
+    raw = read_json(path)
+    if not isinstance(raw, dict) or not raw:
+        raise E2URecError(f"{path}: not a meta.json written by e2urec")
+    return ModelMeta.from_dict(raw, path).to_dict()
+
+
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return getattr(model, "module", model)
 
@@ -34,7 +94,7 @@ def save_model(backbone: Backbone, folder: Path, meta: dict) -> None:
     model = unwrap(backbone.model)
     model.save_pretrained(folder, safe_serialization=True)
     backbone.tokenizer.save_pretrained(folder)
-    write_json_atomic(folder / META_FILE, {"kind": backbone.kind, **meta})
+    write_meta(folder, meta, kind=backbone.kind)
 
 
 def refuse_pickles(folder: Path) -> None:
@@ -57,13 +117,11 @@ def load_model(folder: str | Path, trainable: bool = False) -> tuple[Backbone, d
     if not folder.is_dir():
         raise E2URecError(f"{folder}: model directory not found")
     refuse_pickles(folder)
-    meta = read_json(folder / META_FILE) if (folder / META_FILE).is_file() else {}
-    if not meta:
-        raise E2URecError(f"{folder}: no {META_FILE}; not a model directory written by e2urec")
+    meta = read_meta(folder)
     if (folder / SYSTEM_FILE).is_file():
         return _load_system(folder), meta
     if (folder / "adapter_config.json").is_file():
-        base = meta.get("base", {})
+        base = meta.get("base") or {}
         if "model" in base:
             backbone, _ = load_model((folder / base["model"]).resolve())
         else:

@@ -15,12 +15,11 @@ import pandas as pd
 import torch
 from accelerate import Accelerator
 
-from e2urec.checkpoint import META_FILE, base_reference, load_model, save_model
+from e2urec.checkpoint import META_FILE, base_reference, load_model, read_meta, save_model
 from e2urec.data.roles import role_rows, rows_digest, rows_for
 from e2urec.data.store import load_prepared
 from e2urec.engine import Batch, FitResult, Monitor, TrainConfig, fit
 from e2urec.errors import E2URecError
-from e2urec.io import read_json
 from e2urec.model.backbone import Backbone
 from e2urec.model.scoring import PromptSet, answer_logits, per_sample, prompt_set
 from e2urec.training import make_trainable
@@ -47,7 +46,7 @@ class Job:
         self.samples, self.manifest = load_prepared(self.data)
         if not (self.original / META_FILE).is_file():
             raise E2URecError(f"{self.original}: not a model directory written by `e2urec train`")
-        self.original_meta = read_json(self.original / META_FILE)
+        self.original_meta = read_meta(self.original)
         if rows_for(self.samples, "forget").empty:
             raise E2URecError(f"{self.data}: the forget set is empty; nothing to unlearn")
         recorded = self.original_meta.get("train_rows_sha256")

@@ -18,12 +18,12 @@ from accelerate import Accelerator
 from safetensors.torch import save_file
 
 from e2urec import __version__
-from e2urec.checkpoint import AGGREGATOR_FILE, META_FILE, SYSTEM_FILE, load_model, save_model
+from e2urec.checkpoint import AGGREGATOR_FILE, META_FILE, SYSTEM_FILE, load_model, read_meta, save_model, write_meta
 from e2urec.data.roles import prompts_seen_by_original, rows_for
 from e2urec.data.store import load_prepared
 from e2urec.engine import FitResult, TrainConfig, make_accelerator
 from e2urec.errors import E2URecError
-from e2urec.io import atomic_dir, read_json, write_json_atomic
+from e2urec.io import atomic_dir, write_json_atomic
 from e2urec.model.backbone import Backbone, load_backbone
 from e2urec.model.ensemble import AttentionAggregator, ShardEnsemble
 from e2urec.model.scoring import answer_logits, per_sample, prompt_set
@@ -76,7 +76,7 @@ def write_system(folder: Path, system: str, shards: int, aggregator: AttentionAg
                                              "aggregator": SYSTEMS[system].aggregation})
     if aggregator is not None:
         save_file({k: v.contiguous() for k, v in aggregator.state_dict().items()}, str(folder / AGGREGATOR_FILE))
-    write_json_atomic(folder / META_FILE, meta)
+    write_meta(folder, meta)
 
 
 def link_tree(source: Path, target: Path) -> None:
@@ -122,7 +122,7 @@ def train_system(data_dir: Path, system: str, backbone_name: str, out: Path, cfg
         trained.append(load_model(folder)[0])
     attention = SYSTEMS[system].aggregation == "attention"
     aggregator = learn_aggregator(trained, samples, accelerator, cfg.seed) if attention else None
-    shard_meta = [read_json(work / shard_dir(s) / META_FILE) for s in shards]
+    shard_meta = [read_meta(work / shard_dir(s)) for s in shards]
     meta = {
         "e2urec_version": __version__, "role": system, "backbone": backbone_name, "lora": lora,
         "config": asdict(cfg), "data": {"dir": str(Path(data_dir).resolve()),
