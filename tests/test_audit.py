@@ -99,8 +99,8 @@ def test_settings_are_checked_and_old_runs_get_defaults() -> None:
 def test_escalation_plans() -> None:
     options = {"max_steps": 2, "min_steps": 5}
     retry = escalation_plan("e2urec", options, AuditConfig(audit_retries=2))
-    assert retry == [("e2urec", {"max_steps": 6, "min_steps": 15, "epochs": 9.0}),
-                     ("e2urec", {"max_steps": 18, "min_steps": 45, "epochs": 27.0}), ("retrain", {})]
+    assert retry == [("e2urec", {"max_steps": 6, "min_steps": 15, "epochs": 9.0, "stop": "none"}),
+                     ("e2urec", {"max_steps": 18, "min_steps": 45, "epochs": 27.0, "stop": "none"}), ("retrain", {})]
     assert escalation_plan("e2urec", options, AuditConfig(on_unverified="retrain")) == [("retrain", {})]
     assert escalation_plan("e2urec", options, AuditConfig(on_unverified="keep")) == []
     assert escalation_plan("e2urec", options, AuditConfig(), can_retrain=False)[-1][0] == "e2urec"

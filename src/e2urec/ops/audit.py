@@ -53,7 +53,7 @@ class AuditConfig:
     audit_tolerance: float = setting(0.05, "MIA AUC allowed above 0.5, besides the sampling error", 0, 0.49)
     audit_utility_tolerance: float = setting(0.02, "valid AUC drop allowed against the version before", 0, 1)
     audit_min_prompts: int = setting(20, "fewer comparable forget prompts: verdict insufficient", 2, 100_000)
-    audit_samples: int = setting(1000, "held-out non-members scored (at most; seeded sample)", 20, 1_000_000)
+    audit_samples: int = setting(500, "held-out non-members scored (at most; seeded sample)", 20, 1_000_000)
     test_samples: int | None = setting(2000, "test prompts scored per request for the ledger's test metrics "
                                        "(seeded sample; none: all)", 1, None)
     audit_seed: int = setting(0, "seed of the non-member and test samples", 0, 2**32 - 1)

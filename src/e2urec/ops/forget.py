@@ -300,8 +300,9 @@ def escalate(run: Run, current: Path, work: Path, before: Backbone, forget_rows:
 
 def escalation_plan(method: str, options: dict, settings: audit.AuditConfig, can_retrain: bool = True
                     ) -> list[tuple[str, dict]]:
-    """The attempts after a failed audit: `audit_retries` × (3× the steps, each time) then Retrain; or Retrain;
-    or none. Options go through unlearn() untouched; only the schedule's size grows."""
+    """The attempts after a failed audit: `audit_retries` × (3× the steps each time, run to the end: the stopping
+    rule, which stops at the non-members' mean loss, is what left the first attempt short) then Retrain; or
+    Retrain; or none. Options go through unlearn()'s options; the method's code is not changed."""
     if settings.on_unverified == "keep":
         return []
     retries = []
@@ -310,7 +311,7 @@ def escalation_plan(method: str, options: dict, settings: audit.AuditConfig, can
         for k in range(1, settings.audit_retries + 1):
             grown = {key: getattr(base, key) * 3**k for key in ("epochs", "min_steps", "max_steps")
                      if getattr(base, key, None) is not None}
-            retries.append((method, {**options, **grown}))
+            retries.append((method, {**options, **grown, **({"stop": "none"} if hasattr(base, "stop") else {})}))
     return [*retries, ("retrain", {})] if can_retrain else retries
 
 
