@@ -18,7 +18,7 @@ from common import run
 from e2urec.bench import PRESETS, machine
 from e2urec.evaluation import EvalConfig
 from e2urec.io import read_json, write_json_atomic
-from e2urec.unlearning.run import unlearn
+from e2urec.unlearning.runner import unlearn
 from e2urec_sweep import scores
 
 

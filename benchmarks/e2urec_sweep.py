@@ -26,7 +26,7 @@ from e2urec.engine import make_accelerator
 from e2urec.evaluation import EvalConfig, distances, mia_features, utility_metrics
 from e2urec.io import read_json, write_json_atomic
 from e2urec.model.scoring import per_sample_p_yes, prompt_set
-from e2urec.unlearning.run import unlearn
+from e2urec.unlearning.runner import unlearn
 
 # The reference profile, the new schedule with its rules, then one factor at a time around it.
 GRID = {

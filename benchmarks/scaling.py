@@ -28,7 +28,7 @@ from e2urec.data.store import load_prepared  # noqa: E402
 from e2urec.engine import TrainConfig  # noqa: E402
 from e2urec.io import read_json, write_json_atomic  # noqa: E402
 from e2urec.training import train  # noqa: E402
-from e2urec.unlearning.run import unlearn  # noqa: E402
+from e2urec.unlearning.runner import unlearn  # noqa: E402
 
 RECIPE = {"epochs": 2, "lr": 1e-3, "batch_size": 16}
 E2UREC = {"aug_steps": 20}

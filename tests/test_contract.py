@@ -15,7 +15,7 @@ from e2urec.engine import TrainConfig
 from e2urec.errors import E2URecError
 from e2urec.evaluation import EvalConfig, evaluate
 from e2urec.unlearning.base import REGISTRY
-from e2urec.unlearning.run import unlearn
+from e2urec.unlearning.runner import unlearn
 from e2urec.unlearning.sharded import train_system
 
 TINY = TrainConfig(epochs=1, lr=1e-3, batch_size=16, max_steps=3, eval_batch_size=64)

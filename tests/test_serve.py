@@ -26,8 +26,9 @@ from e2urec.data.prepare import PromptRenderer
 from e2urec.data.samples import history_index
 from e2urec.data.store import load_prepared, load_tables
 from e2urec.model.scoring import score
+from e2urec.ops.access import Tokens
 from e2urec.ops.run import Run, init_run
-from e2urec.serve import Tokens, create_app
+from e2urec.ops.service import create_app
 
 MAX_PAIRS, MAX_BYTES = 20, 20_000
 
@@ -162,7 +163,7 @@ def test_serve_refuses_a_folder_that_is_not_a_run(tmp_path: Path) -> None:
 def test_openapi_documents_every_path(client: TestClient) -> None:
     schema = client.get("/openapi.json").json()
     assert {"/health", "/score", "/forget", "/jobs/{job_id}"} <= set(schema["paths"])
-    assert {"Pair", "Pairs", "Scores", "ForgetBody", "Job"} <= set(schema["components"]["schemas"])
+    assert {"Pair", "Pairs", "Scores", "ForgetBody", "JobStatus"} <= set(schema["components"]["schemas"])
 
 
 def test_forget_job_swaps_the_version_and_the_user_is_gone(client: TestClient, run: Path,

@@ -20,7 +20,7 @@ from e2urec.data.store import load_prepared
 from e2urec.engine import TrainConfig
 from e2urec.evaluation import evaluate
 from e2urec.unlearning import METHODS
-from e2urec.unlearning.run import unlearn
+from e2urec.unlearning.runner import unlearn
 from e2urec.unlearning.sharded import train_system
 
 runner = CliRunner()

@@ -22,7 +22,7 @@ from e2urec.evaluation import EvalConfig, evaluate
 from e2urec.io import read_json, write_json_atomic
 from e2urec.training import train
 from e2urec.unlearning.base import REGISTRY
-from e2urec.unlearning.run import unlearn
+from e2urec.unlearning.runner import unlearn
 from e2urec.unlearning.sharded import train_system
 
 # Rows from the registry: a newly registered method joins the bench by its family.

@@ -116,10 +116,15 @@ def make_accelerator() -> Accelerator:
     return Accelerator(mixed_precision="bf16" if bf16 else "no")
 
 
+# Shuffling seeds: one generator per (seed, pass), kept apart by a prime stride; a secondary stream i (e.g.
+# retain beside forget) shifts its seed by i strides of another prime and counts its own passes within an epoch.
+PASS_STRIDE, STREAM_STRIDE, PASSES_PER_EPOCH = 1_000_003, 7919, 10_000
+
+
 def _loader(backbone: Backbone, data: PromptSet, batch_size: int, seed: int, epoch: int, per_step: int = 1,
             bucket: bool = False) -> DataLoader:
     """Shuffled batches of a stream for one pass (seeded by `seed` and `epoch`)."""
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    generator = torch.Generator().manual_seed(seed * PASS_STRIDE + epoch)
     make = collator(backbone, data)
     if not bucket:
         return DataLoader(data, batch_size=batch_size, shuffle=True, generator=generator, collate_fn=make)
@@ -269,7 +274,8 @@ def fit(
             if name not in others:
                 i = len(others) + 1
                 others[name] = _cycle(lambda r: accelerator.prepare(_loader(
-                    backbone, data[name], micro, cfg.seed + 7919 * i, epoch * 10_000 + r, per_step, speed.bucket)))
+                    backbone, data[name], micro, cfg.seed + STREAM_STRIDE * i, epoch * PASSES_PER_EPOCH + r, per_step,
+                    speed.bucket)))
             return others[name]
 
         model.train()

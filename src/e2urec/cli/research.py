@@ -1,96 +1,33 @@
-"""The `e2urec` command line. Every command turns E2URecError into one clear message and exit code 2."""
+"""Commands of the research workflow: fetch and prepare data, train, unlearn, evaluate, the bench and demo."""
 
 from __future__ import annotations
 
-import functools
-import ipaddress
-import math
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from e2urec.cli.common import (
+    NATURAL,
+    POSITIVE,
+    SEED,
+    friendly,
+    method_options,
+    not_empty,
+    number,
+    out_console,
+    parse_ids,
+    parse_options,
+    print_counts,
+)
 from e2urec.errors import E2URecError
 from e2urec.io import guard_output, read_text
 
 if TYPE_CHECKING:
     from e2urec.engine import TrainConfig
 
-app = typer.Typer(
-    name="e2urec",
-    help="LLM-based recommendation that can forget: prepare data, train, unlearn, evaluate.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-)
-data_app = typer.Typer(help="Fetch real datasets into the cache.", no_args_is_help=True)
-app.add_typer(data_app, name="data")
-console = Console(stderr=True, soft_wrap=True)
-out_console = Console(soft_wrap=True)
-
-
-def friendly(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Report E2URecError as `error: ...` on stderr with exit code 2 instead of a traceback."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except E2URecError as exc:
-            console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
-
-    return wrapper
-
-
-def parse_ids(text: str, what: str = "--users") -> list[str]:
-    """`1,2,3` or `@file` (UTF-8, one id per line or comma-separated)."""
-    if text.startswith("@"):
-        text = read_text(Path(text[1:]), what).replace("\n", ",")
-    return [part.strip() for part in text.split(",") if part.strip()]
-
-
-def number(low: float | None = None, high: float | None = None, open_low: bool = False,
-           open_high: bool = False) -> Callable[[Any], Any]:
-    """A parse-time check for a numeric option (finite, within bounds), so bad values stop before any work."""
-
-    def check(value: Any) -> Any:
-        if value is None:
-            return value
-        if isinstance(value, float) and not math.isfinite(value):
-            raise typer.BadParameter(f"{value} is not a finite number")
-        if low is not None and (value < low or (open_low and value == low)):
-            raise typer.BadParameter(f"{value} is out of range: must be {'>' if open_low else '>='} {low:g}")
-        if high is not None and (value > high or (open_high and value == high)):
-            raise typer.BadParameter(f"{value} is out of range: must be {'<' if open_high else '<='} {high:g}")
-        return value
-
-    return check
-
-
-def not_empty(value: str) -> str:
-    if not value:
-        raise typer.BadParameter("must not be empty")
-    return value
-
-
-POSITIVE, NATURAL, SEED = number(1), number(0), number(0, 2**32 - 1)  # seeds: numpy takes 0..2**32-1
-
-
-def print_counts(title: str, counts: dict) -> None:
-    table = Table(title=title, show_header=True)
-    table.add_column("what")
-    table.add_column("value", justify="right")
-    for key, value in counts.items():
-        table.add_row(key.replace("_", " "), f"{value:,}" if isinstance(value, int) else str(value))
-    out_console.print(table)
-
-
-@data_app.command("fetch")
 @friendly
 def data_fetch(
     name: Annotated[str, typer.Argument(help="dataset to fetch (ml-100k)")],
@@ -105,7 +42,6 @@ def data_fetch(
     out_console.print(f"{name}: served by [bold]{result.source}[/], {origin} → {result.path}")
 
 
-@app.command()
 @friendly
 def prepare(
     dataset: Annotated[str, typer.Option(help="ml-100k | ml-1m | goodreads | csv")],
@@ -167,7 +103,6 @@ def train_config(epochs: int, lr: float, batch_size: int, grad_accum: int, patie
                        max_steps=max_steps, max_length=max_length, seed=seed)
 
 
-@app.command()
 @friendly
 def train(
     data: Annotated[Path, typer.Option(help="prepared data folder")],
@@ -214,7 +149,6 @@ def train(
     )
 
 
-@app.command()
 @friendly
 def evaluate(
     model: Annotated[Path, typer.Option(help="model folder written by train or unlearn")],
@@ -243,46 +177,6 @@ def evaluate(
                                               for k in shown if metrics.get(k) is not None})
 
 
-def parse_options(pairs: list[str], config_cls: type) -> dict[str, Any]:
-    """`key=value` pairs typed by the method's config dataclass (int, float, bool, str, or `none`)."""
-    import dataclasses
-    import typing
-
-    hints = typing.get_type_hints(config_cls)
-    names = {f.name for f in dataclasses.fields(config_cls)}
-    options: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        key = key.strip().replace("-", "_")
-        if not sep or key not in names:
-            raise E2URecError(f"--set {pair!r}: expected key=value with key one of {sorted(names)}")
-        kinds = [t for t in typing.get_args(hints[key]) or (hints[key],) if t is not type(None)]
-        if raw.lower() == "none":
-            options[key] = None
-            continue
-        try:
-            options[key] = raw.lower() in ("1", "true", "yes") if kinds[0] is bool else kinds[0](raw)
-        except ValueError as exc:
-            raise E2URecError(f"--set {pair!r}: {raw!r} is not a valid {kinds[0].__name__}") from exc
-        if isinstance(options[key], float) and not math.isfinite(options[key]):
-            raise E2URecError(f"--set {pair!r}: {raw!r} is not a finite number")
-    return options
-
-
-def method_options(method: str, options: dict[str, Any], where: str) -> dict[str, Any]:
-    """`options` checked by the method's own config (ranges, known keys) now, before any work is done."""
-    from e2urec.unlearning.base import REGISTRY
-
-    try:
-        REGISTRY[method].Config.from_options(options)
-    except E2URecError as exc:
-        raise E2URecError(f"{where}: {exc}") from None
-    except (TypeError, ValueError) as exc:
-        raise E2URecError(f"{where}: invalid {method} option ({exc})") from None
-    return options
-
-
-@app.command()
 @friendly
 def unlearn(
     method: Annotated[str, typer.Option(help="a registered method (`e2urec methods` lists them with their options)")],
@@ -303,7 +197,7 @@ def unlearn(
 ) -> None:
     """Unlearn the prepared forget set from a trained model with one registered method."""
     from e2urec.unlearning.base import REGISTRY
-    from e2urec.unlearning.run import unlearn as run_unlearn
+    from e2urec.unlearning.runner import unlearn as run_unlearn
 
     if method not in REGISTRY:
         raise E2URecError(f"unknown method {method!r}; choose one of {', '.join(sorted(REGISTRY))}")
@@ -321,105 +215,6 @@ def unlearn(
                       f"{meta['trainable_params']:,} trainable parameters ({share:.2%})")
 
 
-@app.command()
-@friendly
-def init(
-    run: Annotated[Path, typer.Option(help="run folder to create (versions, ledger, current)")],
-    data: Annotated[Path, typer.Option(help="prepared data folder the model was trained on")],
-    model: Annotated[Path, typer.Option(help="the Original (`e2urec train --role original`)")],
-    set_: Annotated[list[str] | None, typer.Option("--set", help="E2URec option for requests, or an audit setting "
-                                                          "(on_unverified, audit_*, test_samples), key=value")] = None,
-    key_file: Annotated[Path | None, typer.Option(
-        help="where to create the ledger key (0600, outside the run; default: E2UREC_CACHE/keys/<run id>.key)")
-    ] = None,
-    overwrite: Annotated[bool, typer.Option(help="replace an existing --run")] = False,
-) -> None:
-    """Deploy a model and its data as a run that takes deletion requests (`forget`, `serve`)."""
-    from e2urec.ops.audit import AuditConfig, parse_settings
-    from e2urec.ops.run import check_key_file, init_run
-    from e2urec.unlearning.base import REGISTRY
-
-    pairs = [(pair, *pair.partition("=")) for pair in set_ or []]
-    audit_keys = AuditConfig.names()
-    audit = parse_settings({key.strip().replace("-", "_"): raw for pair, key, sep, raw in pairs
-                            if sep and key.strip().replace("-", "_") in audit_keys})
-    rest = [pair for pair, key, _, _ in pairs if key.strip().replace("-", "_") not in audit_keys]
-    options = method_options("e2urec", parse_options(rest, REGISTRY["e2urec"].Config), "init --set")
-    guard_output(run, "run", [data, model], overwrite)
-    if key_file is not None:
-        check_key_file(key_file, run)
-    init_run(run, data, model, options, overwrite=overwrite, key_file=key_file, audit=audit)
-    out_console.print(f"run ready → {run} (current = v0000); keep its ledger key file safe and private")
-
-
-def audit_line(audit: dict | None) -> str:
-    """A request's audit in a few words: verdict, MIA AUC before → after against its threshold, attempts."""
-    if not audit:
-        return ""
-    before, after = (audit.get(side, {}).get("mia_auc") for side in ("before", "after"))
-    figures = (f" AUC {before:.3f}→{after:.3f}" if before is not None and after is not None else "")
-    limit = f" ≤{audit['threshold']:.3f}" if audit.get("threshold") is not None else ""
-    tries = len(audit.get("attempts", []))
-    return f"{audit['verdict']}{figures}{limit} n={audit['forget_prompts']}" + (f" ×{tries}" if tries > 1 else "")
-
-
-@app.command()
-@friendly
-def forget(
-    run: Annotated[Path, typer.Option(help="run folder made by `e2urec init`")],
-    users: Annotated[str | None, typer.Option(help="user ids to forget entirely: 1,2,3 or @file")] = None,
-    interactions: Annotated[Path | None, typer.Option(help="CSV of user_id,item_id[,timestamp] to forget")] = None,
-) -> None:
-    """Honour a deletion request: rebuild the data, unlearn with E2URec, audit the forgetting (escalating when it
-    fails), swap in a new version, purge."""
-    from e2urec.ops.forget import forget as run_forget
-    from e2urec.ops.forget import read_request
-
-    if interactions is not None:
-        read_text(interactions, "--interactions")
-    request = read_request(parse_ids(users) if users is not None else None, interactions)
-    record = run_forget(run, request, log=out_console.print)
-    if record["noop"]:
-        out_console.print(f"request {record['request_id']}: already honoured by {record['version']}; nothing to do")
-        return
-    metrics = record["metrics"]
-    audit = metrics["audit"]
-    print_counts(f"request {record['request_id']} → {record['version']} in {record['seconds']:.1f} s: "
-                 f"{record['status']}",
-                 {**record["row_counts"], **{f"test_{k}": round(metrics[k], 4) for k in ("auc", "acc", "logloss")
-                                             if metrics.get(k) is not None},
-                  "test_n": metrics.get("test_n"), "unlearn_seconds": metrics["unlearn_seconds"],
-                  "audit": audit_line(audit), "audit_reason": audit["reason"]})
-
-
-@app.command()
-@friendly
-def ledger(run: Annotated[Path, typer.Option(help="run folder made by `e2urec init`")]) -> None:
-    """List a run's deletion requests: status, the version that honours each, ids (as counts), test AUC, the
-    forgetting audit, time."""
-    from e2urec.ops.run import Run
-
-    deployed = Run(run)
-    current = deployed.current().name
-    table = Table(title=f"{run}: deletion requests (serving {current})")
-    for column in ("request", "kind", "ids", "status", "version", "test AUC", "seconds", "error"):
-        table.add_column(column, no_wrap=column != "error")
-    audits = []
-    for r in deployed.ledger(keyed=False).requests():
-        auc = (r["metrics"] or {}).get("auc")
-        table.add_row(r["request_id"], r["kind"], str(len(r["id_hashes"])), r["status"], r["version"] or "",
-                      f"{auc:.4f}" if isinstance(auc, float) else "",
-                      f"{r['seconds']:.1f}" if r["seconds"] is not None else "", escape(r["error"] or ""))
-        if (r["metrics"] or {}).get("audit"):
-            audits.append(f"{r['request_id']}: {audit_line(r['metrics']['audit'])}")
-    out_console.print(table)
-    if audits:  # below the table: a terminal is too narrow for one more column
-        out_console.print("forgetting audit (verdict, MIA AUC before→after ≤ threshold, forget prompts):")
-        for line in audits:
-            out_console.print(f"  {line}", soft_wrap=True)
-
-
-@app.command()
 @friendly
 def anchor(
     data: Annotated[Path, typer.Option(help="prepared data folder")],
@@ -435,7 +230,6 @@ def anchor(
                                                             for k, v in metrics.items()})
 
 
-@app.command()
 @friendly
 def bench(
     out: Annotated[Path, typer.Option(help="run folder (rerun to resume; finished stages are skipped)")],
@@ -481,7 +275,6 @@ def show_results(results: dict, out: Path) -> None:
     out_console.print(f"report: {out / 'report.md'}")
 
 
-@app.command()
 @friendly
 def demo(
     out: Annotated[Path, typer.Option(help="run folder")] = Path("runs/demo"),
@@ -494,63 +287,6 @@ def demo(
     show_results(results, out)
 
 
-@app.command()
-@friendly
-def serve(
-    run: Annotated[Path, typer.Option(help="run folder made by `e2urec init`")],
-    host: Annotated[str, typer.Option(help="address to listen on (loopback by default; others need a token)")
-                    ] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="TCP port", callback=number(1, 65535))] = 8000,
-    max_pairs: Annotated[int, typer.Option(help="most pairs (or ids) one request may carry; more → 413",
-                                           callback=POSITIVE)] = 1000,
-    token_file: Annotated[Path | None, typer.Option(
-        help="file holding the bearer token for every endpoint but /health (else $E2UREC_API_TOKEN)")] = None,
-    read_token_file: Annotated[Path | None, typer.Option(
-        help="file holding a read-only token: /score and /jobs, not /forget (else $E2UREC_API_READ_TOKEN)")] = None,
-    allow_host: Annotated[list[str] | None, typer.Option(
-        help="a host name clients use in the Host header (repeatable); the bound address is always allowed")
-    ] = None,
-) -> None:
-    """Serve the run over HTTP: /score, /forget (queued, honoured one at a time), /jobs/{id}, /health."""
-    import logging
-
-    import uvicorn
-
-    from e2urec.serve import create_app, load_tokens
-
-    tokens = load_tokens(token_file, read_token_file)
-    if not tokens.enabled and not is_loopback(host):
-        raise E2URecError(f"--host {host}: not a loopback address, and no token is set; anyone who reaches the "
-                          f"port could delete users. Set --token-file (or E2UREC_API_TOKEN), or bind 127.0.0.1")
-    hosts = allowed_hosts(host, allow_host or [])
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    uvicorn.run(create_app(run, max_pairs=max_pairs, tokens=tokens, allowed_hosts=hosts), host=host, port=port)
-
-
-def is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
-
-
-def allowed_hosts(host: str, extra: list[str]) -> list[str]:
-    """Names the Host header may carry (DNS-rebinding guard): the bound address, loopback names when bound to
-    loopback, and each --allow-host; a wildcard bind (0.0.0.0, ::) needs the names clients use."""
-    try:
-        wildcard = ipaddress.ip_address(host).is_unspecified
-    except ValueError:
-        wildcard = False
-    if wildcard and not extra:
-        raise E2URecError(f"--host {host}: listens on every address, so name the host names clients use with "
-                          f"--allow-host (the Host header is checked against them)")
-    names = [] if wildcard else [host]
-    if is_loopback(host):
-        names += ["127.0.0.1", "localhost"]
-    return sorted(set(names + extra))
-
-
-@app.command()
 def methods() -> None:
     """List the unlearning methods and their options with defaults (set them with `unlearn --set k=v`)."""
     import dataclasses

@@ -7,205 +7,37 @@ scores again, so no answer comes from a model that still holds a forgotten user.
 
 With tokens set, every endpoint but /health needs `Authorization: Bearer <token>` (a read token may score and
 read jobs; the write token may also submit deletions), and the Host header must name an allowed host, so a
-page in a browser cannot reach a loopback service by DNS rebinding.
-"""
+page in a browser cannot reach a loopback service by DNS rebinding."""
 
 from __future__ import annotations
 
-import asyncio
-import hmac
 import logging
-import os
 import queue
 import threading
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
-import pandas as pd
 from fastapi import FastAPI, HTTPException, Response
 from fastapi import Request as HTTPRequest
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
 from starlette.middleware.trustedhost import TrustedHostMiddleware
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from e2urec.errors import E2URecError, UnknownIds
-from e2urec.io import read_text
-from e2urec.ops.forget import Request, failure, forget, read_request, recover, submit
+from e2urec.ops.access import Auth, BodyLimit, Tokens
+from e2urec.ops.forget import Request, failure, forget, recover, submit
 from e2urec.ops.ledger import FINAL
 from e2urec.ops.run import CURRENT, Run
+from e2urec.ops.schemas import ERRORS, Accepted, ForgetBody, Health, JobStatus, Pair, Pairs, PairScore, Scores
 from e2urec.ops.scorer import Scorer
 
 log = logging.getLogger("e2urec.serve")
 
-# An id as JSON gives it: an integer or a short string; cast to the dataset's id type when used.
-Id = StrictInt | Annotated[str, Field(min_length=1, max_length=128)]
-
-
-TOKEN_ENV, READ_TOKEN_ENV = "E2UREC_API_TOKEN", "E2UREC_API_READ_TOKEN"
-MIN_TOKEN_CHARS = 16
-READ_ONLY = {("GET", "/openapi.json"), ("GET", "/docs"), ("POST", "/score")}  # plus GET /jobs/{id}
-
 
 class Unavailable(E2URecError):
     """The current version cannot be loaded (damaged run folder): nothing is scored until it can."""
-
-
-@dataclass(frozen=True)
-class Tokens:
-    """Bearer tokens: `write` may do everything, `read` may score and read jobs. Empty: no authentication."""
-
-    write: tuple[bytes, ...] = ()
-    read: tuple[bytes, ...] = ()
-
-    @property
-    def enabled(self) -> bool:
-        return bool(self.write or self.read)
-
-
-def load_token(path: Path | None, env: str, what: str) -> tuple[bytes, ...]:
-    """A token from a file (first line) or else the environment; too short a token is refused, never echoed."""
-    text = read_text(path, what).strip().splitlines()[0:1] if path is not None else [os.environ.get(env, "")]
-    token = (text[0] if text else "").strip()
-    if not token:
-        if path is not None:
-            raise E2URecError(f"{what} {path}: empty; write a random token in it (e.g. `openssl rand -hex 32`)")
-        return ()
-    if len(token) < MIN_TOKEN_CHARS or not token.isascii() or not token.isprintable():
-        raise E2URecError(f"{what}: the token must be at least {MIN_TOKEN_CHARS} printable ASCII characters "
-                          f"(e.g. `openssl rand -hex 32`)")
-    return (token.encode(),)
-
-
-def load_tokens(token_file: Path | None = None, read_token_file: Path | None = None) -> Tokens:
-    """The service's tokens from `--token-file`/`--read-token-file`, else E2UREC_API_TOKEN/E2UREC_API_READ_TOKEN."""
-    tokens = Tokens(load_token(token_file, TOKEN_ENV, "--token-file"),
-                    load_token(read_token_file, READ_TOKEN_ENV, "--read-token-file"))
-    if tokens.read and not tokens.write:
-        raise E2URecError("a read token alone would leave /forget open; set the write token too (--token-file or "
-                          f"{TOKEN_ENV})")
-    return tokens
-
-
-class Auth:
-    """Bearer-token check before anything else runs (constant-time compares; tokens are never logged)."""
-
-    def __init__(self, app: ASGIApp, tokens: Tokens):
-        self.app, self.tokens = app, tokens
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] == "/health":
-            await self.app(scope, receive, send)
-            return
-        scheme, _, given = dict(scope["headers"]).get(b"authorization", b"").partition(b" ")
-        given = given.strip() if scheme.lower() == b"bearer" else b""
-        is_write = any([hmac.compare_digest(given, token) for token in self.tokens.write])
-        is_read = any([hmac.compare_digest(given, token) for token in self.tokens.read])
-        reading = (scope["method"], scope["path"]) in READ_ONLY or (
-            scope["method"] == "GET" and scope["path"].startswith("/jobs/"))
-        if is_write or (is_read and reading):
-            await self.app(scope, receive, send)
-            return
-        if is_read:
-            response = JSONResponse({"detail": "this token may only read; deletions need the write token"}, 403)
-        else:
-            response = JSONResponse({"detail": "missing or wrong bearer token (Authorization: Bearer <token>)"},
-                                    401, headers={"WWW-Authenticate": "Bearer"})
-        await response(scope, receive, send)
-
-
-class Pair(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    user_id: Id
-    item_id: Id
-
-
-class Pairs(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    pairs: list[Pair] = Field(min_length=1)
-
-
-class PairScore(Pair):
-    p_yes: float = Field(ge=0.0, le=1.0, description="P(yes): the model's probability that the user likes the item")
-
-
-class Scores(BaseModel):
-    version: str = Field(description="the model version that scored every pair of this response")
-    scores: list[PairScore]
-
-
-class Interaction(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    user_id: Id
-    item_id: Id
-    timestamp: Id | None = None
-
-
-class ForgetBody(BaseModel):
-    """Exactly one of: whole users, or single interactions (a timestamp on all of them or on none)."""
-
-    model_config = ConfigDict(extra="forbid")
-    user_ids: list[Id] | None = Field(None, min_length=1)
-    interactions: list[Interaction] | None = Field(None, min_length=1)
-
-    @model_validator(mode="after")
-    def one_kind(self) -> ForgetBody:
-        if (self.user_ids is None) == (self.interactions is None):
-            raise ValueError("give exactly one of user_ids or interactions")
-        if self.interactions and len({row.timestamp is None for row in self.interactions}) > 1:
-            raise ValueError("give a timestamp on every interaction or on none")
-        return self
-
-    def request(self) -> Request:
-        if self.user_ids is not None:
-            return read_request(users=[str(u) for u in self.user_ids])
-        rows = pd.DataFrame([row.model_dump(exclude_none=True) for row in self.interactions])
-        return read_request(interactions=rows)
-
-    def size(self) -> int:
-        return len(self.user_ids if self.user_ids is not None else self.interactions)
-
-
-class Accepted(BaseModel):
-    job_id: str = Field(description="the ledger's request id; poll GET /jobs/{job_id}")
-    status: str = Field(description="queued, or done/unverified when an identical request was honoured already")
-    version: str | None = Field(None, description="the version that honours it, when done")
-
-
-class Job(BaseModel):
-    request_id: str
-    kind: str
-    status: str = Field(description="queued | running | done | unverified (forgetting audit failed) | failed")
-    created: float
-    finished: float | None = None
-    version: str | None = None
-    metrics: dict[str, Any] | None = None
-    row_counts: dict[str, int] | None = None
-    seconds: float | None = None
-    error: str | None = None
-    audit: dict[str, Any] | None = Field(None, description="the forgetting audit: statistic, tolerance, sample "
-                                         "counts, figures before and after, verdict pass | fail | insufficient")
-
-
-class Health(BaseModel):
-    status: str
-    version: str
-    honours: list[str] = Field(description="request ids the served version honours")
-    queue: int = Field(description="deletion requests waiting or running in this service")
-
-
-class Problem(BaseModel):
-    detail: str
-
-
-ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": Problem, "description": text}
-    for code, text in ((404, "unknown id (never seen, or forgotten)"), (413, "body too large or too many ids"),
-                       (503, "the current version cannot be loaded"))}
 
 
 class Service:
@@ -327,58 +159,6 @@ class Worker:
                 log.error("request %s: done, but its version cannot be loaded: %s", job_id, exc)
 
 
-class BodyLimit:
-    """Refuse bodies over `max_bytes` with 413, by Content-Length and by the bytes actually sent (a chunked
-    body has no Content-Length), a body that stalls (or is shorter than its Content-Length) with 408 after
-    `timeout` seconds, and a JSON body that is not UTF-8 with 422, before any endpoint parses them."""
-
-    def __init__(self, app: ASGIApp, max_bytes: int, timeout: float = 5.0):
-        self.app, self.max_bytes, self.timeout = app, max_bytes, timeout
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        too_big = JSONResponse({"detail": f"request body over {self.max_bytes:,} bytes"}, status_code=413)
-        length = dict(scope["headers"]).get(b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
-            await too_big(scope, receive, send)
-            return
-        body, more = bytearray(), True
-        while more:
-            try:
-                message = await asyncio.wait_for(receive(), self.timeout)
-            except TimeoutError:
-                await JSONResponse({"detail": f"request body not received within {self.timeout:g} s (shorter "
-                                              f"than its Content-Length?)"}, status_code=408)(scope, receive, send)
-                return
-            if message["type"] != "http.request":
-                return  # the client went away
-            body += message.get("body", b"")
-            more = message.get("more_body", False)
-            if len(body) > self.max_bytes:
-                await too_big(scope, receive, send)
-                return
-        content_type = dict(scope["headers"]).get(b"content-type", b"")
-        if b"json" in content_type:
-            try:
-                bytes(body).decode("utf-8")
-            except UnicodeDecodeError as exc:
-                await JSONResponse({"detail": f"request body is not UTF-8 (byte {exc.start}); send JSON in UTF-8"},
-                                   status_code=422)(scope, receive, send)
-                return
-        sent = False
-
-        async def replay() -> Message:
-            nonlocal sent
-            if sent:
-                return await receive()
-            sent = True
-            return {"type": "http.request", "body": bytes(body), "more_body": False}
-
-        await self.app(scope, replay, send)
-
-
 def too_many(count: int, limit: int, what: str) -> None:
     if count > limit:
         raise HTTPException(413, f"{count:,} {what} in one request; at most {limit:,} (split it up)")
@@ -457,13 +237,13 @@ def create_app(run: Path, max_pairs: int = 1000, max_body_bytes: int = 1_000_000
         return Accepted(job_id=rid, status="running" if record["status"] == "running" else "queued")
 
     @app.get("/jobs/{job_id}", responses=ERRORS)
-    def job(job_id: str) -> Job:
+    def job(job_id: str) -> JobStatus:
         """A deletion request's ledger record: status, the version that honours it, test metrics, the forgetting
         audit, timing."""
         record = service.ledger.get(job_id)
         if record is None:
             raise HTTPException(404, f"no request {job_id!r} in this run's ledger")
-        return Job(**{k: v for k, v in record.items() if k in Job.model_fields},
+        return JobStatus(**{k: v for k, v in record.items() if k in JobStatus.model_fields},
                    audit=(record["metrics"] or {}).get("audit"))
 
     return app

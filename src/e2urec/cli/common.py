@@ -1,0 +1,119 @@
+"""What every `e2urec` command shares: one clear message and exit code 2 for E2URecError, parse-time checks
+of numbers and ids, tables, and `--set key=value` options typed by a method's config."""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from e2urec.errors import E2URecError
+from e2urec.io import read_text
+
+console = Console(stderr=True, soft_wrap=True)
+
+
+out_console = Console(soft_wrap=True)
+
+
+def friendly(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Report E2URecError as `error: ...` on stderr with exit code 2 instead of a traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except E2URecError as exc:
+            console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def parse_ids(text: str, what: str = "--users") -> list[str]:
+    """`1,2,3` or `@file` (UTF-8, one id per line or comma-separated)."""
+    if text.startswith("@"):
+        text = read_text(Path(text[1:]), what).replace("\n", ",")
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def number(low: float | None = None, high: float | None = None, open_low: bool = False,
+           open_high: bool = False) -> Callable[[Any], Any]:
+    """A parse-time check for a numeric option (finite, within bounds), so bad values stop before any work."""
+
+    def check(value: Any) -> Any:
+        if value is None:
+            return value
+        if isinstance(value, float) and not math.isfinite(value):
+            raise typer.BadParameter(f"{value} is not a finite number")
+        if low is not None and (value < low or (open_low and value == low)):
+            raise typer.BadParameter(f"{value} is out of range: must be {'>' if open_low else '>='} {low:g}")
+        if high is not None and (value > high or (open_high and value == high)):
+            raise typer.BadParameter(f"{value} is out of range: must be {'<' if open_high else '<='} {high:g}")
+        return value
+
+    return check
+
+
+def not_empty(value: str) -> str:
+    if not value:
+        raise typer.BadParameter("must not be empty")
+    return value
+
+
+POSITIVE, NATURAL, SEED = number(1), number(0), number(0, 2**32 - 1)  # seeds: numpy takes 0..2**32-1
+
+
+def print_counts(title: str, counts: dict) -> None:
+    table = Table(title=title, show_header=True)
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    for key, value in counts.items():
+        table.add_row(key.replace("_", " "), f"{value:,}" if isinstance(value, int) else str(value))
+    out_console.print(table)
+
+
+def parse_options(pairs: list[str], config_cls: type) -> dict[str, Any]:
+    """`key=value` pairs typed by the method's config dataclass (int, float, bool, str, or `none`)."""
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(config_cls)
+    names = {f.name for f in dataclasses.fields(config_cls)}
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in names:
+            raise E2URecError(f"--set {pair!r}: expected key=value with key one of {sorted(names)}")
+        kinds = [t for t in typing.get_args(hints[key]) or (hints[key],) if t is not type(None)]
+        if raw.lower() == "none":
+            options[key] = None
+            continue
+        try:
+            options[key] = raw.lower() in ("1", "true", "yes") if kinds[0] is bool else kinds[0](raw)
+        except ValueError as exc:
+            raise E2URecError(f"--set {pair!r}: {raw!r} is not a valid {kinds[0].__name__}") from exc
+        if isinstance(options[key], float) and not math.isfinite(options[key]):
+            raise E2URecError(f"--set {pair!r}: {raw!r} is not a finite number")
+    return options
+
+
+def method_options(method: str, options: dict[str, Any], where: str) -> dict[str, Any]:
+    """`options` checked by the method's own config (ranges, known keys) now, before any work is done."""
+    from e2urec.unlearning.base import REGISTRY
+
+    try:
+        REGISTRY[method].Config.from_options(options)
+    except E2URecError as exc:
+        raise E2URecError(f"{where}: {exc}") from None
+    except (TypeError, ValueError) as exc:
+        raise E2URecError(f"{where}: invalid {method} option ({exc})") from None
+    return options
