@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from peft import PeftModel
 from safetensors import SafetensorError
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from e2urec.errors import E2URecError
 from e2urec.io import read_json, write_json_atomic
@@ -140,8 +140,26 @@ def load_model(folder: str | Path, trainable: bool = False) -> tuple[Backbone, d
     return backbone, meta
 
 
+def ensemble_backbone(shards: list[Backbone], aggregator: AttentionAggregator | None) -> Backbone:
+    """A shard system as one model: the shards' answer logits combined (mean, or the learned attention)."""
+    first = shards[0]
+    ensemble = ShardEnsemble([s.model for s in shards], first.answer_ids, aggregator)
+    return Backbone(ensemble, first.tokenizer, first.kind, first.name, first.answer_ids)
+
+
+def write_system(folder: Path, shard_dirs: list[str], aggregation: str, aggregator: AttentionAggregator | None,
+                 meta: dict) -> None:
+    """A shard system folder: the shards' folders (already in place), system.json, the learned aggregator's
+    weights (safetensors) and meta.json. `_load_system` reads exactly this."""
+    write_json_atomic(folder / SYSTEM_FILE, {"shards": shard_dirs, "aggregator": aggregation,
+                                             **({"type": meta["role"]} if "role" in meta else {})})
+    if aggregator is not None:
+        save_file({k: v.contiguous() for k, v in aggregator.state_dict().items()}, str(folder / AGGREGATOR_FILE))
+    write_meta(folder, meta)
+
+
 def _load_system(folder: Path) -> Backbone:
-    """A sharded system folder: shard model folders plus system.json (and the learned aggregator)."""
+    """A shard system folder written by `write_system`."""
     system = read_json(folder / SYSTEM_FILE)
     shards = [load_model(folder / name)[0] for name in system["shards"]]
     aggregator = None
@@ -151,6 +169,4 @@ def _load_system(folder: Path) -> Backbone:
             aggregator.load_state_dict(load_file(folder / AGGREGATOR_FILE))
         except (OSError, RuntimeError, SafetensorError) as exc:
             raise E2URecError(f"{folder / AGGREGATOR_FILE}: cannot load the aggregator ({exc})") from exc
-    first = shards[0]
-    ensemble = ShardEnsemble([s.model for s in shards], first.answer_ids, aggregator)
-    return Backbone(ensemble, first.tokenizer, first.kind, first.name, first.answer_ids)
+    return ensemble_backbone(shards, aggregator)

@@ -15,17 +15,16 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
-from safetensors.torch import save_file
 
 from e2urec import __version__
-from e2urec.checkpoint import AGGREGATOR_FILE, META_FILE, SYSTEM_FILE, load_model, read_meta, save_model, write_meta
+from e2urec.checkpoint import META_FILE, ensemble_backbone, load_model, read_meta, save_model, write_system
 from e2urec.data.roles import prompts_seen_by_original, rows_for
 from e2urec.data.store import load_prepared
 from e2urec.engine import FitResult, TrainConfig, make_accelerator
 from e2urec.errors import E2URecError
-from e2urec.io import atomic_dir, write_json_atomic
+from e2urec.io import atomic_dir
 from e2urec.model.backbone import Backbone, load_backbone
-from e2urec.model.ensemble import AttentionAggregator, ShardEnsemble
+from e2urec.model.ensemble import AttentionAggregator
 from e2urec.model.scoring import answer_logits, per_sample, prompt_set
 from e2urec.training import fit_rows, make_trainable
 from e2urec.unlearning.base import Job, Method, RecipeOverrides, register
@@ -69,14 +68,6 @@ def learn_aggregator(shards: list[Backbone], samples: pd.DataFrame, accelerator:
         F.cross_entropy((aggregator(features) * features).sum(0), labels).backward()
         optimizer.step()
     return aggregator.eval()
-
-
-def write_system(folder: Path, system: str, shards: int, aggregator: AttentionAggregator | None, meta: dict) -> None:
-    write_json_atomic(folder / SYSTEM_FILE, {"type": system, "shards": [shard_dir(s) for s in range(shards)],
-                                             "aggregator": SYSTEMS[system].aggregation})
-    if aggregator is not None:
-        save_file({k: v.contiguous() for k, v in aggregator.state_dict().items()}, str(folder / AGGREGATOR_FILE))
-    write_meta(folder, meta)
 
 
 def link_tree(source: Path, target: Path) -> None:
@@ -135,7 +126,8 @@ def train_system(data_dir: Path, system: str, backbone_name: str, out: Path, cfg
         with atomic_dir(out, overwrite=True) as tmp:
             for s in shards:
                 link_tree(work / shard_dir(s), tmp / shard_dir(s))
-            write_system(tmp, system, len(shards), aggregator, meta)
+            write_system(tmp, [shard_dir(s) for s in shards], SYSTEMS[system].aggregation, aggregator,
+                         {**meta, "role": system})
         shutil.rmtree(work, ignore_errors=True)
     accelerator.wait_for_everyone()
     return meta
@@ -177,9 +169,7 @@ class ShardRetrain(Method):
             shards.append(backbone)
         aggregator = learn_aggregator(shards, job.samples, job.accelerator, cfg.seed) \
             if SYSTEMS[self.system].aggregation == "attention" else None
-        first = shards[0]
-        system = Backbone(ShardEnsemble([b.model for b in shards], first.answer_ids, aggregator), first.tokenizer,
-                          first.kind, first.name, first.answer_ids)
+        system = ensemble_backbone(shards, aggregator)
         self.shards, self.affected, self.aggregator = shards, affected, aggregator
         self.facts = {"retrained_shards": affected, "emptied_shards": empty, "shards": meta["shards"],
                       "trainable_params": retrained_params, "config": asdict(cfg)}
@@ -197,9 +187,9 @@ class ShardRetrain(Method):
                                                           "lora": job.original_meta.get("lora")})
             else:
                 link_tree(job.original / shard_dir(s), folder / shard_dir(s))
-        write_system(folder, self.system, len(self.shards), self.aggregator, {**meta, "role": self.system,
-                                                                              "lora": job.original_meta.get("lora"),
-                                                                              "shards": len(self.shards)})
+        write_system(folder, [shard_dir(s) for s in range(len(self.shards))], SYSTEMS[self.system].aggregation,
+                     self.aggregator, {**meta, "role": self.system, "lora": job.original_meta.get("lora"),
+                                       "shards": len(self.shards)})
 
 
 @register
