@@ -6,7 +6,7 @@ path, users of different sizes (spread over the quantiles of training prompts pe
 escalated as a run does by default. Then one Retrain on the retained data (the Original's recipe), timed; the
 audit's statistic for the Original and for that Retrain on each request's forget prompts (does the audit tell
 them apart?); test AUC of the Original, the final version and the Retrain on the same full test rows.
-Prints JSON and writes it to benchmarks/results/requests-<date>.json. No user id is written. Usage:
+Prints JSON and writes it to benchmarks/results/requests-<date>[-last-n-N].json. No user id is written. Usage:
 python benchmarks/requests.py [--out runs/requests] [--last-n 100000] [--requests 10] [--test-samples 2000]
 """
 
@@ -140,7 +140,8 @@ def main() -> None:
         report["command"] = f"python benchmarks/requests.py --last-n {args.last_n} --requests {args.requests} " \
                             f"--test-samples {args.test_samples or 'none'} --seed {args.seed}"
         RESULTS.mkdir(exist_ok=True)
-        target = RESULTS / f"requests-{report['date']}.json"
+        size = "" if args.last_n >= 100_000 else f"-last-n-{args.last_n}"  # the full protocol has no suffix
+        target = RESULTS / f"requests-{report['date']}{size}.json"
         tmp = target.with_suffix(".tmp")
         tmp.write_text(json.dumps(report, indent=2) + "\n")
         tmp.replace(target)

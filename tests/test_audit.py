@@ -88,8 +88,9 @@ def test_settings_are_checked_and_old_runs_get_defaults() -> None:
                 {"audit_min_prompts": 1}, {"audit_retries": -1}, {"test_samples": 0}, {"audit_samples": 2.5}):
         with pytest.raises(E2URecError):
             AuditConfig(**bad)
-    with pytest.raises(E2URecError, match="run.json"):
-        AuditConfig.from_run({"audit": {"on_unverifed": "keep"}})
+    for damaged in ({"on_unverifed": "keep"}, [1], 5, {"audit_tolerance": 2.0}):
+        with pytest.raises(E2URecError, match="run.json"):
+            AuditConfig.from_run({"audit": damaged})
     assert parse_settings({"on_unverified": "keep", "audit_tolerance": "0.1", "test_samples": "none"}) == {
         "on_unverified": "keep", "audit_tolerance": 0.1, "test_samples": None}
     with pytest.raises(E2URecError, match="audit_min_prompts"):
@@ -124,17 +125,25 @@ def test_unverified_and_keep(trained: Path, tmp_path: Path, monkeypatch: pytest.
     run = new_run(trained, tmp_path, on_unverified="keep")
     user = train_users(run)[0]
     failing(monkeypatch)
-    record = forget(run, read_request(users=[user]), log=lambda _: None)
+    result = runner.invoke(app, ["forget", "--run", str(run), "--users", user])
+    assert result.exit_code == 0 and "unverified" in result.output and "audit reason" in result.output, result.output
+    (record,) = Run(run).ledger().requests()
     assert record["status"] == "unverified" and record["version"] == "v0001"
     assert (run / "current").resolve().name == "v0001", "kept: the version is served, flagged"
     verdict = record["metrics"]["audit"]
     assert verdict["verdict"] == "fail" and [a["method"] for a in verdict["attempts"]] == ["e2urec"]
-    assert not verdict["exact"] and verdict["escalation"] == "keep"
+    assert not verdict["exact"] and verdict["escalation"] == "keep" and verdict["forget_prompts"] > 20
+    assert {"mia_auc", "se", "forget_loss", "non_member_loss", "valid_auc"} <= set(verdict["after"])
+    assert record["metrics"]["test_n"] <= AuditConfig().test_samples
     assert json.loads((run / "current" / "version.json").read_text())["status"] == "unverified"
     again = forget(run, read_request(users=[user]), log=lambda _: None)  # its data is gone: nothing more to do
     assert again["noop"] and again["status"] == "unverified" and len(Run(run).ledger().requests()) == 1
     listed = runner.invoke(app, ["ledger", "--run", str(run)])
-    assert listed.exit_code == 0 and "unverified" in listed.output and "fail" in listed.output
+    assert listed.exit_code == 0 and "unverified" in listed.output
+    assert f"{record['request_id']}: fail AUC" in listed.output
+    with sqlite3.connect(run / "ledger.sqlite") as db:
+        dumped = "\n".join(db.iterdump())
+    assert f'"{user}"' not in dumped and f"'{user}'" not in dumped and f" {user}," not in dumped
 
 
 def test_retry_then_pass(trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -198,23 +207,6 @@ def test_nothing_trained_is_never_a_pass(trained: Path, tmp_path: Path) -> None:
     record = forget(run, read_request(users=[small]), log=lambda _: None)
     assert record["metrics"]["audit"]["verdict"] == "insufficient"
     assert record["metrics"]["audit"]["after"]["mia_auc"] is not None, "the figures are recorded all the same"
-
-
-def test_audit_reaches_cli_ledger_and_stores_no_id(trained: Path, tmp_path: Path) -> None:
-    run = new_run(trained, tmp_path, on_unverified="keep")
-    user = train_users(run)[0]
-    result = runner.invoke(app, ["forget", "--run", str(run), "--users", user])
-    assert result.exit_code == 0, result.output
-    (record,) = Run(run).ledger().requests()
-    verdict = record["metrics"]["audit"]
-    assert verdict["verdict"] in audit.VERDICTS and verdict["forget_prompts"] > 20
-    assert {"mia_auc", "se", "forget_loss", "non_member_loss", "valid_auc"} <= set(verdict["after"])
-    assert verdict["verdict"] in result.output and record["metrics"]["test_n"] <= AuditConfig().test_samples
-    listed = runner.invoke(app, ["ledger", "--run", str(run)])
-    assert listed.exit_code == 0 and verdict["verdict"] in listed.output
-    with sqlite3.connect(run / "ledger.sqlite") as db:
-        dumped = "\n".join(db.iterdump())
-    assert f'"{user}"' not in dumped and f"'{user}'" not in dumped and f" {user}," not in dumped
 
 
 @pytest.mark.parametrize("setting", ["on_unverified=maybe", "audit_tolerance=0.7", "audit_tolerance=nan",

@@ -82,10 +82,12 @@ class AuditConfig:
     def from_run(cls, config: dict) -> AuditConfig:
         """The settings a run records (`run.json` key `audit`); a run made before this change has none."""
         stored = config.get("audit") or {}
-        unknown = set(stored) - cls.names()
-        if not isinstance(stored, dict) or unknown:
-            raise E2URecError(f"run.json: audit settings damaged (unknown {sorted(unknown)}); restore run.json")
-        return cls(**stored)
+        if not isinstance(stored, dict) or set(stored) - cls.names():
+            raise E2URecError("run.json: audit settings damaged (not an object of known settings); restore run.json")
+        try:
+            return cls(**stored)
+        except E2URecError as exc:
+            raise E2URecError(f"run.json: audit setting {exc}; restore run.json") from None
 
     def as_dict(self) -> dict:
         return asdict(self)
