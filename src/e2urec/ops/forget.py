@@ -43,7 +43,7 @@ from e2urec.ops.run import (
     version_meta,
 )
 from e2urec.unlearning.base import REGISTRY
-from e2urec.unlearning.run import unlearn
+from e2urec.unlearning.runner import unlearn
 
 KEY = ["user_id", "item_id", "timestamp"]
 
