@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from e2urec.evaluation import one_hot_anchor
 from e2urec.model.backbone import Backbone
-from e2urec.report import summarise
+from e2urec.report import markdown_table, summarise
 from e2urec.unlearning import e2urec as e2urec_module
 from e2urec.unlearning import methods as methods_module
 from e2urec.unlearning.base import MethodConfig
@@ -105,6 +105,9 @@ def test_summarise_gives_mean_and_sample_std_over_seeds() -> None:
     assert row["trainable_share"] == pytest.approx(0.1)
     [single] = summarise({0: per_seed[1]})
     assert single["auc_std"] == 0.0
+    table = markdown_table(summarise({0: {"a": {"auc": 0.6}}, 1: {"a": {"auc": 0.8}}}))
+    assert "| a | 0.7000 ± 0.1414 |" in table
+    assert "| a | 0.8000 |" in markdown_table([single])  # one seed: no ± to show
 
 
 def test_one_hot_anchor_learns_user_and_item_biases() -> None:
