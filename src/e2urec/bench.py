@@ -130,7 +130,7 @@ def run_seed(root: Path, dataset: str, data_dir: Path | None, backbone: str, pre
     stage(f"{tag} original", root / "original" / "meta.json",
           lambda: train(data, "original", backbone, root / "original", recipe, overwrite=True), trained)
     reseeded = replace(recipe, seed=seed + RESEED_OFFSET)
-    runs = {"retrain": ("retrain", root / "original", {}),
+    runs = {EXACT: (EXACT, root / "original", {}),
             **{m: (m, root / "original", {}) for m in APPROXIMATE},
             **{row: (m, root / "original", options) for row, (m, options) in VARIANTS.items()},
             **{m: (m, root / f"{m}-system", {}) for m in SHARDED}}
@@ -159,7 +159,7 @@ def run_seed(root: Path, dataset: str, data_dir: Path | None, backbone: str, pre
     # Each row is evaluated as soon as its model exists (Retrain first: the forget metrics compare with it), so
     # a run stopped part-way, e.g. by a time limit, has finished rows; the extra trainings come last.
     late = (RESEED_ROW, *SHARDED)
-    order = ["retrain", *(r for r in rows if r not in ("retrain", *late)), *(r for r in late if r in rows)]
+    order = [EXACT, *(r for r in rows if r not in (EXACT, *late)), *(r for r in late if r in rows)]
     for row in order:
         build(row)
         model = root / row
@@ -171,7 +171,7 @@ def run_seed(root: Path, dataset: str, data_dir: Path | None, backbone: str, pre
               lambda model=model, test_dir=test_dir: evaluate(model, data, "test", test_dir, evals), evaluated)
         stage(f"{tag} evaluate {row} forget", forget_dir / "metrics.json",
               lambda model=model, forget_dir=forget_dir: evaluate(model, data, "forget", forget_dir, evals,
-                                                                  reference=root / "retrain"), evaluated)
+                                                                  reference=root / EXACT), evaluated)
         meta = read_meta(model)
         test, forget = read_json(test_dir / "metrics.json"), read_json(forget_dir / "metrics.json")
         results[row] = {
@@ -191,7 +191,7 @@ def run_seed(root: Path, dataset: str, data_dir: Path | None, backbone: str, pre
                                     "forget_within_user_auc": meta["teacher"]["within_user_auc"]}
     ranked = [r for row in rows for r in ((row, TEACHER_ROW) if row == "e2urec" else (row,))]
     results = {row: results[row] for row in ranked if row in results}
-    retrain, original = results["retrain"], results["original"]
+    retrain, original = results[EXACT], results["original"]
     retrain_s = retrain["unlearn_seconds"]
     for values in results.values():
         values["mia_auc_retrain"] = retrain["mia_auc"]
@@ -225,7 +225,7 @@ def bench(dataset: str, backbone: str, preset: str | Preset, out: Path, data_dir
     if unknown:
         raise E2URecError(f"unknown rows {unknown}; choose from {', '.join(ROWS)}")
     wanted = rows or tuple(r for r in ROWS if r not in preset.skip_rows)
-    chosen = tuple(r for r in ROWS if r in {"original", "retrain", *wanted})
+    chosen = tuple(r for r in ROWS if r in {"original", EXACT, *wanted})
     out = Path(out)
     stage = Stages(log)
     per_seed = {seed: run_seed(out / f"seed-{seed}", dataset, data_dir, backbone, preset, seed, stage, chosen)

@@ -18,7 +18,7 @@ paired); `fail` otherwise; `insufficient` when fewer than `audit_min_prompts` fo
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -29,6 +29,7 @@ from e2urec.errors import E2URecError
 from e2urec.evaluation import mia_features, utility_metrics
 from e2urec.model.backbone import Backbone
 from e2urec.model.scoring import per_sample_p_yes, prompt_set
+from e2urec.unlearning.base import check_fields, option
 
 VERDICTS = ("pass", "fail", "insufficient")
 ESCALATIONS = ("retry", "retrain", "keep")
@@ -36,43 +37,31 @@ STATISTIC = "label-stratified loss-threshold MIA AUC: forget prompts vs held-out
 Z_ONE_SIDED = 1.645  # 95% one-sided: a Retrain (true AUC 0.5) passes 19 times in 20 on sampling error alone
 
 
-def setting(default: Any, help: str, low: float | None = None, high: float | None = None,
-            choices: tuple[str, ...] | None = None) -> Any:
-    return field(default=default, metadata={"help": help, "low": low, "high": high, "choices": choices})
-
-
 @dataclass
 class AuditConfig:
     """A run's audit and escalation settings (`init --set key=value`); a run made before they existed gets
     these defaults."""
 
-    on_unverified: str = setting("retry", "a request failing its audit: retry (stronger E2URec, `audit_retries` "
+    on_unverified: str = option("retry", "a request failing its audit: retry (stronger E2URec, `audit_retries` "
                                  "times, then an exact Retrain) | retrain (exact Retrain at once) | keep (the "
                                  "version stays, status unverified)", choices=ESCALATIONS)
-    audit_retries: int = setting(1, "stronger E2URec attempts before the Retrain (on_unverified=retry)", 0, 5)
-    audit_tolerance: float = setting(0.05, "MIA AUC allowed above 0.5, besides the sampling error", 0, 0.49)
-    audit_utility_tolerance: float = setting(0.02, "valid AUC drop allowed against the version before", 0, 1)
-    audit_min_prompts: int = setting(20, "fewer comparable forget prompts: verdict insufficient", 2, 100_000)
-    audit_samples: int = setting(500, "held-out non-members scored (at most; seeded sample)", 20, 1_000_000)
-    test_samples: int | None = setting(2000, "test prompts scored per request for the ledger's test metrics "
+    audit_retries: int = option(1, "stronger E2URec attempts before the Retrain (on_unverified=retry)", 0, 5)
+    audit_tolerance: float = option(0.05, "MIA AUC allowed above 0.5, besides the sampling error", 0, 0.49)
+    audit_utility_tolerance: float = option(0.02, "valid AUC drop allowed against the version before", 0, 1)
+    audit_min_prompts: int = option(20, "fewer comparable forget prompts: verdict insufficient", 2, 100_000)
+    audit_samples: int = option(500, "held-out non-members scored (at most; seeded sample)", 20, 1_000_000)
+    test_samples: int | None = option(2000, "test prompts scored per request for the ledger's test metrics "
                                        "(seeded sample; none: all)", 1, None)
-    audit_seed: int = setting(0, "seed of the non-member and test samples", 0, 2**32 - 1)
+    audit_seed: int = option(0, "seed of the non-member and test samples", 0, 2**32 - 1)
 
     def __post_init__(self) -> None:
-        for f in fields(self):
-            value, meta = getattr(self, f.name), f.metadata
-            if value is None and f.name == "test_samples":
+        check_fields(self)  # finite, in range, a known choice
+        for f in fields(self):  # and of the field's type: run.json may hold anything
+            value, whole = getattr(self, f.name), isinstance(f.default, int)
+            if f.metadata["choices"] or value is None:
                 continue
-            if meta["choices"] is not None:
-                if value not in meta["choices"]:
-                    raise E2URecError(f"{f.name}={value!r}: choose one of {', '.join(meta['choices'])}")
-                continue
-            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-                raise E2URecError(f"{f.name}={value!r}: not a finite number")
-            if isinstance(f.default, int) and not isinstance(value, int):
-                raise E2URecError(f"{f.name}={value!r}: must be a whole number")
-            if (meta["low"] is not None and value < meta["low"]) or (meta["high"] is not None and value > meta["high"]):
-                raise E2URecError(f"{f.name}={value!r}: out of range [{meta['low']}, {meta['high'] or '∞'}]")
+            if isinstance(value, bool) or not isinstance(value, int if whole else int | float):
+                raise E2URecError(f"{f.name}={value!r}: must be a {'whole ' if whole else ''}number")
 
     @classmethod
     def names(cls) -> set[str]:
