@@ -96,9 +96,10 @@ def measure(out: Path, last_n: int, requests: int, test_samples: int | None, see
     for rows_f in forgotten:
         non_members = audit.non_member_rows(final, set(rows_f["user_id"]), cfg)
         labels = rows_f["label"].to_numpy(), non_members["label"].to_numpy()
-        was = audit.score(original, rows_f, non_members)
+        data = audit.prompts(original, rows_f, non_members)
+        was = audit.score(original, rows_f, non_members, data=data)
         of_original = audit.judge(was, was, *labels, cfg)
-        of_retrain = audit.judge(was, audit.score(retrain, rows_f, non_members), *labels, cfg)
+        of_retrain = audit.judge(was, audit.score(retrain, rows_f, non_members, data=data), *labels, cfg)
         told.append({"original": of_original["verdict"], "original_mia_auc": of_original["after"]["mia_auc"],
                      "retrain": of_retrain["verdict"], "retrain_mia_auc": of_retrain["after"]["mia_auc"],
                      "threshold": of_retrain["threshold"],

@@ -14,7 +14,8 @@ from e2urec.cli import app
 from e2urec.data.prepare import PrepareConfig, prepare
 from e2urec.data.samples import history_index
 from e2urec.data.sources import fetch
-from e2urec.data.store import load_prepared
+from e2urec.data.store import load_prepared, load_tables
+from e2urec.ops.forget import KEY, read_request, rebuild
 
 runner = CliRunner()
 
@@ -137,6 +138,31 @@ def test_forgotten_interaction_leaves_every_later_history(ml100k: Path, tmp_path
     untouched = after[after["user_id"] != busiest]
     assert untouched["prompt_original"].isna().all()
     assert (untouched["prompt"] == samples.loc[untouched.index, "prompt"]).all()
+
+
+def test_a_deletion_request_rebuilds_prompts_as_prepare_builds_them(ml100k: Path, tmp_path: Path) -> None:
+    """One sample builder (issue 14): the prompts a deletion request rebuilds are exactly those prepare writes when
+    the same interactions are forgotten, and the old texts it forgets are prepare's `prompt_original`."""
+    prepare(PrepareConfig("ml-100k", data_dir=str(ml100k), last_n=2000), tmp_path / "base")
+    samples, manifest = load_prepared(tmp_path / "base")
+    train = samples[samples["split"] == "train"]
+    gone = train[train["user_id"] == train["user_id"].value_counts().index[0]].iloc[:2][KEY]
+    gone.to_csv(tmp_path / "gone.csv", index=False)
+    prepare(PrepareConfig("ml-100k", data_dir=str(ml100k), last_n=2000,
+                          forget_interactions=str(tmp_path / "gone.csv")), tmp_path / "forgot")
+    forgot = load_prepared(tmp_path / "forgot")[0].set_index("sample_id")
+    retained, _, forget_rows, counts = rebuild(samples, load_tables(tmp_path / "base"),
+                                               read_request(interactions=gone.astype(str)), manifest["config"])
+    assert counts["prompts_rebuilt"] > 0 and counts["samples_dropped_short_history"] == 0
+    assert len(retained) == len(samples) - len(gone)
+    expected = forgot.loc[retained["sample_id"]]
+    assert retained["prompt"].tolist() == expected["prompt"].tolist()
+    for column in ("history_item_ids", "history_ratings"):
+        assert [list(v) for v in retained[column]] == [list(v) for v in expected[column]], column
+    shown = forgot[forgot["forget"] | (forgot["prompt_original"].notna() & (forgot["split"] == "train"))]
+    assert sorted(forget_rows["sample_id"]) == sorted(shown.index)
+    assert forget_rows.set_index("sample_id")["prompt"].to_dict() == \
+        shown["prompt_original"].fillna(shown["prompt"]).to_dict()
 
 
 def test_history_index_skips_invisible_events() -> None:

@@ -148,17 +148,48 @@ class PromptRenderer:
         return prompts, hist_items, hist_ratings
 
 
+class SampleBuilder:
+    """The one sample builder: a sample is an event shown with its user's last `history` earlier events that are
+    not hidden. `prepare` builds every sample with it and a deletion request rebuilds the samples it touches with
+    it (hiding the deleted events), so a rebuilt prompt is exactly what prepare writes from the same events."""
+
+    def __init__(self, events: pd.DataFrame, items: pd.DataFrame, users: pd.DataFrame, dataset: str,
+                 history: int, min_history: int) -> None:
+        self.history, self.min_history = history, min_history
+        self.codes = pd.factorize(events["user_id"])[0]
+        self.render = PromptRenderer(events, items, users, ITEM_NOUN.get(dataset, "item"))
+        self._all: tuple[np.ndarray, np.ndarray] | None = None
+
+    def histories(self, hidden: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """`history_index` over the events not `hidden`; with nothing hidden it is computed once and kept."""
+        if hidden is not None:
+            return history_index(self.codes, ~hidden, self.history)
+        if self._all is None:
+            self._all = history_index(self.codes, np.ones(len(self.codes), dtype=bool), self.history)
+        return self._all
+
+    def build(self, samples: pd.DataFrame, rows: np.ndarray, hidden: np.ndarray | None = None
+              ) -> tuple[pd.DataFrame, np.ndarray]:
+        """A copy of `samples` (the events at positions `rows`) with prompt, history_item_ids and history_ratings,
+        and a mask of those with at least `min_history` earlier events (a shorter history makes no sample)."""
+        built = samples.copy()
+        if not len(rows):  # nothing to render; the columns keep their dtypes
+            return built, np.zeros(0, dtype=bool)
+        index, count = self.histories(hidden)
+        built["prompt"], built["history_item_ids"], built["history_ratings"] = self.render(index[rows], samples)
+        return built, count[rows] >= self.min_history
+
+
 def build_samples(raw: RawData, cfg: PrepareConfig) -> tuple[pd.DataFrame, dict]:
     """The whole protocol on tidy tables; returns the samples table and facts for the manifest."""
     events = order_events(raw.interactions)
-    user_codes = pd.factorize(events["user_id"])[0]
     forgotten = (
         match_interactions(read_interactions(Path(cfg.forget_interactions)), events, cfg.forget_interactions)
         if cfg.forget_interactions is not None
         else np.zeros(len(events), dtype=bool)
     )
-    full_index, full_count = history_index(user_codes, np.ones(len(events), dtype=bool), cfg.history)
-    eligible = np.flatnonzero(full_count >= cfg.min_history)
+    builder = SampleBuilder(events, raw.items, raw.users, cfg.dataset, cfg.history, cfg.min_history)
+    eligible = np.flatnonzero(builder.histories()[1] >= cfg.min_history)
     if len(eligible) == 0:
         raise E2URecError(
             f"no rating has at least {cfg.min_history} earlier ratings of the same user; lower --min-history"
@@ -207,20 +238,16 @@ def build_samples(raw: RawData, cfg: PrepareConfig) -> tuple[pd.DataFrame, dict]
     receraser[is_train] = train["user_id"].map(groups).to_numpy()
     samples["receraser_shard"] = receraser
 
-    render = PromptRenderer(events, raw.items, raw.users, ITEM_NOUN.get(cfg.dataset, "item"))
-    original_prompts, hist_items, hist_ratings = render(full_index[rows], samples)
-    if forgotten.any():
-        visible_index, _ = history_index(user_codes, ~forgotten, cfg.history)
-        prompts, hist_items, hist_ratings = render(visible_index[rows], samples)
-        differs = np.array([a != b for a, b in zip(prompts, original_prompts, strict=True)])
-        samples["prompt"] = prompts
-        samples["prompt_original"] = pd.Series(original_prompts, dtype=object).where(differs, None)
+    original, _ = builder.build(samples, rows)
+    if forgotten.any():  # the Original saw the forgotten events; the prompts served from now on do not show them
+        samples, _ = builder.build(samples, rows, hidden=forgotten)
+        differs = np.array([a != b for a, b in zip(samples["prompt"], original["prompt"], strict=True)])
+        prompt_original = pd.Series(original["prompt"].tolist(), dtype=object).where(differs, None)
         facts["prompts_rebuilt"] = int(differs.sum())
     else:
-        samples["prompt"] = original_prompts
-        samples["prompt_original"] = pd.Series([None] * len(samples), dtype=object)
-    samples["history_item_ids"] = hist_items
-    samples["history_ratings"] = hist_ratings
+        samples = original
+        prompt_original = pd.Series([None] * len(samples), dtype=object)
+    samples.insert(samples.columns.get_loc("prompt") + 1, "prompt_original", prompt_original)
     return samples, facts
 
 

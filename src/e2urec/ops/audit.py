@@ -28,7 +28,7 @@ from e2urec.data.roles import rows_for, sample_rows
 from e2urec.errors import E2URecError
 from e2urec.evaluation import mia_features, utility_metrics
 from e2urec.model.backbone import Backbone
-from e2urec.model.scoring import per_sample_p_yes, prompt_set
+from e2urec.model.scoring import PromptSet, per_sample_p_yes, prompt_set
 from e2urec.unlearning.base import check_fields, option
 
 VERDICTS = ("pass", "fail", "insufficient")
@@ -140,11 +140,19 @@ class Scores:
     valid_n: int
 
 
-def score(backbone: Backbone, forget_rows: pd.DataFrame, non_members: pd.DataFrame, batch_size: int = 64
-          ) -> Scores:
-    """Losses of one model: forget prompts as it trained on them, non-members as served."""
+def prompts(backbone: Backbone, forget_rows: pd.DataFrame, non_members: pd.DataFrame) -> PromptSet:
+    """The audit's rows tokenised (forget prompts, then non-members): once per request, since the model before
+    and every attempt after are the same backbone with the same tokenizer."""
+    return prompt_set(backbone, pd.concat([forget_rows, non_members]))
+
+
+def score(backbone: Backbone, forget_rows: pd.DataFrame, non_members: pd.DataFrame, batch_size: int = 64,
+          data: PromptSet | None = None) -> Scores:
+    """Losses of one model: forget prompts as it trained on them, non-members as served (`data`: the rows as
+    `prompts` tokenised them, to skip tokenising again)."""
     rows = pd.concat([forget_rows, non_members])
-    p = per_sample_p_yes(backbone, prompt_set(backbone, rows), batch_size, progress=False)
+    data = prompts(backbone, forget_rows, non_members) if data is None else data
+    p = per_sample_p_yes(backbone, data, batch_size, progress=False)
     losses = mia_features(rows["label"].to_numpy(), p)[:, 0]
     valid = (non_members["split"] == "valid").to_numpy()
     labels = non_members["label"].to_numpy()[valid]

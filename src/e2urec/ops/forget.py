@@ -21,9 +21,7 @@ import numpy as np
 import pandas as pd
 
 from e2urec.checkpoint import load_model, save_model
-from e2urec.data.prepare import PromptRenderer, cast_known, match_interactions, read_interactions
-from e2urec.data.readers import ITEM_NOUN
-from e2urec.data.samples import history_index
+from e2urec.data.prepare import SampleBuilder, cast_known, match_interactions, read_interactions
 from e2urec.data.store import load_prepared, load_tables, write_prepared
 from e2urec.errors import E2URecError, UnknownIds
 from e2urec.evaluation import utility_metrics
@@ -103,23 +101,15 @@ def rebuild(samples: pd.DataFrame, tables: dict[str, pd.DataFrame], request: Req
     deleted = samples[KEY].merge(gone.drop_duplicates(), on=KEY, how="left", indicator=True)["_merge"].eq("both")
     deleted = deleted.to_numpy()
 
-    redo = samples[affected & ~deleted].copy()
-    if len(redo):
-        positions = redo[KEY].merge(kept[KEY].reset_index(), on=KEY, how="left")["index"].to_numpy()
-        codes = pd.factorize(kept["user_id"])[0]
-        index, count = history_index(codes, np.ones(len(kept), dtype=bool), int(config["history"]))
-        render = PromptRenderer(kept, tables["items"], users, ITEM_NOUN.get(config["dataset"], "item"))
-        prompts, hist_items, hist_ratings = render(index[positions], redo)
-        redo["prompt"] = prompts
-        redo["history_item_ids"] = hist_items
-        redo["history_ratings"] = hist_ratings
-        redo["eligible"] = count[positions] >= int(config["min_history"])
-    else:
-        redo["eligible"] = pd.Series(dtype=bool)
+    # The affected users' other samples, rebuilt as prepare builds them, with the deleted events hidden.
     old = samples[affected & ~deleted]
-    changed = (old["prompt"].to_numpy() != redo["prompt"].to_numpy()) | ~redo["eligible"].to_numpy()
-    dropped = redo[~redo["eligible"]]
-    redo = redo[redo["eligible"]].drop(columns="eligible")
+    positions = old[KEY].merge(events[KEY].reset_index(), on=KEY, how="left")["index"].to_numpy()
+    builder = SampleBuilder(events, tables["items"], users, config["dataset"], int(config["history"]),
+                            int(config["min_history"]))
+    redo, eligible = builder.build(old, positions, hidden=mask)
+    changed = (old["prompt"].to_numpy() != redo["prompt"].to_numpy()) | ~eligible
+    dropped = redo[~eligible]
+    redo = redo[eligible]
 
     in_train = (samples["split"] == "train").to_numpy()
     forget_rows = pd.concat([samples[deleted & in_train], old[changed & (old["split"] == "train").to_numpy()]])
@@ -276,7 +266,8 @@ def escalate(run: Run, current: Path, work: Path, before: Backbone, forget_rows:
     model, its unlearning facts and the audit record (with every attempt's figures)."""
     non_members = audit.non_member_rows(retained, set(forget_rows["user_id"]), settings)
     labels = forget_rows["label"].to_numpy(), non_members["label"].to_numpy()
-    was = audit.score(before, forget_rows, non_members)
+    data = audit.prompts(before, forget_rows, non_members)
+    was = audit.score(before, forget_rows, non_members, data=data)
     method, options = run.config.get("method", "e2urec"), run.config.get("options", {})
     plan = [(method, options)] + escalation_plan(method, options, settings, can_retrain)
     attempts, seconds = [], 0.0
@@ -286,7 +277,7 @@ def escalate(run: Run, current: Path, work: Path, before: Backbone, forget_rows:
         facts = unlearn(name, model_dir(current), work / "job-data", out, opts)
         seconds += facts["unlearn_seconds"]
         student, _ = load_model(out)
-        verdict = audit.judge(was, audit.score(student, forget_rows, non_members), *labels, settings)
+        verdict = audit.judge(was, audit.score(student, forget_rows, non_members, data=data), *labels, settings)
         attempts.append({"method": name, "options": opts, "verdict": verdict["verdict"],
                          "mia_auc": verdict["after"]["mia_auc"], "seconds": facts["unlearn_seconds"]})
         if verdict["verdict"] != "fail" or number == len(plan) - 1:
