@@ -121,3 +121,22 @@ def test_one_hot_anchor_learns_user_and_item_biases() -> None:
     assert metrics["auc"] > 0.8  # the biases are learnable from one-hots
     shuffled = samples.assign(label=rng.permutation(labels))
     assert abs(one_hot_anchor(shuffled, "test")["auc"] - 0.5) < 0.08  # nothing to learn: chance
+
+
+def test_item_matched_retain_reads_other_users_samples_of_the_forgotten_items_first(tiny: Backbone) -> None:
+    n_train = 400
+    items = np.where(np.arange(n_train) < 10, np.arange(n_train) % 3, 3 + np.arange(n_train) % 50)
+    items[100:130] = np.arange(30) % 3  # 30 retained samples share the forgotten items
+    samples = pd.DataFrame({"sample_id": range(n_train), "split": "train", "forget": np.arange(n_train) < 10,
+                            "label": np.arange(n_train) % 2, "user_id": np.arange(n_train) % 7, "item_id": items,
+                            "prompt": [f"user likes item {i}?" for i in range(n_train)]})
+    job = SimpleNamespace(samples=samples)
+    method = E2URec(E2URecConfig(retain_match="items", seed=3))
+    picked = method.item_matched(job, 20, 12)
+    assert len(picked) == 20 and set(picked["item_id"]) <= {0, 1, 2} and not picked["forget"].any()
+    assert picked.index.is_monotonic_increasing
+    more = method.item_matched(job, 50, 12)  # 30 matched, then 20 of the others
+    assert len(more) == 50 and (more["item_id"] < 3).sum() == 30 and not more["forget"].any()
+    need = method.retain_needed(10)
+    sets = method.prompt_sets(job, tiny)
+    assert len(sets["retain"]) == need

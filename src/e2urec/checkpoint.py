@@ -7,12 +7,12 @@ unpickling an untrusted file can run arbitrary code.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
-from peft import PeftModel
+from peft import LoraConfig, PeftModel
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
@@ -30,6 +30,67 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 # meta.json's format: 1 adds the `format` field itself; files without it (format 0) read the same way.
 META_FORMAT = 1
 
+# Where LoRA adapters go, by the names methods, the CLI and meta.json use. The input embedding's module name
+# depends on the model, so "all-linear+embeddings" holds placeholders that `training.add_lora` resolves.
+LORA_TARGETS = ("attention", "all-linear", "all-linear+embeddings")
+ALL_LINEAR, INPUT_EMBEDDINGS = "<all-linear>", "<input-embeddings>"
+LORA_META_KEYS = ("r", "alpha", "dropout", "targets")
+
+
+def _target_modules(targets: str) -> str | list[str] | None:
+    """peft `target_modules` for a named choice: attention → peft's per-architecture default (q/v projections);
+    all-linear → peft's shorthand; +embeddings → every linear layer but the head, and the input embedding."""
+    return {"attention": None, "all-linear": "all-linear",
+            "all-linear+embeddings": [ALL_LINEAR, INPUT_EMBEDDINGS]}[targets]
+
+
+def lora_config(r: int, alpha: int, dropout: float, targets: str = "attention") -> LoraConfig:
+    """The one object that carries LoRA settings from a method or the CLI to the model (task type and model-
+    dependent module names are filled in by `training.add_lora`)."""
+    if targets not in LORA_TARGETS:
+        raise E2URecError(f"unknown LoRA targets {targets!r}; choose one of {', '.join(LORA_TARGETS)}")
+    return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=_target_modules(targets))
+
+
+def lora_to_meta(config: LoraConfig, where: Path | str = "meta.json") -> dict:
+    """meta.json's `lora`: plain JSON with the keys older files have (r, alpha, dropout, targets). A config with
+    settings that record cannot hold is refused, so what is read back is what was trained."""
+    targets = next((t for t in LORA_TARGETS if _modules(config.target_modules) == _modules(_target_modules(t))),
+                   None)
+    if targets is None:
+        raise E2URecError(f"{where}: meta.json records LoRA targets by name ({', '.join(LORA_TARGETS)}); "
+                          f"target_modules {config.target_modules!r} is none of them")
+    record = {"r": config.r, "alpha": config.lora_alpha, "dropout": config.lora_dropout, "targets": targets}
+    expected = lora_config(**record).to_dict()
+    differ = sorted(k for k, v in replace(config, task_type=None).to_dict().items() if expected.get(k) != v)
+    if differ:
+        raise E2URecError(f"{where}: meta.json cannot record this LoraConfig's {', '.join(differ)}; build it with "
+                          f"e2urec.training.lora_config")
+    return record
+
+
+def _modules(target_modules: object) -> object:
+    """`target_modules` compared as peft reads them: a list and a set of the same names are the same."""
+    return frozenset(target_modules) if isinstance(target_modules, list | set | frozenset) else target_modules
+
+
+def lora_from_meta(record: Any, where: Path | str = "meta.json") -> LoraConfig:
+    """The LoraConfig that meta.json's `lora` records; files from before `targets` was recorded mean attention."""
+    if not (isinstance(record, dict) and {"r", "alpha", "dropout"} <= set(record) <= set(LORA_META_KEYS)):
+        raise E2URecError(f"{where}: `lora` must give r, alpha and dropout (and optionally targets), got {record!r}")
+    r, alpha, dropout = record["r"], record["alpha"], record["dropout"]
+    if not (_positive_int(r) and _positive_int(alpha) and isinstance(dropout, int | float)
+            and not isinstance(dropout, bool) and 0 <= dropout < 1):
+        raise E2URecError(f"{where}: `lora` needs whole r, alpha ≥ 1 and 0 ≤ dropout < 1, got {record!r}")
+    try:
+        return lora_config(r, alpha, dropout, record.get("targets", "attention"))
+    except E2URecError as exc:
+        raise E2URecError(f"{where}: `lora`: {exc}") from exc
+
+
+def _positive_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
 
 @dataclass
 class ModelMeta:
@@ -42,7 +103,7 @@ class ModelMeta:
     # What the saved weights start from: {"model": path relative to the folder} for an adapter on another
     # model, {"backbone": name, "seed": n} for an adapter on a fresh backbone; None for full weights.
     base: dict | None = None
-    lora: dict | None = None  # the LoRA recipe a model trained from scratch used (r, alpha, dropout, targets)
+    lora: LoraConfig | None = None  # the LoRA recipe a model trained from scratch used; JSON via lora_to_meta
     facts: dict[str, Any] = field(default_factory=dict)
     format: int = META_FORMAT
 
@@ -56,14 +117,17 @@ class ModelMeta:
         base, lora = raw.pop("base", None), raw.pop("lora", None)
         if base is not None and not (isinstance(base, dict) and ("model" in base or "backbone" in base)):
             raise E2URecError(f"{where}: `base` must name a model folder or a backbone, got {base!r}")
-        if lora is not None and not (isinstance(lora, dict) and {"r", "alpha", "dropout"} <= set(lora)):
-            raise E2URecError(f"{where}: `lora` must give r, alpha and dropout, got {lora!r}")
+        if isinstance(lora, LoraConfig):
+            lora_to_meta(lora, where)  # refused here, before anything is written, if meta.json cannot hold it
+        elif lora is not None:
+            lora = lora_from_meta(lora, where)
         return cls(backbone=raw.pop("backbone", None), kind=raw.pop("kind", None), base=base, lora=lora,
                    facts=raw, format=version)
 
     def to_dict(self) -> dict:
         """The JSON object, flat as it always was: the typed fields, then the facts."""
-        typed = {"format": META_FORMAT, "kind": self.kind, "backbone": self.backbone, "lora": self.lora}
+        lora = lora_to_meta(self.lora) if self.lora is not None else None
+        typed = {"format": META_FORMAT, "kind": self.kind, "backbone": self.backbone, "lora": lora}
         return {**typed, **({"base": self.base} if self.base is not None else {}), **self.facts}
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import shutil
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pandas as pd
@@ -15,7 +15,7 @@ from accelerate import Accelerator
 from peft import LoraConfig, get_peft_model
 
 from e2urec import __version__
-from e2urec.checkpoint import save_model
+from e2urec.checkpoint import ALL_LINEAR, INPUT_EMBEDDINGS, lora_config, lora_from_meta, lora_to_meta, save_model
 from e2urec.data.roles import role_rows, rows_digest, rows_for
 from e2urec.data.store import load_prepared
 from e2urec.engine import Batch, FitResult, TrainConfig, count_parameters, fit, make_accelerator
@@ -25,7 +25,9 @@ from e2urec.io import atomic_dir
 from e2urec.model.backbone import Backbone, load_backbone
 from e2urec.model.scoring import PromptSet, answer_logits, per_sample, per_sample_p_yes, prompt_set
 
-LORA_DEFAULTS = {"r": 16, "alpha": 32, "dropout": 0.05}
+# `e2urec train --lora`: rank 16, alpha 32, dropout 0.05 on the attention projections. add_lora copies a config
+# before peft fills it in, so this one is never changed.
+LORA_DEFAULTS = lora_config(r=16, alpha=32, dropout=0.05)
 
 
 class AnswerCrossEntropy:
@@ -58,38 +60,42 @@ def valid_loss_fn(backbone: Backbone, data: PromptSet, batch_size: int):
     return compute
 
 
-LORA_TARGETS = ("attention", "all-linear", "all-linear+embeddings")
-
-
-def lora_target_modules(model: torch.nn.Module, targets: str) -> list[str] | str | None:
-    """peft `target_modules` for a named choice: attention → peft's per-architecture default (q/v projections);
-    all-linear → every linear layer but the output head; +embeddings → and the input embedding."""
-    if targets == "attention":
-        return None
-    if targets == "all-linear":
-        return "all-linear"
-    if targets == "all-linear+embeddings":
+def resolve_target_modules(model: torch.nn.Module, target_modules: str | set[str] | None) -> str | list[str] | None:
+    """`target_modules` with lora_config's placeholders replaced by this model's module names: every linear
+    layer but the output head, and the input embedding. Anything else is left for peft to read."""
+    if not isinstance(target_modules, set | frozenset) or not target_modules & {ALL_LINEAR, INPUT_EMBEDDINGS}:
+        return target_modules
+    names = set(target_modules) - {ALL_LINEAR, INPUT_EMBEDDINGS}
+    if ALL_LINEAR in target_modules:
         head = model.get_output_embeddings()
+        names |= {n.rsplit(".", 1)[-1] for n, m in model.named_modules()
+                  if isinstance(m, torch.nn.Linear) and m is not head}
+    if INPUT_EMBEDDINGS in target_modules:
         embedding = model.get_input_embeddings()
-        names = {n.rsplit(".", 1)[-1] for n, m in model.named_modules()
-                 if isinstance(m, torch.nn.Linear) and m is not head}
         names |= {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if m is embedding}
-        return sorted(names)
-    raise E2URecError(f"unknown LoRA targets {targets!r}; choose one of {', '.join(LORA_TARGETS)}")
+    return sorted(names)
 
 
-def add_lora(backbone: Backbone, r: int, alpha: int, dropout: float, targets: str = "attention") -> None:
-    """Freeze the backbone and insert LoRA modules where `targets` says."""
-    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout,
-                        target_modules=lora_target_modules(backbone.model, targets),
-                        task_type="SEQ_2_SEQ_LM" if backbone.kind == "seq2seq" else "CAUSAL_LM")
+def add_lora(backbone: Backbone, config: LoraConfig) -> None:
+    """Freeze the backbone and insert LoRA modules as `config` says. peft completes (mutates) the config it is
+    given, so it gets a copy with the task type and this model's module names filled in."""
+    task_type = config.task_type or ("SEQ_2_SEQ_LM" if backbone.kind == "seq2seq" else "CAUSAL_LM")
+    config = replace(config, task_type=task_type,
+                     target_modules=resolve_target_modules(backbone.model, config.target_modules))
     backbone.model = get_peft_model(backbone.model, config)
 
 
-def make_trainable(backbone: Backbone, lora: dict | None) -> None:
-    """LoRA adapters only (backbone frozen) when `lora` gives r/alpha/dropout[/targets]; otherwise every weight."""
-    if lora:
-        add_lora(backbone, lora["r"], lora["alpha"], lora["dropout"], lora.get("targets", "attention"))
+def as_lora_config(lora: LoraConfig | dict | None) -> LoraConfig | None:
+    """A LoRA recipe as a LoraConfig: a dict is meta.json's record (what Retrain and the shard systems reuse
+    from the Original's meta)."""
+    return lora_from_meta(lora) if isinstance(lora, dict) else lora
+
+
+def make_trainable(backbone: Backbone, lora: LoraConfig | dict | None) -> None:
+    """LoRA adapters only (backbone frozen) when a LoRA recipe is given; otherwise every weight."""
+    config = as_lora_config(lora)
+    if config is not None:
+        add_lora(backbone, config)
     else:
         backbone.model.requires_grad_(True)
 
@@ -101,21 +107,23 @@ def fit_rows(
     backbone_name: str,
     cfg: TrainConfig,
     accelerator: Accelerator,
-    lora: dict | None = None,
+    lora: LoraConfig | dict | None = None,
     prompts: list[str] | None = None,
     checkpoint_dir: Path | None = None,
     desc: str = "train",
 ) -> tuple[Backbone, FitResult, dict]:
     """Tune a fresh backbone on `train_rows`, early-stopped on the valid split; returns it, what the engine
     reported, and the facts a model's meta.json records."""
+    config = as_lora_config(lora)
+    record = lora_to_meta(config) if config is not None else None  # what the fingerprint and meta.json hold
     backbone = load_backbone(backbone_name, seed=cfg.seed)
-    make_trainable(backbone, lora)
+    make_trainable(backbone, config)
     valid_rows = rows_for(samples, "valid")
     data = {"train": prompt_set(backbone, train_rows, cfg.max_length, prompts)}
     valid = prompt_set(backbone, valid_rows, cfg.max_length)
     backbone.model.to(accelerator.device)
     fingerprint = {"data": manifest["samples_sha256"], "rows": train_rows["sample_id"].tolist(),
-                   "backbone": backbone_name, "lora": lora}
+                   "backbone": backbone_name, "lora": record}
     result = fit(backbone, AnswerCrossEntropy(backbone.kind), data, cfg,
                  valid_loss=valid_loss_fn(backbone, valid, cfg.eval_batch_size),
                  checkpoint_dir=checkpoint_dir, fingerprint=fingerprint, accelerator=accelerator, desc=desc)
@@ -124,7 +132,7 @@ def fit_rows(
     facts = {
         "backbone": backbone_name,
         "base": {"backbone": backbone_name, "seed": cfg.seed},
-        "lora": lora,
+        "lora": record,
         "data": {"samples_sha256": manifest["samples_sha256"]},
         "config": asdict(cfg),
         "fit": asdict(result),
@@ -143,13 +151,11 @@ def train(
     backbone_name: str,
     out: Path,
     cfg: TrainConfig,
-    lora: bool = False,
-    lora_r: int = LORA_DEFAULTS["r"],
-    lora_alpha: int = LORA_DEFAULTS["alpha"],
-    lora_dropout: float = LORA_DEFAULTS["dropout"],
+    lora: LoraConfig | bool | None = None,
     overwrite: bool = False,
 ) -> dict:
-    """Train an Original (all train samples) or a Retrain (train minus forget) model into `out`."""
+    """Train an Original (all train samples) or a Retrain (train minus forget) model into `out`: every weight,
+    or LoRA adapters as `lora` says (True: LORA_DEFAULTS)."""
     out = Path(out)
     if out.exists() and not overwrite and (out / "meta.json").is_file():
         raise E2URecError(f"{out}: a trained model is already there; pass --overwrite to replace it")
@@ -158,9 +164,9 @@ def train(
     resume = out.parent / f".{out.name}.resume"
     started = time.perf_counter()
     rows, prompts = role_rows(samples, role)
-    backbone, _, facts = fit_rows(samples, manifest, rows, backbone_name, cfg, accelerator,
-                                  {"r": lora_r, "alpha": lora_alpha, "dropout": lora_dropout} if lora else None,
-                                  prompts, checkpoint_dir=resume, desc=role)
+    recipe = LORA_DEFAULTS if lora is True else lora or None
+    backbone, _, facts = fit_rows(samples, manifest, rows, backbone_name, cfg, accelerator, recipe, prompts,
+                                  checkpoint_dir=resume, desc=role)
     meta = {"e2urec_version": __version__, "role": role, **facts,
             "train_seconds": round(time.perf_counter() - started, 3)}
     meta["data"]["dir"] = str(Path(data_dir).resolve())

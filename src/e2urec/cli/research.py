@@ -129,18 +129,18 @@ def train(
     overwrite: Annotated[bool, typer.Option(help="replace an existing model folder")] = False,
 ) -> None:
     """Instruction-tune a backbone: the Original (all train samples) or Retrain (without the forget set)."""
+    from e2urec.training import lora_config
     from e2urec.training import train as run_train
     from e2urec.unlearning.sharded import SYSTEMS, train_system
 
     guard_output(out, "model", [data], overwrite)
     cfg = train_config(epochs, lr, batch_size, grad_accum, patience, max_steps, max_length, seed)
+    recipe = lora_config(lora_r, lora_alpha, lora_dropout) if lora else None
     if role in SYSTEMS:
-        lora_cfg = {"r": lora_r, "alpha": lora_alpha, "dropout": lora_dropout} if lora else None
-        meta = train_system(data, role, backbone, out, cfg, lora_cfg, overwrite=overwrite)
+        meta = train_system(data, role, backbone, out, cfg, recipe, overwrite=overwrite)
         out_console.print(f"{role} system → {out}: {meta['shards']} shards in {meta['train_seconds']:.1f} s")
         return
-    meta = run_train(data, role, backbone, out, cfg, lora=lora, lora_r=lora_r, lora_alpha=lora_alpha,
-                     lora_dropout=lora_dropout, overwrite=overwrite)
+    meta = run_train(data, role, backbone, out, cfg, lora=recipe, overwrite=overwrite)
     valid = meta["valid"]
     out_console.print(
         f"{role} → {out}: valid AUC {valid['auc']:.4f}, LogLoss {valid['logloss']:.4f}, "

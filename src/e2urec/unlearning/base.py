@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import torch
 from accelerate import Accelerator
+from peft import LoraConfig
 
 from e2urec.checkpoint import META_FILE, base_reference, load_model, read_meta, save_model
 from e2urec.data.roles import role_rows, rows_digest, rows_for
@@ -181,8 +182,9 @@ class Method:
 class ObjectiveMethod(Method):
     """Train a student from the Original on (forget, retain) batches with a method-specific loss."""
 
-    def lora_config(self) -> dict | None:
-        """LoRA settings of the student (None: full fine-tuning of a copy of the Original)."""
+    def lora_config(self) -> LoraConfig | None:
+        """The student's LoRA recipe, as peft takes it (build it with `e2urec.training.lora_config`, which
+        meta.json can record); None: full fine-tuning of a copy of the Original."""
         return None
 
     def student(self, job: Job) -> Backbone:

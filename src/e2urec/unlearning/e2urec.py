@@ -9,11 +9,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
+from peft import LoraConfig
 
-from e2urec.checkpoint import load_model, save_model
+from e2urec.checkpoint import LORA_TARGETS, load_model, save_model
+from e2urec.checkpoint import lora_config as lora_recipe
 from e2urec.data.roles import rows_for, sample_rows
 from e2urec.engine import Batch, Check, TrainConfig, fit
 from e2urec.errors import E2URecError
@@ -57,7 +60,7 @@ class E2URecConfig(MethodConfig):
     lora_alpha: int = option(32, "LoRA scaling numerator", low=1)
     lora_dropout: float = option(0.05, "LoRA dropout", low=0, high=0.99)
     lora_targets: str = option("attention", "attention (q/v) | all-linear | all-linear+embeddings",
-                               choices=("attention", "all-linear", "all-linear+embeddings"))
+                               choices=LORA_TARGETS)
     distill: str = option("vocab", "distil the full vocabulary or the two answer tokens",
                           choices=("vocab", "answer"))
     aug_epochs: float = option(1.5, "augmented model: passes over the forget set", low=0, open_low=True)
@@ -66,12 +69,19 @@ class E2URecConfig(MethodConfig):
     aug_lr: float | None = option(None, "augmented model lr (overrides aug_lr_scale)", low=0, open_low=True)
     aug_steps: int | None = option(None, "augmented model steps (overrides aug_epochs)", low=1)
     aug_batch_size: int = option(16, "augmented model batch size", low=1)
+    aug_contrast: str = option("none", "what the augmented model is compared with: none (the Original), or "
+                               "items: a control model tuned the same way on other users' samples of the same "
+                               "items, so the teacher pushes down only what is specific to the forgotten users",
+                               choices=("none", "items"))
     stop: str = option("nonmember", "nonmember: stop once the forget set's loss reaches held-out "
                        "non-members'; none: run the whole schedule", choices=("nonmember", "none"))
     check_every: int = option(10, "steps between stopping-rule checks", low=1)
     stop_margin: float = option(0.0, "stop when forget loss ≥ non-member loss − margin", low=0)
     utility_tolerance: float = option(0.01, "keep a state only while valid AUC ≥ the Original's − this",
                                       low=0, high=1)
+    retain_match: str = option("random", "retain samples for the remembering term: random, or items: retained "
+                               "samples of the forget set's items first, so the forgetting push must use what is "
+                               "specific to the forgotten users", choices=("random", "items"))
     monitor_samples: int = option(1024, "forget, non-member and utility samples scored per check (at most)", low=10)
 
     @classmethod
@@ -112,18 +122,19 @@ def answer_losses(backbone: Backbone, model: torch.nn.Module, data: PromptSet, a
     return mia_features(data.targets == backbone.answer_ids[1], p_yes)[:, 0], p_yes
 
 
-def calibrate_alpha(z_orig: np.ndarray, z_aug: np.ndarray, yes: np.ndarray, target: float, alpha_max: float
-                    ) -> float:
+def calibrate_alpha(z_orig: np.ndarray, z_aug: np.ndarray, yes: np.ndarray, target: float, alpha_max: float,
+                    z_ref: np.ndarray | None = None) -> float:
     """α at which the forgetting teacher's mean two-token loss on the forget set equals `target`.
 
-    `z_orig`, `z_aug`: [N, 2] logits of (No, Yes); the teacher's two answer logits depend on α elementwise, so
-    its loss is computed without the vocabulary. 0 when the Original already loses `target` (nothing to
-    forget), `alpha_max` when even that is not enough. Bisection: the loss grows with α wherever the
-    augmented model raised the true answer, which is what training on the forget set does.
+    `z_orig`, `z_aug` (and the control's `z_ref`, compared with instead of `z_orig`): [N, 2] logits of (No, Yes);
+    the teacher's two answer logits depend on α elementwise, so its loss is computed without the vocabulary.
+    0 when the Original already loses `target` (nothing to forget), `alpha_max` when even that is not enough.
+    Bisection: the loss grows with α wherever the augmented model raised the true answer, which is what
+    training on the forget set does.
     """
 
     def loss(alpha: float) -> float:
-        z = z_orig - alpha * np.maximum(z_aug - z_orig, 0.0)
+        z = z_orig - alpha * np.maximum(z_aug - (z_orig if z_ref is None else z_ref), 0.0)
         z = z - z.max(1, keepdims=True)
         log_p = z - np.log(np.exp(z).sum(1, keepdims=True))
         return float(-log_p[np.arange(len(z)), yes].mean())
@@ -152,15 +163,17 @@ class NonMemberStop:
         self.base_auc: float | None = None
 
     def __call__(self, model: torch.nn.Module, accelerator: Accelerator, steps: int) -> Check:
-        f_loss, _ = answer_losses(self.backbone, model, self.forget, accelerator)
-        n_loss, _ = answer_losses(self.backbone, model, self.non_members, accelerator)
         auc = utility_metrics(self.labels, answer_losses(self.backbone, model, self.utility, accelerator)[1])["auc"]
         if self.base_auc is None:
             self.base_auc = auc
         useful = auc is None or self.base_auc is None or auc >= self.base_auc - self.cfg.utility_tolerance
-        reached = float(f_loss.mean()) >= float(n_loss.mean()) - self.cfg.stop_margin
-        record = {"forget_loss": float(f_loss.mean()), "nonmember_loss": float(n_loss.mean()), "valid_auc": auc}
-        return Check(keep=useful, stop=not useful or (reached and steps >= self.cfg.min_steps), record=record)
+        record: dict = {"valid_auc": auc}
+        if steps < self.cfg.min_steps or not useful:  # the loss rule cannot stop it yet: skip its scoring
+            return Check(keep=useful, stop=not useful, record=record)
+        f_loss = float(answer_losses(self.backbone, model, self.forget, accelerator)[0].mean())
+        n_loss = float(answer_losses(self.backbone, model, self.non_members, accelerator)[0].mean())
+        record.update(forget_loss=f_loss, nonmember_loss=n_loss)
+        return Check(keep=True, stop=f_loss >= n_loss - self.cfg.stop_margin, record=record)
 
 
 @register
@@ -171,9 +184,8 @@ class E2URec(ObjectiveMethod):
     Config = E2URecConfig
     lora = True
 
-    def lora_config(self) -> dict:
-        return {"r": self.cfg.lora_r, "alpha": self.cfg.lora_alpha, "dropout": self.cfg.lora_dropout,
-                "targets": self.cfg.lora_targets}
+    def lora_config(self) -> LoraConfig:
+        return lora_recipe(self.cfg.lora_r, self.cfg.lora_alpha, self.cfg.lora_dropout, self.cfg.lora_targets)
 
     processes = 1  # data-parallel processes: each step reads `batch_size` samples per process
 
@@ -189,16 +201,35 @@ class E2URec(ObjectiveMethod):
         total, forget_only = self.schedule(n_forget)
         return max(1, total - forget_only) * self.cfg.batch_size
 
+    def prompt_sets(self, job: Job, backbone: Backbone) -> dict[str, PromptSet]:
+        """With `retain_match=items`, the remembering term reads other users' samples of the forgotten items
+        first: what is general about those items stays anchored while the forget set moves."""
+        if self.cfg.retain_match == "random":
+            return super().prompt_sets(job, backbone)
+        forget = rows_for(job.samples, "forget")
+        retain = self.item_matched(job, self.retain_needed(len(forget)), 12)
+        return {"forget": prompt_set(backbone, forget, self.cfg.max_length),
+                "retain": prompt_set(backbone, retain, self.cfg.max_length)}
+
+    def item_matched(self, job: Job, n: int, stream: int) -> pd.DataFrame:
+        """`n` retained samples (seeded), those of the forget set's items first, then any others."""
+        retain = rows_for(job.samples, "retain")
+        same = retain["item_id"].isin(set(rows_for(job.samples, "forget")["item_id"])).to_numpy()
+        matched = sample_rows(retain[same], n, self.cfg.seed, stream)
+        rest = sample_rows(retain[~same], n - len(matched), self.cfg.seed, stream + 1)
+        return pd.concat([matched, rest]).sort_index()
+
     def train_config(self, data: dict[str, PromptSet]) -> TrainConfig:
         total, _ = self.schedule(len(data["forget"]))
         per_pass = math.ceil(len(data["forget"]) / (self.cfg.batch_size * self.processes))
         return TrainConfig(epochs=math.ceil(total / per_pass), lr=self.cfg.lr, batch_size=self.cfg.batch_size,
                            max_steps=total, max_length=self.cfg.max_length, seed=self.cfg.seed)
 
-    def augmented(self, job: Job, data: PromptSet) -> Backbone:
-        """The Original tuned further on the forget set (every weight): it exaggerates what the Original learned
-        from it. Its steps follow the forget set's size; its lr follows the Original's own recipe."""
-        folder = job.work / "augmented"
+    def augmented(self, job: Job, data: PromptSet, role: str = "augmented") -> Backbone:
+        """The Original tuned further on `data`, the forget set (every weight): it exaggerates what the Original
+        learned from it. Its steps follow the forget set's size; its lr follows the Original's own recipe.
+        The control model (`aug_contrast=items`) is tuned the same way on `data` of the same size."""
+        folder = job.work / role
         if (folder / "meta.json").is_file():
             backbone, _ = load_model(folder)
             backbone.model.to(job.accelerator.device)
@@ -208,17 +239,17 @@ class E2URec(ObjectiveMethod):
         per_pass = math.ceil(len(data) / (self.cfg.aug_batch_size * self.processes))
         steps = self.cfg.aug_steps or math.ceil(self.cfg.aug_epochs * len(data) / (self.cfg.aug_batch_size
                                                                                    * self.processes))
-        self.facts["augmented"] = {"lr": lr, "steps": steps}
+        self.facts[role] = {"lr": lr, "steps": steps}
         backbone = job.load_original()
         backbone.model.requires_grad_(True)
         cfg = TrainConfig(epochs=math.ceil(steps / per_pass), lr=lr, batch_size=self.cfg.aug_batch_size,
                           max_steps=steps, seed=self.cfg.seed)
         fit(backbone, AnswerCrossEntropy(backbone.kind, stream="forget"), {"forget": data}, cfg,
-            accelerator=job.accelerator, desc="augmented")
+            accelerator=job.accelerator, desc=role)
         backbone.model.eval()
         if job.accelerator.is_main_process:
             folder.mkdir(parents=True, exist_ok=True)
-            save_model(backbone, folder, {"role": "augmented", "backbone": job.original_meta.get("backbone")})
+            save_model(backbone, folder, {"role": role, "backbone": job.original_meta.get("backbone")})
         return backbone
 
     def non_members(self, job: Job, backbone: Backbone) -> tuple[PromptSet, str]:
@@ -249,33 +280,36 @@ class E2URec(ObjectiveMethod):
                            self.cfg.seed, 33)
         return prompt_set(backbone, rows, self.cfg.max_length), rows["label"].to_numpy()
 
-    def choose_alpha(self, job: Job, backbone: Backbone, original: Backbone, augmented: Backbone,
-                     forget: PromptSet) -> float:
+    def choose_alpha(self, job: Job, backbone: Backbone, teachers: list[Backbone], forget: PromptSet) -> float:
+        """`teachers`: the Original, the augmented model and, with a contrast, the control model."""
         if self.cfg.alpha_rule == "fixed":
             return self.cfg.alpha
         pair = list(backbone.answer_ids)
-        both = per_sample(backbone, forget, lambda b: torch.cat([
-            answer_logits(original.model, b, original.kind)[:, pair], answer_logits(augmented.model, b,
-                                                                                     augmented.kind)[:, pair]], 1),
-            64, job.accelerator, desc="calibrate", progress=False)
+        z = per_sample(backbone, forget, lambda b: torch.cat([answer_logits(t.model, b, t.kind)[:, pair]
+                                                              for t in teachers], 1),
+                       64, job.accelerator, desc="calibrate", progress=False)
         non_members, pool = self.non_members(job, backbone)
-        target = float(answer_losses(backbone, original.model, non_members, job.accelerator)[0].mean())
+        target = float(answer_losses(backbone, teachers[0].model, non_members, job.accelerator)[0].mean())
         yes = (forget.targets == backbone.answer_ids[1]).astype(int)
-        alpha = calibrate_alpha(both[:, :2], both[:, 2:], yes, target, self.cfg.alpha_max)
+        alpha = calibrate_alpha(z[:, :2], z[:, 2:4], yes, target, self.cfg.alpha_max, z[:, 4:] if z.shape[1] > 4
+                                else None)
         self.facts["alpha"] = {"rule": "nonmember", "alpha": alpha, "target_loss": target, "non_members": pool,
                                "non_member_samples": len(non_members)}
         return alpha
 
     def attach_teachers(self, job: Job, backbone: Backbone, data: dict[str, PromptSet]) -> None:
         original = job.load_original()
-        augmented = self.augmented(job, data["forget"])
-        z_orig = logits_of(original.model, original.kind)
-        z_aug = logits_of(augmented.model, augmented.kind)
-        alpha = self.choose_alpha(job, backbone, original, augmented, data["forget"])
-        cache_teacher(backbone, data["forget"], lambda b: forgetting_teacher_logits(z_orig(b), z_aug(b), alpha),
-                      "fgt", job.accelerator)
-        del augmented
-        cache_teacher(backbone, data["retain"], z_orig, "rem", job.accelerator)
+        teachers = [original, self.augmented(job, data["forget"])]
+        if self.cfg.aug_contrast == "items":
+            control = self.item_matched(job, len(data["forget"]), 14)
+            teachers.append(self.augmented(job, prompt_set(backbone, control, self.cfg.max_length),
+                                           "augmented-control"))
+        z = [logits_of(t.model, t.kind) for t in teachers]
+        alpha = self.choose_alpha(job, backbone, teachers, data["forget"])
+        cache_teacher(backbone, data["forget"], lambda b: forgetting_teacher_logits(
+            z[0](b), z[1](b), alpha, z[2](b) if len(z) > 2 else None), "fgt", job.accelerator)
+        del teachers[1:], z[1:]  # the augmented and control models are not needed any more
+        cache_teacher(backbone, data["retain"], z[0], "rem", job.accelerator)
         forget = rows_for(job.samples, "forget")
         p_teacher = data["forget"].extras["fgt_p2"][:, 1].numpy()
         self.facts["teacher"] = {

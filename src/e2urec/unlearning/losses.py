@@ -14,9 +14,10 @@ from torch import Tensor
 from e2urec.engine import Batch
 
 
-def forgetting_teacher_logits(z_orig: Tensor, z_aug: Tensor, alpha: float) -> Tensor:
-    """z_fgt = z_orig − α·ReLU(z_aug − z_orig): push down whatever training on the forget set pushed up."""
-    return z_orig - alpha * F.relu(z_aug - z_orig)
+def forgetting_teacher_logits(z_orig: Tensor, z_aug: Tensor, alpha: float, z_ref: Tensor | None = None) -> Tensor:
+    """z_fgt = z_orig − α·ReLU(z_aug − z_ref): push down whatever training on the forget set pushed up, beyond
+    what the same training on other data (a control model, `z_ref`; default the Original itself) pushed up."""
+    return z_orig - alpha * F.relu(z_aug - (z_orig if z_ref is None else z_ref))
 
 
 def soft_cross_entropy(student_logits: Tensor, teacher_probs: Tensor) -> Tensor:

@@ -15,9 +15,18 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
+from peft import LoraConfig
 
 from e2urec import __version__
-from e2urec.checkpoint import META_FILE, ensemble_backbone, load_model, read_meta, save_model, write_system
+from e2urec.checkpoint import (
+    META_FILE,
+    ensemble_backbone,
+    load_model,
+    lora_to_meta,
+    read_meta,
+    save_model,
+    write_system,
+)
 from e2urec.data.roles import prompts_seen_by_original, rows_for
 from e2urec.data.store import load_prepared
 from e2urec.engine import FitResult, TrainConfig, make_accelerator
@@ -26,7 +35,7 @@ from e2urec.io import atomic_dir
 from e2urec.model.backbone import Backbone, load_backbone
 from e2urec.model.ensemble import AttentionAggregator
 from e2urec.model.scoring import answer_logits, per_sample, prompt_set
-from e2urec.training import fit_rows, make_trainable
+from e2urec.training import as_lora_config, fit_rows, make_trainable
 from e2urec.unlearning.base import Job, Method, RecipeOverrides, register
 
 
@@ -83,12 +92,12 @@ def _link_or_copy(src: str, dst: str) -> None:
 
 
 def train_system(data_dir: Path, system: str, backbone_name: str, out: Path, cfg: TrainConfig,
-                 lora: dict | None = None, overwrite: bool = False) -> dict:
+                 lora: LoraConfig | dict | None = None, overwrite: bool = False) -> dict:
     """`e2urec train --role sisa|receraser`: one model per shard on its training rows, then aggregation.
 
     Finished shards are kept in a work folder beside `out`, so an interrupted run resumes shard by shard.
     """
-    out = Path(out)
+    out, recipe = Path(out), as_lora_config(lora)
     if out.exists() and not overwrite and (out / META_FILE).is_file():
         raise E2URecError(f"{out}: a trained system is already there; pass --overwrite to replace it")
     accelerator = make_accelerator()
@@ -103,7 +112,7 @@ def train_system(data_dir: Path, system: str, backbone_name: str, out: Path, cfg
         if not (folder / META_FILE).is_file():
             rows = rows_for(samples, "train")
             rows = rows[rows[column] == s]
-            backbone, _, facts = fit_rows(samples, manifest, rows, backbone_name, cfg, accelerator, lora,
+            backbone, _, facts = fit_rows(samples, manifest, rows, backbone_name, cfg, accelerator, recipe,
                                           prompts_seen_by_original(rows), checkpoint_dir=work / f"resume-{s}",
                                           desc=f"{system} shard {s}")
             if accelerator.is_main_process:
@@ -115,7 +124,8 @@ def train_system(data_dir: Path, system: str, backbone_name: str, out: Path, cfg
     aggregator = learn_aggregator(trained, samples, accelerator, cfg.seed) if attention else None
     shard_meta = [read_meta(work / shard_dir(s)) for s in shards]
     meta = {
-        "e2urec_version": __version__, "role": system, "backbone": backbone_name, "lora": lora,
+        "e2urec_version": __version__, "role": system, "backbone": backbone_name,
+        "lora": None if recipe is None else lora_to_meta(recipe),
         "config": asdict(cfg), "data": {"dir": str(Path(data_dir).resolve()),
                                         "samples_sha256": manifest["samples_sha256"]},
         "shards": len(shards), "train_seconds": round(time.perf_counter() - started, 3),
