@@ -22,11 +22,11 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 
 test: $(STAMP) lint
-	$(BIN)/python -m pytest -q --durations=15
+	$(BIN)/python -m pytest -q -n auto --dist loadfile --durations=15
 
 # Unit tests only (no model is trained): seconds, for the edit-test loop.
 test-fast: $(STAMP) lint
-	$(BIN)/python -m pytest -q -m "not slow and not integration"
+	$(BIN)/python -m pytest -q -n auto --dist loadfile -m "not slow and not integration"
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

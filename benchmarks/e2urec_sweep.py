@@ -35,6 +35,10 @@ GRID = {
     "lora all-linear+embeddings": {"lora_targets": "all-linear+embeddings"},
     "distill answer": {"distill": "answer"},
     "forget_only=0.3": {"forget_only": 0.3},
+    "forget-only, 10 passes": {"forget_only": 1.0, "epochs": 10},
+    "aug_contrast=items": {"aug_contrast": "items"},
+    "aug_contrast=items, forget-only, 10 passes": {"aug_contrast": "items", "forget_only": 1.0, "epochs": 10},
+    "aug_contrast=items, 10 passes": {"aug_contrast": "items", "epochs": 10},
 }
 
 

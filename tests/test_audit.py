@@ -20,6 +20,7 @@ from e2urec.ops import audit
 from e2urec.ops.audit import AuditConfig, Scores, judge, label_stratified_auc, parse_settings
 from e2urec.ops.forget import escalation_plan, forget, read_request
 from e2urec.ops.run import Run, init_run
+from e2urec.unlearning.e2urec import E2URecConfig
 
 runner = CliRunner()
 QUICK = {"max_steps": 2, "batch_size": 8, "aug_steps": 2}
@@ -100,8 +101,10 @@ def test_settings_are_checked_and_old_runs_get_defaults() -> None:
 def test_escalation_plans() -> None:
     options = {"max_steps": 2, "min_steps": 5}
     retry = escalation_plan("e2urec", options, AuditConfig(audit_retries=2))
-    assert retry == [("e2urec", {"max_steps": 6, "min_steps": 15, "epochs": 9.0, "stop": "none"}),
-                     ("e2urec", {"max_steps": 18, "min_steps": 45, "epochs": 27.0, "stop": "none"}), ("retrain", {})]
+    passes = E2URecConfig().epochs  # the default, tripled per retry
+    assert retry == [("e2urec", {"max_steps": 6, "min_steps": 15, "epochs": 3 * passes, "stop": "none"}),
+                     ("e2urec", {"max_steps": 18, "min_steps": 45, "epochs": 9 * passes, "stop": "none"}),
+                     ("retrain", {})]
     assert escalation_plan("e2urec", options, AuditConfig(on_unverified="retrain")) == [("retrain", {})]
     assert escalation_plan("e2urec", options, AuditConfig(on_unverified="keep")) == []
     assert escalation_plan("e2urec", options, AuditConfig(), can_retrain=False)[-1][0] == "e2urec"
