@@ -13,6 +13,7 @@ python benchmarks/e2urec_sweep.py --bench runs/cpu --preset cpu [--tune-seed 0]
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 import numpy as np
@@ -28,17 +29,19 @@ from e2urec.io import read_json, write_json_atomic
 from e2urec.model.scoring import per_sample_p_yes, prompt_set
 from e2urec.unlearning.runner import unlearn
 
-# The reference profile, the new schedule with its rules, then one factor at a time around it.
+# The reference profile, the defaults, then one factor at a time around them (and the previous defaults).
 GRID = {
     "reference profile": {"profile": "reference"},
-    "new schedule": {},
-    "lora all-linear+embeddings": {"lora_targets": "all-linear+embeddings"},
+    "defaults": {},
+    "lora attention (q/v)": {"lora_targets": "attention"},
+    "lora all-linear": {"lora_targets": "all-linear"},
+    "forget_only=0.8": {"forget_only": 0.8},
+    "joint throughout, beta 0.8, retain_match=items": {"forget_only": 0.0, "beta": 0.8, "retain_match": "items"},
+    "aug_contrast=none": {"aug_contrast": "none"},
     "distill answer": {"distill": "answer"},
-    "forget_only=0.3": {"forget_only": 0.3},
-    "forget-only, 10 passes": {"forget_only": 1.0, "epochs": 10},
-    "aug_contrast=items": {"aug_contrast": "items"},
-    "aug_contrast=items, forget-only, 10 passes": {"aug_contrast": "items", "forget_only": 1.0, "epochs": 10},
-    "aug_contrast=items, 10 passes": {"aug_contrast": "items", "epochs": 10},
+    "3 passes": {"epochs": 3},
+    "utility_z=0 (bare 0.01 guard)": {"utility_z": 0.0},
+    "previous defaults (q/v LoRA, forget_only 0.8)": {"lora_targets": "attention", "forget_only": 0.8},
 }
 
 
@@ -82,7 +85,7 @@ def p_of_model(backbone, rows, cfg: EvalConfig, accelerator) -> np.ndarray:
 
 
 def config_run(seed_dir: Path, name: str, options: dict, seed: int) -> Path:
-    out = seed_dir / "sweep" / name.replace(" ", "-").replace("=", "-")
+    out = seed_dir / "sweep" / re.sub(r"[^A-Za-z0-9.]+", "-", name).strip("-")
     if not (out / "meta.json").is_file():
         unlearn("e2urec", seed_dir / "original", seed_dir / "data", out, {**options, "seed": seed}, overwrite=True)
     return out

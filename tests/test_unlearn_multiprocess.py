@@ -25,9 +25,11 @@ ENV = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "HF_H
 PER_PROCESS = 7
 # A fixed `aug_steps` reads twice the samples on two processes (steps are global batches); the item-contrasted
 # teacher adds a second such model whose difference the teacher amplifies, so this comparison uses the plain
-# teacher (the contrasted one runs in every single-process contract test).
+# teacher (the contrasted one runs in every single-process contract test); a joint phase (forget_only below 1)
+# so the retain stream is split across processes too.
 E2UREC = {"stop": "none", "alpha_rule": "fixed", "lora_dropout": 0.0, "aug_steps": 2, "min_steps": 1, "epochs": 3,
-          "aug_batch_size": PER_PROCESS, "aug_contrast": "none"}
+          "aug_batch_size": PER_PROCESS, "aug_contrast": "none", "forget_only": 1 / 3,
+          "lora_targets": "attention"}
 
 
 def launch(args: list[str]) -> None:

@@ -39,7 +39,7 @@ def test_e2urec_changes_only_adapters_and_purges_forget_derived_files(run: Path)
                    keep_intermediates=True, overwrite=True)
     work = run / ".e2urec-kept.work"
     assert (work / "augmented" / "model.safetensors").is_file(), "--keep-intermediates keeps the augmented model"
-    assert meta["trainable_params"] < 0.05 * meta["total_params"]
+    assert meta["trainable_params"] < 0.15 * meta["total_params"]  # adapters only (the tiny model is 95% embeddings)
     original = load_file(run / "original" / "model.safetensors")
     student, _ = load_model(out)
     changed_adapters = 0
@@ -62,7 +62,7 @@ def test_registry_lists_every_method() -> None:
                             "receraser"}
     result = runner.invoke(app, ["methods"], terminal_width=400)
     assert result.exit_code == 0 and "e2urec" in result.output and "alpha=2.0" in result.output
-    assert "forget_only=0.8" in result.output and "share of the steps" in result.output
+    assert "forget_only=1.0" in result.output and "share of the steps" in result.output
 
 
 def test_e2urec_stopping_rule_teacher_and_alpha_are_recorded(run: Path) -> None:
@@ -98,7 +98,7 @@ def test_bad_options_are_refused_before_any_work(run: Path, options: dict) -> No
 @pytest.mark.parametrize("targets", ["all-linear", "all-linear+embeddings"])
 def test_lora_targets_reach_more_of_the_model(run: Path, targets: str) -> None:
     attention = unlearn("e2urec", run / "original", run / "data", run / "lora-attn",
-                        {"aug_steps": 1, "max_steps": 1, "stop": "none"}, overwrite=True)
+                        {"aug_steps": 1, "max_steps": 1, "stop": "none", "lora_targets": "attention"}, overwrite=True)
     wider = unlearn("e2urec", run / "original", run / "data", run / f"lora-{targets}",
                     {"aug_steps": 1, "max_steps": 1, "stop": "none", "lora_targets": targets}, overwrite=True)
     assert wider["trainable_params"] > attention["trainable_params"]

@@ -7,10 +7,12 @@ from e2urec.evaluation.metrics import (
     membership_inference_auc,
     mia_features,
     one_hot_anchor,
+    paired_auc_change,
     symmetric_kl,
     utility_metrics,
     within_user_auc,
 )
 
 __all__ = ["EvalConfig", "distances", "evaluate", "jsd", "l2", "membership_auc", "membership_inference_auc",
-           "mia_features", "one_hot_anchor", "split_scores", "symmetric_kl", "utility_metrics", "within_user_auc"]
+           "mia_features", "one_hot_anchor", "paired_auc_change", "split_scores", "symmetric_kl", "utility_metrics",
+           "within_user_auc"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import torch
+from scipy.stats import rankdata
 from sklearn.metrics import log_loss, roc_auc_score
 from torch import Tensor
 
@@ -34,6 +35,32 @@ def within_user_auc(users: np.ndarray, labels: np.ndarray, p_yes: np.ndarray) ->
     frame = pd.DataFrame({"user": np.asarray(users), "label": np.asarray(labels, dtype=int), "p": p_yes})
     aucs = [roc_auc_score(g["label"], g["p"]) for _, g in frame.groupby("user", sort=True) if g["label"].nunique() == 2]
     return (float(np.mean(aucs)) if aucs else None), len(aucs)
+
+
+def paired_auc_change(labels: np.ndarray, p_new: np.ndarray, p_base: np.ndarray, draws: int = 200,
+                      seed: int = 0) -> tuple[float | None, float]:
+    """AUC(p_new) − AUC(p_base) on the same samples, and its bootstrap standard error.
+
+    Both models score the same rows, so the difference is far less noisy than either AUC: resampling rows
+    (both predictions together) measures what the sample size can tell apart. (None, 0) with one class only.
+    """
+    labels = np.asarray(labels, dtype=int)
+    if len(np.unique(labels)) < 2:
+        return None, 0.0
+
+    def auc(y: np.ndarray, p: np.ndarray) -> np.ndarray:  # rows of y, p: one AUC per row (Mann–Whitney)
+        ranks = rankdata(p, axis=-1)
+        pos = y.sum(-1)
+        neg = y.shape[-1] - pos
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return ((ranks * y).sum(-1) - pos * (pos + 1) / 2) / (pos * neg)
+
+    delta = float(auc(labels, np.asarray(p_new, dtype=float)) - auc(labels, np.asarray(p_base, dtype=float)))
+    rows = np.random.default_rng([seed, 7]).integers(0, len(labels), size=(draws, len(labels)))
+    y = labels[rows]
+    diffs = auc(y, np.asarray(p_new, dtype=float)[rows]) - auc(y, np.asarray(p_base, dtype=float)[rows])
+    diffs = diffs[np.isfinite(diffs)]
+    return delta, float(diffs.std(ddof=1)) if len(diffs) > 1 else 0.0
 
 
 def mia_features(labels: np.ndarray, p_yes: np.ndarray) -> np.ndarray:

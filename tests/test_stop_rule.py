@@ -1,0 +1,92 @@
+"""E2URec's stopping rule and utility guard, on scripted model outputs (no training)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import e2urec.unlearning.e2urec as e2urec_module
+from e2urec.evaluation import paired_auc_change
+from e2urec.model.scoring import PromptSet
+from e2urec.unlearning.e2urec import E2URecConfig, NonMemberStop
+
+
+def test_paired_auc_change_by_hand() -> None:
+    labels = np.array([0, 0, 1, 1])
+    base = np.array([0.1, 0.4, 0.35, 0.8])  # 3 of 4 (negative, positive) pairs ordered: AUC 0.75
+    better = np.array([0.1, 0.2, 0.35, 0.8])  # all 4: AUC 1
+    change, se = paired_auc_change(labels, better, base)
+    assert change == pytest.approx(0.25) and se > 0
+    assert paired_auc_change(labels, base, base) == (0.0, 0.0)
+    assert paired_auc_change(np.ones(4, dtype=int), better, base) == (None, 0.0)
+
+
+def test_paired_standard_error_shrinks_with_more_samples() -> None:
+    rng = np.random.default_rng(0)
+
+    def se(n: int) -> float:
+        labels = rng.integers(0, 2, n)
+        base = rng.random(n) + 0.5 * labels
+        return paired_auc_change(labels, base + rng.normal(0, 0.2, n), base)[1]
+
+    assert se(2000) < se(100) / 2
+
+
+class Scripted:
+    """Stands in for the model: each check returns the next scripted P(yes) for the utility set and fixed
+    losses for the forget and non-member sets."""
+
+    def __init__(self, utility: PromptSet, p_utility: list[np.ndarray], forget_loss: float, nonmember_loss: float):
+        self.utility, self.p_utility = utility, iter(p_utility)
+        self.forget_loss, self.nonmember_loss = forget_loss, nonmember_loss
+
+    def __call__(self, backbone, model, data: PromptSet, accelerator):
+        if data is self.utility:
+            return np.zeros(len(data)), next(self.p_utility)
+        loss = self.forget_loss if len(data) == 3 else self.nonmember_loss
+        return np.full(len(data), loss), np.full(len(data), 0.5)
+
+
+def guard_run(monkeypatch: pytest.MonkeyPatch, drop: float, z: float) -> list:
+    """Three checks: the Original, then the same predictions with `drop` of the positives ranked lower."""
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 2, 400)
+    base = rng.random(400) + 0.6 * labels
+    worse = base.copy()
+    positives = np.flatnonzero(labels == 1)
+    hit = positives[: int(drop * len(positives))]
+    worse[hit] -= 0.6  # these positives lose their lead: the AUC falls
+    utility = PromptSet([[1]] * 400, np.zeros(400, dtype=int))
+    forget, non_members = PromptSet([[1]] * 3, np.zeros(3, dtype=int)), PromptSet([[1]] * 5, np.zeros(5, dtype=int))
+    monkeypatch.setattr(e2urec_module, "answer_losses", Scripted(utility, [base, worse, worse], 0.6, 0.7))
+    cfg = E2URecConfig(min_steps=1, utility_tolerance=0.01, utility_z=z)
+    stop = NonMemberStop(None, forget, non_members, utility, labels, cfg)
+    return [stop(None, None, step) for step in (0, 10, 20)]
+
+
+def test_guard_keeps_a_drop_the_valid_samples_cannot_resolve(monkeypatch: pytest.MonkeyPatch) -> None:
+    checks = guard_run(monkeypatch, drop=0.03, z=1.645)
+    change, se = checks[1].record["valid_auc_change"], checks[1].record["valid_auc_change_se"]
+    assert -0.01 - 1.645 * se < change < -0.01  # beyond the bare tolerance, within the sampling margin
+    assert all(c.keep and not c.stop for c in checks)
+    assert checks[2].record["forget_loss"] == pytest.approx(0.6) and checks[2].record["nonmember_loss"] == 0.7
+    bare = guard_run(monkeypatch, drop=0.03, z=0.0)  # the same drop against the bare tolerance stops the run
+    assert not bare[1].keep and bare[1].stop and "forget_loss" not in bare[1].record
+
+
+def test_guard_stops_a_drop_beyond_the_margin(monkeypatch: pytest.MonkeyPatch) -> None:
+    checks = guard_run(monkeypatch, drop=0.5, z=1.645)
+    assert checks[0].keep and not checks[1].keep and checks[1].stop
+
+
+def test_loss_rule_stops_once_the_forget_set_looks_like_non_members(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(2)
+    labels = rng.integers(0, 2, 50)
+    p = rng.random(50)
+    utility = PromptSet([[1]] * 50, np.zeros(50, dtype=int))
+    forget, non_members = PromptSet([[1]] * 3, np.zeros(3, dtype=int)), PromptSet([[1]] * 5, np.zeros(5, dtype=int))
+    monkeypatch.setattr(e2urec_module, "answer_losses", Scripted(utility, [p, p], 0.71, 0.7))
+    stop = NonMemberStop(None, forget, non_members, utility, labels, E2URecConfig(min_steps=5))
+    early, late = stop(None, None, 0), stop(None, None, 5)
+    assert early.keep and not early.stop and "forget_loss" not in early.record  # before min_steps: never
+    assert late.keep and late.stop
