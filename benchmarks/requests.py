@@ -8,6 +8,7 @@ audit's statistic for the Original and for that Retrain on each request's forget
 them apart?); test AUC of the Original, the final version and the Retrain on the same full test rows.
 Prints JSON and writes it to benchmarks/results/requests-<date>[-last-n-N].json. No user id is written. Usage:
 python benchmarks/requests.py [--out runs/requests] [--last-n 100000] [--requests 10] [--test-samples 2000]
+[--original-only | --reuse-original]
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import datetime
 import json
 import shutil
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -52,13 +54,29 @@ def full_test_auc(model: Path, rows: pd.DataFrame) -> float:
                                                                       progress=False))["auc"]
 
 
-def measure(out: Path, last_n: int, requests: int, test_samples: int | None, seed: int) -> dict:
+def original_model(out: Path, last_n: int, seed: int, recipe: TrainConfig, reuse: bool) -> float:
+    """Prepare the data and train the Original into `out` (seconds), or, with `reuse`, keep the ones an earlier
+    run of the same settings left there (its recorded seconds): at the full protocol the Original takes ~25 min."""
+    stamp = out / "original-seconds.json"
+    settings = json.loads(json.dumps({"last_n": last_n, "seed": seed, "recipe": asdict(recipe)}))
+    if reuse and stamp.is_file() and json.loads(stamp.read_text())["settings"] == settings:
+        for path in out.iterdir():
+            if path.name not in ("data", "original", stamp.name):
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+        return json.loads(stamp.read_text())["seconds"]
     shutil.rmtree(out, ignore_errors=True)
-    recipe = TrainConfig(**{**PRESETS["demo"].train, "seed": seed})
     prepare(PrepareConfig("ml-100k", last_n=last_n, seed=seed), out / "data")
     started = time.perf_counter()
     train(out / "data", "original", "tiny", out / "original", recipe)
-    original_seconds = time.perf_counter() - started
+    seconds = time.perf_counter() - started
+    stamp.write_text(json.dumps({"settings": settings, "seconds": seconds}))
+    return seconds
+
+
+def measure(out: Path, last_n: int, requests: int, test_samples: int | None, seed: int,
+            reuse_original: bool = False) -> dict:
+    recipe = TrainConfig(**{**PRESETS["demo"].train, "seed": seed})
+    original_seconds = original_model(out, last_n, seed, recipe, reuse_original)
     settings = {"test_samples": test_samples}
     root = init_run(out / "run", out / "data", out / "original", {"seed": seed}, audit=settings,
                     key_file=out / "run.key")
@@ -80,6 +98,7 @@ def measure(out: Path, last_n: int, requests: int, test_samples: int | None, see
             "attempts": [a["method"] for a in verdict.get("attempts", [])],
             "mia_auc_before": verdict.get("before", {}).get("mia_auc"),
             "mia_auc_after": verdict.get("after", {}).get("mia_auc"), "threshold": verdict.get("threshold"),
+            "forgetting_effect": verdict.get("forgetting_effect"), "reason": verdict.get("reason"),
             "test_auc": record["metrics"]["auc"], "test_n": record["metrics"]["test_n"],
         })
         print(rows[-1])
@@ -102,7 +121,10 @@ def measure(out: Path, last_n: int, requests: int, test_samples: int | None, see
         of_retrain = audit.judge(was, audit.score(retrain, rows_f, non_members, data=data), *labels, cfg)
         told.append({"original": of_original["verdict"], "original_mia_auc": of_original["after"]["mia_auc"],
                      "retrain": of_retrain["verdict"], "retrain_mia_auc": of_retrain["after"]["mia_auc"],
-                     "threshold": of_retrain["threshold"],
+                     "threshold": of_retrain["threshold"], "retrain_reason": of_retrain.get("reason"),
+                     "retrain_effect": of_retrain.get("forgetting_effect"),
+                     "retrain_valid_auc_drop": of_retrain.get("valid_auc_drop"),
+                     "retrain_valid_auc_drop_allowed": of_retrain.get("valid_auc_drop_allowed"),
                      "told_apart": of_original["verdict"] == "fail" and of_retrain["verdict"] == "pass"})
     test = rows_for(final, "test")
     models = {"original": out / "original", "final_version": root / "current" / "model", "retrain": out / "retrain"}
@@ -134,10 +156,19 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=10)
     parser.add_argument("--test-samples", type=lambda v: None if v == "none" else int(v), default=2000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--reuse-original", action="store_true",
+                        help="keep the data and Original an earlier run with the same settings left in --out")
+    parser.add_argument("--original-only", action="store_true", help="prepare and train the Original, then stop")
     args = parser.parse_args()
 
+    if args.original_only:
+        recipe = TrainConfig(**{**PRESETS["demo"].train, "seed": args.seed})
+        print(json.dumps({"original_seconds": original_model(args.out, args.last_n, args.seed, recipe,
+                                                             args.reuse_original)}))
+        return
+
     def go() -> dict:
-        report = measure(args.out, args.last_n, args.requests, args.test_samples, args.seed)
+        report = measure(args.out, args.last_n, args.requests, args.test_samples, args.seed, args.reuse_original)
         report["command"] = f"python benchmarks/requests.py --last-n {args.last_n} --requests {args.requests} " \
                             f"--test-samples {args.test_samples or 'none'} --seed {args.seed}"
         RESULTS.mkdir(exist_ok=True)

@@ -16,6 +16,7 @@ from e2urec.checkpoint import load_model
 from e2urec.cli import app
 from e2urec.data.store import load_prepared
 from e2urec.errors import E2URecError
+from e2urec.evaluation import utility_metrics
 from e2urec.ops import audit
 from e2urec.ops.audit import AuditConfig, Scores, judge, label_stratified_auc, parse_settings
 from e2urec.ops.forget import escalation_plan, forget, read_request
@@ -77,7 +78,17 @@ def test_verdicts_pass_fail_insufficient() -> None:
     assert record["after"]["mia_auc"] <= record["threshold"]
     assert record["threshold"] == round(0.5 + cfg.audit_tolerance + 1.645 * record["after"]["se"], 4)
     assert record["forget_prompts"] == 200 and record["non_members"] == 1000
-    assert judge(remembered, remembered, f_label, n_label, cfg)["verdict"] == "fail"
+    assert record["forgetting_effect"]["effect"] == pytest.approx(
+        forgotten.forget_loss.mean() - remembered.forget_loss.mean()) and record["forgetting_effect"]["z"] > 10
+    untouched = judge(remembered, remembered, f_label, n_label, cfg)
+    assert untouched["verdict"] == "fail" and untouched["forgetting_effect"]["effect"] == 0
+    # Indistinguishable from non-members already before: a model that did not change is no evidence of forgetting.
+    unchanged = judge(forgotten, forgotten, f_label, n_label, cfg)
+    assert unchanged["after"]["mia_auc"] <= unchanged["threshold"] and unchanged["verdict"] == "fail"
+    assert "did not rise" in unchanged["reason"]
+    # Losses rising everywhere alike (non-members as much as forget prompts) is no evidence either.
+    shifted = judge(forgotten, scores(forgotten.forget_loss + 0.2, non + 0.3), f_label, n_label, cfg)
+    assert shifted["forgetting_effect"]["effect"] == pytest.approx(-0.1) and shifted["verdict"] == "fail"
     # Forgotten, but utility fell by more than the tolerance: fail, with the reason.
     hurt = judge(remembered, scores(forgotten.forget_loss, non, valid_auc=0.6), f_label, n_label, cfg)
     assert hurt["verdict"] == "fail" and "valid AUC dropped" in hurt["reason"]
@@ -85,6 +96,27 @@ def test_verdicts_pass_fail_insufficient() -> None:
     few = judge(scores(remembered.forget_loss[:8], non), scores(forgotten.forget_loss[:8], non), f_label[:8],
                 n_label, cfg)
     assert few["verdict"] == "insufficient" and few["after"]["compared"] == 8 and few["threshold"] is None
+
+
+def test_utility_part_allows_for_the_paired_drops_sampling_error() -> None:
+    """The utility bound adds z·SE of the paired valid-AUC drop, which is large on 40 rows and small on 4,000 (a
+    Retrain differs from the version before by training noise alone, and a few hundred rows cannot resolve 0.02)."""
+    rng = np.random.default_rng(1)
+    cfg, f_label, n_label = AuditConfig(), rng.integers(0, 2, 200), rng.integers(0, 2, 1000)
+    non = rng.gamma(2.0, 0.3, 1000)
+    remembered, forgotten = rng.gamma(2.0, 0.3, 200) * 0.3, rng.gamma(2.0, 0.3, 200)
+    verdicts = {}
+    for n in (40, 4000):
+        y = rng.integers(0, 2, n)
+        p_before = np.clip(0.5 + 0.3 * (y - 0.5) + rng.normal(0, 0.25, n), 0.01, 0.99)
+        p_after = np.clip(p_before + rng.normal(0, 0.08, n), 0.01, 0.99)
+        was = Scores(remembered, non, utility_metrics(y, p_before)["auc"], n, p_before, y)
+        now = Scores(forgotten, non, utility_metrics(y, p_after)["auc"], n, p_after, y)
+        verdicts[n] = judge(was, now, f_label, n_label, cfg)
+        assert verdicts[n]["valid_auc_drop"] == pytest.approx(was.valid_auc - now.valid_auc)
+        assert verdicts[n]["valid_auc_drop_allowed"] == pytest.approx(
+            cfg.audit_utility_tolerance + 1.645 * verdicts[n]["valid_auc_drop_se"], abs=1e-4)
+    assert verdicts[40]["valid_auc_drop_se"] > 3 * verdicts[4000]["valid_auc_drop_se"]
     assert audit.nothing_to_audit(cfg)["verdict"] == "insufficient"
 
 

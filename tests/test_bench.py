@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 
 from e2urec.bench import APPROXIMATE, PRESETS, ROWS, TEACHER_ROW, VARIANTS, bench, closure
+from e2urec.checkpoint import read_meta
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = {"max_steps": 1, "batch_size": 8}
@@ -81,6 +82,11 @@ def test_bench_writes_the_report(micro_bench: tuple[dict, list[str], Path]) -> N
     for rows in saved["per_seed"].values():  # closure is undefined when two micro models tie on forget AUC
         if rows["original"]["forget_auc"] != rows["retrain"]["forget_auc"]:
             assert rows["retrain"]["closure_auc"] == 1.0 and rows["original"]["closure_auc"] == 0.0
+    reseeded = {row: read_meta(out / "seed-0" / row) for row in ("original-reseed", "retrain-reseed")}
+    assert reseeded["retrain-reseed"]["role"] == "retrain" and reseeded["original-reseed"]["role"] == "original"
+    assert reseeded["retrain-reseed"]["config"]["seed"] == reseeded["original-reseed"]["config"]["seed"] == 1000
+    floor = next(r for r in saved["methods"] if r["method"] == "retrain-reseed")
+    assert floor["jsd"] > 0 and floor["forget_auc"] is not None  # another exact Retrain is not this one
     teacher = next(r for r in saved["methods"] if r["method"] == TEACHER_ROW)
     assert 0 <= teacher["forget_auc"] <= 1 and teacher.get("auc") is None
     e2urec = next(r for r in saved["methods"] if r["method"] == "e2urec")

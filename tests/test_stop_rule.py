@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
 import e2urec.unlearning.e2urec as e2urec_module
 from e2urec.evaluation import paired_auc_change
 from e2urec.model.scoring import PromptSet
-from e2urec.unlearning.e2urec import E2URecConfig, NonMemberStop
+from e2urec.unlearning.e2urec import E2URec, E2URecConfig, NonMemberStop
 
 
 def test_paired_auc_change_by_hand() -> None:
@@ -90,3 +91,14 @@ def test_loss_rule_stops_once_the_forget_set_looks_like_non_members(monkeypatch:
     early, late = stop(None, None, 0), stop(None, None, 5)
     assert early.keep and not early.stop and "forget_loss" not in early.record  # before min_steps: never
     assert late.keep and late.stop
+
+
+@pytest.mark.parametrize(("n_forget", "expected"), [(5, 256), (34, 272), (100, 800), (500, 1024)])
+def test_checks_score_fewer_samples_for_small_forget_sets(n_forget: int, expected: int) -> None:
+    """A one-user request spends most of its time scoring checks: the non-member and utility samples follow the
+    forget set (8 per prompt, at least 256), up to `monitor_samples`; every bench slice (≥ 128 prompts) keeps it."""
+    samples = pd.DataFrame({"split": ["train"] * (n_forget + 3) + ["valid"],
+                            "forget": [True] * n_forget + [False] * 4})
+    method = E2URec(E2URecConfig())
+    assert method.monitor_size(type("Job", (), {"samples": samples})()) == expected
+    assert E2URec(E2URecConfig(monitor_samples=100)).monitor_size(type("Job", (), {"samples": samples})()) == 100

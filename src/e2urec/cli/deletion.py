@@ -55,14 +55,18 @@ def init(
 
 
 def audit_line(audit: dict | None) -> str:
-    """A request's audit in a few words: verdict, MIA AUC before → after against its threshold, attempts."""
+    """A request's audit in a few words: verdict, MIA AUC before → after against its threshold, the forgetting
+    effect (loss rise beyond the non-members'), attempts."""
     if not audit:
         return ""
     before, after = (audit.get(side, {}).get("mia_auc") for side in ("before", "after"))
     figures = (f" AUC {before:.3f}→{after:.3f}" if before is not None and after is not None else "")
     limit = f" ≤{audit['threshold']:.3f}" if audit.get("threshold") is not None else ""
+    effect = (audit.get("forgetting_effect") or {}).get("effect")
+    rise = f" Δloss {effect:+.3f}" if effect is not None else ""
     tries = len(audit.get("attempts", []))
-    return f"{audit['verdict']}{figures}{limit} n={audit['forget_prompts']}" + (f" ×{tries}" if tries > 1 else "")
+    return (f"{audit['verdict']}{figures}{limit}{rise} n={audit['forget_prompts']}"
+            + (f" ×{tries}" if tries > 1 else ""))
 
 
 @friendly

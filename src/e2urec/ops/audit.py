@@ -8,11 +8,20 @@ each answer label and averaged with the forget prompts' label shares: a user who
 most would otherwise look like a member to any model, forgotten or not. 0.5: indistinguishable; above: the
 forget prompts are fitted better than unseen data, i.e. still remembered.
 
+Alone that attack has little power against one user: a user's prompts can be harder or easier than the
+population's whatever the model saw, and on the `cpu` slice the Original's AUC stayed under the threshold for
+every forgotten user, so an untouched model would pass. Hence a second, paired statistic, the *forgetting
+effect*: how much the forget prompts' answer loss rose from the version before to the new one, beyond the
+non-members' rise on the same rows (a difference in differences; per-prompt difficulty cancels). An untouched
+model has effect 0; a Retrain had a positive one for 17 of 20 forgotten users there.
+
 Verdict: `pass` when the new version's AUC ≤ 0.5 + `audit_tolerance` + z·SE (SE: the AUC's sampling error
-under "no difference", Hanley–McNeil's (n_f + n_n + 1) / (12·n_f·n_n) per label, one-sided z = 1.645) and its
-AUC on the valid non-members dropped by at most `audit_utility_tolerance` from the version before (same rows,
-paired); `fail` otherwise; `insufficient` when fewer than `audit_min_prompts` forget prompts can be compared
-(a user with a handful of prompts cannot be told from chance, so no verdict is faked).
+under "no difference", Hanley–McNeil's (n_f + n_n + 1) / (12·n_f·n_n) per label, one-sided z = 1.645), the
+forgetting effect is positive (the forget prompts moved away from what the model knew, more than unseen data
+did), and its AUC on the valid non-members dropped by at most `audit_utility_tolerance` + z·SE of that paired
+drop (bootstrap over the same rows) from the version before; `fail` otherwise; `insufficient` when fewer than
+`audit_min_prompts` forget prompts can be compared (a user with a handful of prompts cannot be told from
+chance, so no verdict is faked).
 """
 
 from __future__ import annotations
@@ -26,7 +35,7 @@ import pandas as pd
 
 from e2urec.data.roles import rows_for, sample_rows
 from e2urec.errors import E2URecError
-from e2urec.evaluation import mia_features, utility_metrics
+from e2urec.evaluation import mia_features, paired_auc_change, utility_metrics
 from e2urec.model.backbone import Backbone
 from e2urec.model.scoring import PromptSet, per_sample_p_yes, prompt_set
 from e2urec.unlearning.base import check_fields, option
@@ -47,10 +56,11 @@ class AuditConfig:
                                  "version stays, status unverified)", choices=ESCALATIONS)
     audit_retries: int = option(1, "stronger E2URec attempts before the Retrain (on_unverified=retry)", 0, 5)
     audit_tolerance: float = option(0.05, "MIA AUC allowed above 0.5, besides the sampling error", 0, 0.49)
-    audit_utility_tolerance: float = option(0.02, "valid AUC drop allowed against the version before", 0, 1)
+    audit_utility_tolerance: float = option(0.02, "valid AUC drop allowed against the version before (beyond z "
+                                             "standard errors of the paired drop)", 0, 1)
     audit_min_prompts: int = option(20, "fewer comparable forget prompts: verdict insufficient", 2, 100_000)
     audit_samples: int = option(500, "held-out non-members scored (at most; seeded sample)", 20, 1_000_000)
-    test_samples: int | None = option(2000, "test prompts scored per request for the ledger's test metrics "
+    test_samples: int | None = option(1000, "test prompts scored per request for the ledger's test metrics "
                                        "(seeded sample; none: all)", 1, None)
     audit_seed: int = option(0, "seed of the non-member and test samples", 0, 2**32 - 1)
 
@@ -138,6 +148,8 @@ class Scores:
     non_member_loss: np.ndarray
     valid_auc: float | None
     valid_n: int
+    valid_p: np.ndarray | None = None  # P(yes) on the valid non-members, for the paired utility test
+    valid_labels: np.ndarray | None = None
 
 
 def prompts(backbone: Backbone, forget_rows: pd.DataFrame, non_members: pd.DataFrame) -> PromptSet:
@@ -156,8 +168,9 @@ def score(backbone: Backbone, forget_rows: pd.DataFrame, non_members: pd.DataFra
     losses = mia_features(rows["label"].to_numpy(), p)[:, 0]
     valid = (non_members["split"] == "valid").to_numpy()
     labels = non_members["label"].to_numpy()[valid]
-    auc = utility_metrics(labels, p[len(forget_rows):][valid])["auc"] if valid.any() else None
-    return Scores(losses[: len(forget_rows)], losses[len(forget_rows):], auc, int(valid.sum()))
+    valid_p = p[len(forget_rows):][valid]
+    auc = utility_metrics(labels, valid_p)["auc"] if valid.any() else None
+    return Scores(losses[: len(forget_rows)], losses[len(forget_rows):], auc, int(valid.sum()), valid_p, labels)
 
 
 def side(scores: Scores, forget_labels: np.ndarray, non_labels: np.ndarray) -> dict:
@@ -165,6 +178,27 @@ def side(scores: Scores, forget_labels: np.ndarray, non_labels: np.ndarray) -> d
     return {"mia_auc": auc, "se": se, "compared": n,
             "forget_loss": float(scores.forget_loss.mean()) if len(scores.forget_loss) else None,
             "non_member_loss": float(scores.non_member_loss.mean()), "valid_auc": scores.valid_auc}
+
+
+def forgetting_effect(before: Scores, after: Scores) -> dict:
+    """Mean rise of the forget prompts' loss minus the non-members' mean rise (same rows, before → after), its
+    standard error (the two means of per-row differences are independent) and z = effect / SE."""
+    rise_f = after.forget_loss - before.forget_loss
+    rise_n = after.non_member_loss - before.non_member_loss
+    effect = float(rise_f.mean() - rise_n.mean())
+    se = float(math.sqrt(rise_f.var(ddof=1) / len(rise_f) + rise_n.var(ddof=1) / len(rise_n))) \
+        if len(rise_f) > 1 and len(rise_n) > 1 else 0.0
+    return {"effect": effect, "se": se, "z": effect / se if se > 0 else None}
+
+
+def utility_drop(before: Scores, after: Scores) -> tuple[float | None, float]:
+    """Valid AUC before − after and the bootstrap SE of that paired drop (0 without per-row predictions)."""
+    if before.valid_auc is None or after.valid_auc is None:
+        return None, 0.0
+    if before.valid_p is None or after.valid_p is None or after.valid_labels is None:
+        return before.valid_auc - after.valid_auc, 0.0
+    change, se = paired_auc_change(after.valid_labels, after.valid_p, before.valid_p)
+    return (None, 0.0) if change is None else (-change, se)
 
 
 def nothing_to_audit(cfg: AuditConfig) -> dict:
@@ -195,11 +229,18 @@ def judge(before: Scores, after: Scores, forget_labels: np.ndarray, non_labels: 
                              f"{cfg.audit_min_prompts}")
         return record
     threshold = 0.5 + cfg.audit_tolerance + Z_ONE_SIDED * a["se"]
-    drop = None if a["valid_auc"] is None or b["valid_auc"] is None else b["valid_auc"] - a["valid_auc"]
-    forgotten = a["mia_auc"] <= threshold
-    useful = drop is None or drop <= cfg.audit_utility_tolerance
-    reasons = ([] if forgotten else [f"MIA AUC {a['mia_auc']:.3f} > {threshold:.3f}"]) + (
-        [] if useful else [f"valid AUC dropped {drop:.3f} > {cfg.audit_utility_tolerance}"])
-    record.update(threshold=round(threshold, 4), valid_auc_drop=drop, verdict="pass" if not reasons else "fail",
-                  reason="; ".join(reasons) or "forget prompts indistinguishable from non-members; utility held")
+    effect = forgetting_effect(before, after)
+    drop, drop_se = utility_drop(before, after)
+    allowed = cfg.audit_utility_tolerance + Z_ONE_SIDED * drop_se
+    reasons = [f"MIA AUC {a['mia_auc']:.3f} > {threshold:.3f}"] if a["mia_auc"] > threshold else []
+    if effect["effect"] <= 0:
+        reasons.append(f"the forget prompts' loss did not rise beyond the non-members' (effect "
+                       f"{effect['effect']:.4f}): no evidence that anything was unlearned")
+    if drop is not None and drop > allowed:
+        reasons.append(f"valid AUC dropped {drop:.3f} > {allowed:.3f}")
+    record.update(threshold=round(threshold, 4), forgetting_effect=effect, valid_auc_drop=drop,
+                  valid_auc_drop_se=drop_se, valid_auc_drop_allowed=round(allowed, 4),
+                  verdict="pass" if not reasons else "fail",
+                  reason="; ".join(reasons) or "forget prompts indistinguishable from non-members and further from "
+                                                "the model's knowledge than before; utility held")
     return record

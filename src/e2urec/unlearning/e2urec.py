@@ -36,6 +36,10 @@ REFERENCE: dict[str, Any] = {
     "stop": "none",
 }
 MIN_NON_MEMBERS = 20
+# Scoring dominates a small request (a one-user forget set of 34 prompts: 32 of its 48 s were checks), so the
+# non-member and utility samples follow the forget set's size: 8 per forget prompt, at least 256, at most
+# `monitor_samples`. Forget sets of 128 prompts or more (every bench slice) are not affected.
+MONITOR_PER_FORGET, MONITOR_FLOOR = 8, 256
 
 
 @dataclass
@@ -87,7 +91,9 @@ class E2URecConfig(MethodConfig):
     retain_match: str = option("random", "retain samples for the remembering term: random, or items: retained "
                                "samples of the forget set's items first, so the forgetting push must use what is "
                                "specific to the forgotten users", choices=("random", "items"))
-    monitor_samples: int = option(1024, "forget, non-member and utility samples scored per check (at most)", low=10)
+    monitor_samples: int = option(1024, "forget, non-member and utility samples scored per check (at most; and "
+                                  f"at most {MONITOR_PER_FORGET} per forget prompt, at least {MONITOR_FLOOR})",
+                                  low=10)
 
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> MethodConfig:
@@ -261,6 +267,11 @@ class E2URec(ObjectiveMethod):
             save_model(backbone, folder, {"role": role, "backbone": job.original_meta.get("backbone")})
         return backbone
 
+    def monitor_size(self, job: Job) -> int:
+        """Non-member and utility samples to score (see MONITOR_PER_FORGET)."""
+        n_forget = len(rows_for(job.samples, "forget"))
+        return min(self.cfg.monitor_samples, max(MONITOR_FLOOR, MONITOR_PER_FORGET * n_forget))
+
     def non_members(self, job: Job, backbone: Backbone) -> tuple[PromptSet, str]:
         """Held-out samples the Original never trained on, as like the forget set as the data allows: the
         forgotten users' own valid samples; else valid samples of users with no training data at all (what
@@ -276,7 +287,7 @@ class E2URec(ObjectiveMethod):
         if name is None:
             raise E2URecError(f"{job.data}: E2URec's non-member rules need at least {MIN_NON_MEMBERS} valid samples, "
                               f"found {len(valid)}; pass --set alpha_rule=fixed --set stop=none")
-        rows = sample_rows(rows, self.cfg.monitor_samples, self.cfg.seed, 32)
+        rows = sample_rows(rows, self.monitor_size(job), self.cfg.seed, 32)
         return prompt_set(backbone, rows, self.cfg.max_length), name
 
     def utility_set(self, job: Job, backbone: Backbone) -> tuple[PromptSet, np.ndarray]:
@@ -285,7 +296,7 @@ class E2URec(ObjectiveMethod):
         forget_users = set(rows_for(job.samples, "forget")["user_id"])
         valid = rows_for(job.samples, "valid")
         others = valid[~valid["user_id"].isin(forget_users)]
-        rows = sample_rows(others if len(others) >= MIN_NON_MEMBERS else valid, self.cfg.monitor_samples,
+        rows = sample_rows(others if len(others) >= MIN_NON_MEMBERS else valid, self.monitor_size(job),
                            self.cfg.seed, 33)
         return prompt_set(backbone, rows, self.cfg.max_length), rows["label"].to_numpy()
 

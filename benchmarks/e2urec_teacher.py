@@ -1,0 +1,152 @@
+"""Is E2URec's forgetting teacher closer to Retrain than the Original is, sample by sample? (For study: reads
+the bench's Retrain.) On one seed of an existing bench folder, the Original, the augmented model and its control
+are rebuilt with E2URec's options, and on the forget set:
+- the teacher's push (how far it lowers the true answer's logit, before α) is correlated with the Original's
+  memorisation as Retrain reveals it (the Original's log-odds of the true answer minus Retrain's) and with how
+  wrong the Original was (1 − its P(true answer)): training on a sample moves it most where the loss is high;
+- two-token JSD to Retrain of teacher variants, each with α set so its mean forget loss equals a target: the
+  non-member level E2URec uses, or Retrain's own (an oracle level, to separate the level from the shape).
+  Variants: `teacher` (as configured), `plain` (no control model), `shrink` (the Original's log-odds pulled
+  towards their mean over the forget set: less confident, ranks kept).
+Usage: python benchmarks/e2urec_teacher.py --bench runs/cpu --seeds 0 1 2 [--options JSON]
+Prints JSON (also BENCH/teacher.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from common import run
+from e2urec.bench import machine
+from e2urec.data.roles import rows_for
+from e2urec.engine import make_accelerator
+from e2urec.evaluation import utility_metrics
+from e2urec.io import write_json_atomic
+from e2urec.model.scoring import answer_logits, per_sample, prompt_set
+from e2urec.unlearning.base import Job
+from e2urec.unlearning.e2urec import E2URec, answer_losses
+
+
+def jsd(p: np.ndarray, q: np.ndarray) -> float:
+    p, q = np.clip(p, 1e-7, 1 - 1e-7), np.clip(q, 1e-7, 1 - 1e-7)
+    m = (p + q) / 2
+
+    def kl(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return a * np.log(a / b) + (1 - a) * np.log((1 - a) / (1 - b))
+
+    return float(np.mean(kl(p, m) + kl(q, m)) / 2)
+
+
+def log_odds(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p, 1e-7, 1 - 1e-7)
+    return np.log(p / (1 - p))
+
+
+def logits(seed_dir: Path, options: dict) -> tuple[np.ndarray, pd.DataFrame, float]:
+    """[N, 6] answer logits (No, Yes) of the Original, the augmented model and the control; the forget rows; the
+    Original's mean loss on E2URec's non-member pool."""
+    accelerator = make_accelerator()
+    with tempfile.TemporaryDirectory() as scratch:
+        job = Job(seed_dir / "original", seed_dir / "data", Path(scratch) / "out", Path(scratch) / "work",
+                  accelerator)
+        method = E2URec(E2URec.Config.from_options(options))
+        torch.manual_seed(method.cfg.seed)
+        student = method.student(job)
+        forget = method.prompt_sets(job, student)["forget"]
+        teachers = [job.load_original(), method.augmented(job, forget)]
+        control = method.item_matched(job, len(forget), 14)
+        teachers.append(method.augmented(job, prompt_set(student, control, method.cfg.max_length),
+                                         "augmented-control"))
+        pair = list(student.answer_ids)
+        z = per_sample(student, forget, lambda b: torch.cat([answer_logits(t.model, b, t.kind)[:, pair]
+                                                            for t in teachers], 1), 64, accelerator,
+                       progress=False)
+        non_members, _ = method.non_members(job, student)
+        target = float(answer_losses(student, teachers[0].model, non_members, accelerator)[0].mean())
+        use_control = method.cfg.aug_contrast == "items"
+    return (z if use_control else np.concatenate([z[:, :4], z[:, :2]], 1)), rows_for(job.samples, "forget"), target
+
+
+def study(seed_dir: Path, options: dict) -> dict:
+    z, forget, nonmember_loss = logits(seed_dir, options)
+    y = forget["label"].to_numpy()
+    retrain = pd.read_parquet(seed_dir / "eval" / "retrain-forget" / "predictions.parquet")
+    p_retrain = retrain.set_index("sample_id").loc[forget["sample_id"], "p_yes"].to_numpy()
+    z_orig, z_aug, z_ref = z[:, :2], z[:, 2:4], z[:, 4:]
+
+    def p_yes(zz: np.ndarray) -> np.ndarray:
+        return 1 / (1 + np.exp(zz[:, 0] - zz[:, 1]))
+
+    def loss(p: np.ndarray) -> float:
+        return float(-np.mean(np.where(y == 1, np.log(np.clip(p, 1e-7, 1)), np.log(np.clip(1 - p, 1e-7, 1)))))
+
+    p_orig = p_yes(z_orig)
+    sign = np.where(y == 1, 1.0, -1.0)
+    memorised = sign * (log_odds(p_orig) - log_odds(p_retrain))
+    push = np.maximum(z_aug - z_ref, 0)[np.arange(len(y)), y]
+    p_true = np.where(y == 1, p_orig, 1 - p_orig)
+    centre = log_odds(p_orig).mean()
+    variants: dict[str, Callable[[float], np.ndarray]] = {
+        "teacher": lambda a: p_yes(z_orig - a * np.maximum(z_aug - z_ref, 0)),
+        "plain": lambda a: p_yes(z_orig - a * np.maximum(z_aug - z_orig, 0)),
+        "shrink": lambda a: 1 / (1 + np.exp(-(centre + (log_odds(p_orig) - centre) / (1 + a)))),
+    }
+
+    def at_level(make: Callable[[float], np.ndarray], target: float) -> dict:
+        alpha = 0.0  # the loss grows with α; bisection to the target (200 where even that is not enough)
+        if loss(make(0.0)) < target:
+            low, high = 0.0, 200.0
+            for _ in range(60):
+                mid = (low + high) / 2
+                low, high = (mid, high) if loss(make(mid)) < target else (low, mid)
+            alpha = (low + high) / 2
+        p = make(alpha)
+        return {"alpha": round(alpha, 3), "loss": round(loss(p), 4), "auc": round(utility_metrics(y, p)["auc"], 4),
+                "jsd_to_retrain": round(jsd(p, p_retrain), 5), "p_yes_std": round(float(p.std()), 3)}
+
+    retrain_loss = loss(p_retrain)
+    return {
+        "forget_samples": int(len(y)),
+        "original": {"loss": round(loss(p_orig), 4), "auc": round(utility_metrics(y, p_orig)["auc"], 4),
+                     "jsd_to_retrain": round(jsd(p_orig, p_retrain), 5), "p_yes_std": round(float(p_orig.std()), 3)},
+        "retrain": {"loss": round(retrain_loss, 4), "auc": round(utility_metrics(y, p_retrain)["auc"], 4),
+                    "p_yes_std": round(float(p_retrain.std()), 3)},
+        "correlation": {"push_vs_memorised": round(float(np.corrcoef(push, memorised)[0, 1]), 3),
+                        "push_vs_original_error": round(float(np.corrcoef(push, 1 - p_true)[0, 1]), 3),
+                        "original_confidence_vs_memorised": round(float(np.corrcoef(p_true, memorised)[0, 1]), 3)},
+        "at_nonmember_level": {name: at_level(make, nonmember_loss) for name, make in variants.items()},
+        "at_retrain_level": {name: at_level(make, retrain_loss) for name, make in variants.items()},
+        "nonmember_loss": round(nonmember_loss, 4),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bench", type=Path, default=Path("runs/cpu"))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--options", default="{}", help="E2URec options as JSON")
+    args = parser.parse_args()
+
+    def go() -> dict:
+        options = json.loads(args.options)
+        report = {"benchmark": "e2urec_teacher", "machine": machine(), "bench": str(args.bench), "options": options,
+                  "seeds": {seed: study(args.bench / f"seed-{seed}", {**options, "seed": seed})
+                            for seed in args.seeds},
+                  "command": f"python benchmarks/e2urec_teacher.py --bench {args.bench} --seeds "
+                             f"{' '.join(map(str, args.seeds))} --options '{args.options}'"}
+        write_json_atomic(args.bench / "teacher.json", report)
+        return report
+
+    run(go)
+
+
+if __name__ == "__main__":
+    main()
