@@ -7,7 +7,7 @@ escalated as a run does by default. Then one Retrain on the retained data (the O
 audit's statistic for the Original and for that Retrain on each request's forget prompts (does the audit tell
 them apart?); test AUC of the Original, the final version and the Retrain on the same full test rows.
 Prints JSON and writes it to benchmarks/results/requests-<date>[-last-n-N].json. No user id is written. Usage:
-python benchmarks/requests.py [--out runs/requests] [--last-n 100000] [--requests 10] [--test-samples 2000]
+python benchmarks/requests.py [--out runs/requests] [--last-n 100000] [--requests 10] [--test-samples 1000]
 [--original-only | --reuse-original]
 """
 
@@ -154,7 +154,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/requests"))
     parser.add_argument("--last-n", type=int, default=100_000)
     parser.add_argument("--requests", type=int, default=10)
-    parser.add_argument("--test-samples", type=lambda v: None if v == "none" else int(v), default=2000)
+    parser.add_argument("--test-samples", type=lambda v: None if v == "none" else int(v),
+                        default=audit.AuditConfig().test_samples, help="test prompts a request scores (run default)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--reuse-original", action="store_true",
                         help="keep the data and Original an earlier run with the same settings left in --out")

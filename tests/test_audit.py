@@ -82,13 +82,17 @@ def test_verdicts_pass_fail_insufficient() -> None:
         forgotten.forget_loss.mean() - remembered.forget_loss.mean()) and record["forgetting_effect"]["z"] > 10
     untouched = judge(remembered, remembered, f_label, n_label, cfg)
     assert untouched["verdict"] == "fail" and untouched["forgetting_effect"]["effect"] == 0
-    # Indistinguishable from non-members already before: a model that did not change is no evidence of forgetting.
+    assert untouched["remembered_before"] and "did not rise" in untouched["reason"]
+    # Indistinguishable from non-members already before: nothing measurable to forget, so no pass is claimed
+    # (an untouched model would get the same), and no escalation either.
     unchanged = judge(forgotten, forgotten, f_label, n_label, cfg)
-    assert unchanged["after"]["mia_auc"] <= unchanged["threshold"] and unchanged["verdict"] == "fail"
-    assert "did not rise" in unchanged["reason"]
-    # Losses rising everywhere alike (non-members as much as forget prompts) is no evidence either.
-    shifted = judge(forgotten, scores(forgotten.forget_loss + 0.2, non + 0.3), f_label, n_label, cfg)
-    assert shifted["forgetting_effect"]["effect"] == pytest.approx(-0.1) and shifted["verdict"] == "fail"
+    assert unchanged["after"]["mia_auc"] <= unchanged["threshold"] and unchanged["verdict"] == "insufficient"
+    assert not unchanged["remembered_before"] and "no memory" in unchanged["reason"]
+    # Remembered a little (above chance, under the pass threshold) and left as it was: the effect part fails it.
+    slight = scores(forgotten.forget_loss * 0.8, non)
+    mild = judge(slight, slight, f_label, n_label, cfg)
+    assert mild["remembered_before"] and mild["after"]["mia_auc"] <= mild["threshold"], mild["after"]
+    assert mild["verdict"] == "fail" and mild["forgetting_effect"]["effect"] == 0
     # Forgotten, but utility fell by more than the tolerance: fail, with the reason.
     hurt = judge(remembered, scores(forgotten.forget_loss, non, valid_auc=0.6), f_label, n_label, cfg)
     assert hurt["verdict"] == "fail" and "valid AUC dropped" in hurt["reason"]

@@ -9,19 +9,22 @@ most would otherwise look like a member to any model, forgotten or not. 0.5: ind
 forget prompts are fitted better than unseen data, i.e. still remembered.
 
 Alone that attack has little power against one user: a user's prompts can be harder or easier than the
-population's whatever the model saw, and on the `cpu` slice the Original's AUC stayed under the threshold for
-every forgotten user, so an untouched model would pass. Hence a second, paired statistic, the *forgetting
-effect*: how much the forget prompts' answer loss rose from the version before to the new one, beyond the
-non-members' rise on the same rows (a difference in differences; per-prompt difficulty cancels). An untouched
-model has effect 0; a Retrain had a positive one for 17 of 20 forgotten users there.
+population's whatever the model saw, and on the `cpu` slice the Original's AUC stayed under the pass threshold
+for every forgotten user (benchmarks/audit_power.py), so an untouched model would have passed. Hence: a pass
+needs the version before to have *remembered* the prompts measurably (else there is nothing the audit could
+show gone, and it says so), and a second, paired statistic, the *forgetting effect*: how much the forget
+prompts' answer loss rose from the version before to the new one, beyond the non-members' rise on the same rows
+(a difference in differences; per-prompt difficulty cancels). An untouched model has effect 0; a Retrain had a
+positive one for 17 of those 20 users.
 
-Verdict: `pass` when the new version's AUC ≤ 0.5 + `audit_tolerance` + z·SE (SE: the AUC's sampling error
-under "no difference", Hanley–McNeil's (n_f + n_n + 1) / (12·n_f·n_n) per label, one-sided z = 1.645), the
-forgetting effect is positive (the forget prompts moved away from what the model knew, more than unseen data
-did), and its AUC on the valid non-members dropped by at most `audit_utility_tolerance` + z·SE of that paired
-drop (bootstrap over the same rows) from the version before; `fail` otherwise; `insufficient` when fewer than
-`audit_min_prompts` forget prompts can be compared (a user with a handful of prompts cannot be told from
-chance, so no verdict is faked).
+Verdict: `fail` when the new version's AUC > 0.5 + `audit_tolerance` + z·SE (SE: the AUC's sampling error
+under "no difference", Hanley–McNeil's (n_f + n_n + 1) / (12·n_f·n_n) per label, one-sided z = 1.645), or its
+AUC on the valid non-members dropped by more than `audit_utility_tolerance` + z·SE of that paired drop
+(bootstrap over the same rows) from the version before, or the version before *remembered* the prompts (its
+AUC > 0.5 + z·SE) and the forgetting effect is not positive. Otherwise `pass` when the version before
+remembered them, and `insufficient` when it did not (nothing measurable to forget: the request is done, and no
+pass is claimed) or when fewer than `audit_min_prompts` forget prompts can be compared (a user with a handful
+of prompts cannot be told from chance).
 """
 
 from __future__ import annotations
@@ -229,18 +232,27 @@ def judge(before: Scores, after: Scores, forget_labels: np.ndarray, non_labels: 
                              f"{cfg.audit_min_prompts}")
         return record
     threshold = 0.5 + cfg.audit_tolerance + Z_ONE_SIDED * a["se"]
+    remembered = b["mia_auc"] is not None and b["mia_auc"] > 0.5 + Z_ONE_SIDED * b["se"]
     effect = forgetting_effect(before, after)
     drop, drop_se = utility_drop(before, after)
     allowed = cfg.audit_utility_tolerance + Z_ONE_SIDED * drop_se
     reasons = [f"MIA AUC {a['mia_auc']:.3f} > {threshold:.3f}"] if a["mia_auc"] > threshold else []
-    if effect["effect"] <= 0:
-        reasons.append(f"the forget prompts' loss did not rise beyond the non-members' (effect "
-                       f"{effect['effect']:.4f}): no evidence that anything was unlearned")
     if drop is not None and drop > allowed:
         reasons.append(f"valid AUC dropped {drop:.3f} > {allowed:.3f}")
-    record.update(threshold=round(threshold, 4), forgetting_effect=effect, valid_auc_drop=drop,
-                  valid_auc_drop_se=drop_se, valid_auc_drop_allowed=round(allowed, 4),
-                  verdict="pass" if not reasons else "fail",
-                  reason="; ".join(reasons) or "forget prompts indistinguishable from non-members and further from "
-                                                "the model's knowledge than before; utility held")
+    if remembered and effect["effect"] <= 0:
+        reasons.append(f"the forget prompts' loss did not rise beyond the non-members' (effect "
+                       f"{effect['effect']:.4f}): no evidence that anything was unlearned")
+    if reasons:
+        verdict, reason = "fail", "; ".join(reasons)
+    elif not remembered:
+        verdict, reason = "insufficient", (
+            f"the version before did not fit these prompts measurably better than unseen data (MIA AUC "
+            f"{b['mia_auc']:.3f} ≤ {0.5 + Z_ONE_SIDED * b['se']:.3f}): no memory the audit could show gone; "
+            "utility held")
+    else:
+        verdict, reason = "pass", ("remembered before; now indistinguishable from non-members and further from "
+                                   "the model's knowledge than before; utility held")
+    record.update(threshold=round(threshold, 4), remembered_before=remembered, forgetting_effect=effect,
+                  valid_auc_drop=drop, valid_auc_drop_se=drop_se, valid_auc_drop_allowed=round(allowed, 4),
+                  verdict=verdict, reason=reason)
     return record
