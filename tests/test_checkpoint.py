@@ -132,3 +132,28 @@ def test_a_lora_model_with_an_old_lora_record_still_loads(tmp_path: Path) -> Non
     saved = dict(backbone.model.named_parameters())
     adapters = {n: v for n, v in loaded.model.named_parameters() if "lora_" in n}
     assert adapters and all(torch.equal(v, saved[n]) for n, v in adapters.items())
+
+
+@pytest.mark.parametrize("targets", ["attention", "all-linear+embeddings"])
+def test_a_merged_version_serves_what_was_audited(tmp_path: Path, targets: str) -> None:
+    """The tiny backbone ties its head to the input embedding. An embedding adapter acts on the input side only;
+    merged into the shared matrix it would move the head too. full_weights unties first, so the merged (and saved,
+    and reloaded) version gives the student's own answers."""
+    from e2urec.checkpoint import load_model, save_model
+    from e2urec.model.scoring import score
+    from e2urec.ops.run import full_weights
+    from e2urec.training import add_lora
+
+    backbone = load_backbone("tiny", seed=0)
+    add_lora(backbone, lora_config(8, 16, 0.0, targets))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, param in backbone.model.named_parameters():
+            if "lora_" in name:  # a trained-looking adapter: both factors non-zero
+                param.normal_(0, 0.05)
+    prompts = ["User likes Yes. Answer Yes or No:", "Item No. 5 — Yes? No?", "a rating of 4 stars. Yes or No"]
+    student = score(backbone, prompts)
+    merged = full_weights(backbone)
+    assert abs(score(merged, prompts) - student).max() < 1e-4
+    save_model(merged, tmp_path / "version", {"role": "version"})
+    assert abs(score(load_model(tmp_path / "version")[0], prompts) - student).max() < 1e-4
