@@ -102,3 +102,16 @@ def test_checks_score_fewer_samples_for_small_forget_sets(n_forget: int, expecte
     method = E2URec(E2URecConfig())
     assert method.monitor_size(type("Job", (), {"samples": samples})()) == expected
     assert E2URec(E2URecConfig(monitor_samples=100)).monitor_size(type("Job", (), {"samples": samples})()) == 100
+
+
+def test_nothing_to_unlearn_when_the_calibrated_teacher_is_the_original() -> None:
+    """α = 0 from the non-member rule: the Original already loses as much on the forget set as on non-members,
+    the teacher equals it, and the student is not trained (training towards the Original only adds noise)."""
+    method = E2URec(E2URecConfig())
+    assert not method.nothing_to_unlearn()  # no teacher yet
+    method.facts["alpha"] = {"rule": "nonmember", "alpha": 0.0}
+    assert method.nothing_to_unlearn()
+    method.facts["alpha"] = {"rule": "nonmember", "alpha": 0.4}
+    assert not method.nothing_to_unlearn()
+    assert e2urec_module.calibrate_alpha(np.array([[0.0, 0.0]]), np.array([[0.0, 2.0]]), np.array([1]),
+                                         target=0.5, alpha_max=50) == 0.0  # loss log 2 ≥ 0.5 already

@@ -226,11 +226,17 @@ class ObjectiveMethod(Method):
         """A check that decides when the method has done its job (None: train the whole schedule)."""
         return None
 
+    def nothing_to_unlearn(self) -> bool:
+        """True when the teachers show there is nothing to move (then the student is not trained at all)."""
+        return False
+
     def run(self, job: Job) -> tuple[Backbone, FitResult]:
         torch.manual_seed(self.cfg.seed)
         student = self.student(job)
         data = self.prompt_sets(job, student)
         self.attach_teachers(job, student, data)
+        if self.nothing_to_unlearn():
+            return student, FitResult(epochs_run=0, steps=0, seconds=0.0, best_valid_loss=None)
         result = fit(student, self.objective(student), data, self.train_config(data),
                      checkpoint_dir=job.work / "resume", accelerator=job.accelerator,
                      fingerprint={"method": self.name, "config": vars(self.cfg),
