@@ -22,6 +22,19 @@ def recent_samples(last_n: int = 2000) -> pd.DataFrame:
         return load_prepared(Path(tmp) / "data")[0]
 
 
+RESULTS = Path(__file__).parent / "results"
+
+
+def keep(report: dict, name: str, suffix: str = "") -> dict:
+    """Write `report` to benchmarks/results/<name>-<date><suffix>.json (temp file, then rename); return it."""
+    RESULTS.mkdir(exist_ok=True)
+    target = RESULTS / f"{name}-{report['date']}{suffix}.json"
+    tmp = target.with_suffix(".tmp")
+    tmp.write_text(json.dumps(report, indent=2) + "\n")
+    tmp.replace(target)
+    return report
+
+
 def run(measure: Callable[[], dict]) -> None:
     """Run a benchmark with every log line sent to stderr, then print its JSON report alone on stdout."""
     with contextlib.redirect_stdout(sys.stderr):

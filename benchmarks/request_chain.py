@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import shutil
 import time
 from pathlib import Path
 
-from common import run
+from common import keep, run
 from e2urec.bench import machine
 from e2urec.checkpoint import load_model
 from e2urec.data.roles import rows_for
@@ -24,7 +23,7 @@ from e2urec.evaluation import paired_auc_change, utility_metrics
 from e2urec.model.scoring import per_sample_p_yes, prompt_set
 from e2urec.ops.forget import forget, read_request
 from e2urec.ops.run import init_run
-from requests import RESULTS, pick_users
+from requests import pick_users
 
 
 def measure(source: Path, out: Path, requests: int, seed: int) -> dict:
@@ -74,12 +73,7 @@ def main() -> None:
     def go() -> dict:
         report = measure(args.source, args.out, args.requests, args.seed)
         report["command"] = f"python benchmarks/request_chain.py --from {args.source} --out {args.out}"
-        RESULTS.mkdir(exist_ok=True)
-        target = RESULTS / f"request-chain-{report['date']}.json"
-        tmp = target.with_suffix(".tmp")
-        tmp.write_text(json.dumps(report, indent=2) + "\n")
-        tmp.replace(target)
-        return report
+        return keep(report, "request-chain")
 
     run(go)
 

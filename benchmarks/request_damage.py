@@ -18,7 +18,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from common import run
+from common import keep, run
 from e2urec.bench import machine
 from e2urec.checkpoint import load_model
 from e2urec.data.roles import rows_for
@@ -27,7 +27,7 @@ from e2urec.evaluation import paired_auc_change, utility_metrics
 from e2urec.model.scoring import per_sample_p_yes, prompt_set
 from e2urec.ops import audit
 from e2urec.unlearning.runner import unlearn
-from requests import RESULTS, pick_users
+from requests import pick_users
 
 
 def measure(out: Path, request: int, option_sets: list[dict], requests: int) -> dict:
@@ -83,12 +83,7 @@ def main() -> None:
         report = measure(args.out, args.request, args.options, args.requests)
         report["command"] = (f"python benchmarks/request_damage.py --out {args.out} --request {args.request} "
                              f"--options " + " ".join(f"'{json.dumps(o)}'" for o in args.options))
-        RESULTS.mkdir(exist_ok=True)
-        target = RESULTS / f"request-damage-{report['date']}.json"
-        tmp = target.with_suffix(".tmp")
-        tmp.write_text(json.dumps(report, indent=2) + "\n")
-        tmp.replace(target)
-        return report
+        return keep(report, "request-damage")
 
     run(go)
 

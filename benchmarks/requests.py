@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from common import run
+from common import keep, run
 from e2urec.bench import PRESETS, machine
 from e2urec.checkpoint import load_model
 from e2urec.data.prepare import PrepareConfig, prepare
@@ -37,8 +37,6 @@ from e2urec.ops import audit
 from e2urec.ops.forget import forget, read_request
 from e2urec.ops.run import init_run
 from e2urec.training import train
-
-RESULTS = Path(__file__).parent / "results"
 
 
 def pick_users(samples: pd.DataFrame, n: int) -> list:
@@ -172,13 +170,8 @@ def main() -> None:
         report = measure(args.out, args.last_n, args.requests, args.test_samples, args.seed, args.reuse_original)
         report["command"] = f"python benchmarks/requests.py --last-n {args.last_n} --requests {args.requests} " \
                             f"--test-samples {args.test_samples or 'none'} --seed {args.seed}"
-        RESULTS.mkdir(exist_ok=True)
         size = "" if args.last_n >= 100_000 else f"-last-n-{args.last_n}"  # the full protocol has no suffix
-        target = RESULTS / f"requests-{report['date']}{size}.json"
-        tmp = target.with_suffix(".tmp")
-        tmp.write_text(json.dumps(report, indent=2) + "\n")
-        tmp.replace(target)
-        return report
+        return keep(report, "requests", size)
 
     run(go)
 

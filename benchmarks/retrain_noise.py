@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import run
+from common import keep, run
 from e2urec.bench import PRESETS, machine
 from e2urec.checkpoint import load_model
 from e2urec.data.roles import rows_for
@@ -38,7 +38,7 @@ from e2urec.data.store import load_prepared
 from e2urec.engine import TrainConfig
 from e2urec.ops import audit
 from e2urec.training import train
-from requests import RESULTS, full_test_auc, pick_users
+from requests import full_test_auc, pick_users
 
 
 def measure(out: Path, reseed: int, requests: int) -> dict:
@@ -107,12 +107,7 @@ def main() -> None:
     def go() -> dict:
         report = measure(args.out, args.reseed, args.requests)
         report["command"] = f"python benchmarks/retrain_noise.py --out {args.out} --reseed {args.reseed}"
-        RESULTS.mkdir(exist_ok=True)
-        target = RESULTS / f"retrain-noise-{report['date']}.json"
-        tmp = target.with_suffix(".tmp")
-        tmp.write_text(json.dumps(report, indent=2) + "\n")
-        tmp.replace(target)
-        return report
+        return keep(report, "retrain-noise")
 
     run(go)
 
