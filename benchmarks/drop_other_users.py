@@ -17,20 +17,19 @@ from pathlib import Path
 
 import numpy as np
 
-from common import keep, run
-from e2urec.bench import PRESETS, machine
+from common import demo_recipe, full_test_auc, keep, pick_users, run
+from e2urec.bench import machine
 from e2urec.data.roles import rows_for
 from e2urec.data.store import load_prepared, load_tables, write_prepared
-from e2urec.engine import TrainConfig
 from e2urec.training import train
-from requests import full_test_auc, pick_users
 
 
 def measure(out: Path, seed: int, requests: int) -> dict:
     samples, manifest = load_prepared(out / "data")
     final, _ = load_prepared(out / "run" / "current" / "data")
     forgotten = pick_users(samples, requests)
-    counts = samples.loc[samples["split"] == "train", "user_id"].value_counts().sort_values(kind="stable")
+    train_users = samples.loc[samples["split"] == "train", "user_id"]
+    counts = train_users.value_counts().sort_values(kind="stable")
     order = list(counts.index)
     rng = np.random.default_rng(seed)
     others = []
@@ -38,21 +37,19 @@ def measure(out: Path, seed: int, requests: int) -> dict:
         at = order.index(user)
         near = [u for u in order[max(0, at - 3): at + 4] if u not in forgotten and u not in others]
         others.append(near[rng.integers(len(near))])
-    dropped = samples[(samples["split"] == "train") & samples["user_id"].isin(others)]
     folder = out / "data-other-users"
     kept = samples[~samples["user_id"].isin(others)].assign(forget=False)
     write_prepared(folder, kept, load_tables(out / "data"), manifest, overwrite=True)
     model = out / "retrain-other-users"
     started = time.perf_counter()
-    train(folder, "original", "tiny", model, TrainConfig(**{**PRESETS["demo"].train, "seed": 0}))
+    train(folder, "original", "tiny", model, demo_recipe(0))
     seconds = round(time.perf_counter() - started, 1)
     test = rows_for(final[~final["user_id"].isin(others)], "test")
     aucs = {name: round(full_test_auc(path, test), 4) for name, path in
             {"original": out / "original", "retrain": out / "retrain", "retrain_other_users": model}.items()}
     return {"benchmark": "drop_other_users", "date": datetime.date.today().isoformat(), "machine": machine(),
-            "seed": seed, "dropped_prompts": int(len(dropped)),
-            "forgotten_prompts": int(samples[(samples["split"] == "train")
-                                             & samples["user_id"].isin(forgotten)].shape[0]),
+            "seed": seed, "dropped_prompts": int(train_users.isin(others).sum()),
+            "forgotten_prompts": int(train_users.isin(forgotten).sum()),
             "train_seconds": seconds, "test_n": int(len(test)), "test_auc": aucs}
 
 

@@ -14,7 +14,7 @@ import shutil
 import time
 from pathlib import Path
 
-from common import keep, run
+from common import keep, pick_users, run
 from e2urec.bench import machine
 from e2urec.checkpoint import load_model
 from e2urec.data.roles import rows_for
@@ -23,7 +23,6 @@ from e2urec.evaluation import paired_auc_change, utility_metrics
 from e2urec.model.scoring import per_sample_p_yes, prompt_set
 from e2urec.ops.forget import forget, read_request
 from e2urec.ops.run import init_run
-from requests import pick_users
 
 
 def measure(source: Path, out: Path, requests: int, seed: int) -> dict:

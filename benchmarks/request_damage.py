@@ -18,7 +18,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from common import keep, run
+from common import keep, pick_users, run
 from e2urec.bench import machine
 from e2urec.checkpoint import load_model
 from e2urec.data.roles import rows_for
@@ -27,7 +27,6 @@ from e2urec.evaluation import paired_auc_change, utility_metrics
 from e2urec.model.scoring import per_sample_p_yes, prompt_set
 from e2urec.ops import audit
 from e2urec.unlearning.runner import unlearn
-from requests import pick_users
 
 
 def measure(out: Path, request: int, option_sets: list[dict], requests: int) -> dict:

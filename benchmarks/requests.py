@@ -22,34 +22,18 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
-from common import keep, run
+from common import demo_recipe, full_test_auc, keep, pick_users, run
 from e2urec.bench import PRESETS, machine
 from e2urec.checkpoint import load_model
 from e2urec.data.prepare import PrepareConfig, prepare
 from e2urec.data.roles import rows_for
 from e2urec.data.store import load_prepared
 from e2urec.engine import TrainConfig
-from e2urec.evaluation import utility_metrics
-from e2urec.model.scoring import per_sample_p_yes, prompt_set
 from e2urec.ops import audit
 from e2urec.ops.forget import forget, read_request
 from e2urec.ops.run import init_run
 from e2urec.training import train
-
-
-def pick_users(samples: pd.DataFrame, n: int) -> list:
-    """`n` train users spread over the quantiles of their training prompt counts (small to large)."""
-    counts = samples.loc[samples["split"] == "train", "user_id"].value_counts().sort_values(kind="stable")
-    positions = np.unique(np.linspace(0, len(counts) - 1, n + 2).round().astype(int)[1:-1])
-    return list(counts.index[positions])
-
-
-def full_test_auc(model: Path, rows: pd.DataFrame) -> float:
-    backbone, _ = load_model(model)
-    return utility_metrics(rows["label"].to_numpy(), per_sample_p_yes(backbone, prompt_set(backbone, rows), 64,
-                                                                      progress=False))["auc"]
 
 
 def original_model(out: Path, last_n: int, seed: int, recipe: TrainConfig, reuse: bool) -> float:
@@ -73,7 +57,7 @@ def original_model(out: Path, last_n: int, seed: int, recipe: TrainConfig, reuse
 
 def measure(out: Path, last_n: int, requests: int, test_samples: int | None, seed: int,
             reuse_original: bool = False) -> dict:
-    recipe = TrainConfig(**{**PRESETS["demo"].train, "seed": seed})
+    recipe = demo_recipe(seed)
     original_seconds = original_model(out, last_n, seed, recipe, reuse_original)
     settings = {"test_samples": test_samples}
     root = init_run(out / "run", out / "data", out / "original", {"seed": seed}, audit=settings,
@@ -161,7 +145,7 @@ def main() -> None:
     args = parser.parse_args()
 
     if args.original_only:
-        recipe = TrainConfig(**{**PRESETS["demo"].train, "seed": args.seed})
+        recipe = demo_recipe(args.seed)
         print(json.dumps({"original_seconds": original_model(args.out, args.last_n, args.seed, recipe,
                                                              args.reuse_original)}))
         return

@@ -30,15 +30,13 @@ from pathlib import Path
 
 import numpy as np
 
-from common import keep, run
-from e2urec.bench import PRESETS, machine
+from common import demo_recipe, full_test_auc, keep, pick_users, run
+from e2urec.bench import machine
 from e2urec.checkpoint import load_model
 from e2urec.data.roles import rows_for
 from e2urec.data.store import load_prepared
-from e2urec.engine import TrainConfig
 from e2urec.ops import audit
 from e2urec.training import train
-from requests import full_test_auc, pick_users
 
 
 def measure(out: Path, reseed: int, requests: int) -> dict:
@@ -49,7 +47,7 @@ def measure(out: Path, reseed: int, requests: int) -> dict:
     for name, data in (("retrain_reseed", root / "current" / "data"), ("original_reseed", out / "data")):
         if not paths[name].is_dir():
             started = time.perf_counter()
-            train(data, "original", "tiny", paths[name], TrainConfig(**{**PRESETS["demo"].train, "seed": reseed}))
+            train(data, "original", "tiny", paths[name], demo_recipe(reseed))
             seconds[name] = round(time.perf_counter() - started, 1)
     first, _ = load_prepared(out / "data")
     final, _ = load_prepared(root / "current" / "data")
