@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import re
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,7 @@ from e2urec.engine import make_accelerator
 from e2urec.evaluation import EvalConfig, distances, mia_features, utility_metrics
 from e2urec.io import read_json, write_json_atomic
 from e2urec.model.scoring import per_sample_p_yes, prompt_set
+from e2urec.unlearning.e2urec import E2URec
 from e2urec.unlearning.runner import unlearn
 
 # The reference profile, the defaults, then one factor at a time around them (and the previous defaults).
@@ -42,6 +44,9 @@ GRID = {
     "3 passes": {"epochs": 3},
     "utility_z=0 (bare 0.01 guard)": {"utility_z": 0.0},
     "previous defaults (q/v LoRA, forget_only 0.8)": {"lora_targets": "attention", "forget_only": 0.8},
+    "level=auc": {"level": "auc"},
+    "push=label": {"push": "label"},
+    "push=label, level=auc": {"push": "label", "level": "auc"},
 }
 
 
@@ -84,9 +89,17 @@ def p_of_model(backbone, rows, cfg: EvalConfig, accelerator) -> np.ndarray:
     return per_sample_p_yes(backbone, prompt_set(backbone, rows), cfg.batch_size, accelerator)
 
 
+# What a run from before these options existed did, in their terms.
+BEFORE_OPTIONS = {"push": "augmented", "level": "loss"}
+
+
 def config_run(seed_dir: Path, name: str, options: dict, seed: int) -> Path:
+    """The configuration's model, trained unless a run with the very same settings is there (a row whose
+    settings changed, e.g. "defaults" after the defaults moved, is trained again)."""
     out = seed_dir / "sweep" / re.sub(r"[^A-Za-z0-9.]+", "-", name).strip("-")
-    if not (out / "meta.json").is_file():
+    settings = asdict(E2URec.Config.from_options({**options, "seed": seed}))
+    done = (out / "meta.json").is_file() and {**BEFORE_OPTIONS, **read_json(out / "meta.json")["hyperparameters"]}
+    if done != settings:
         unlearn("e2urec", seed_dir / "original", seed_dir / "data", out, {**options, "seed": seed}, overwrite=True)
     return out
 

@@ -5,9 +5,11 @@ are rebuilt with E2URec's options, and on the forget set:
   memorisation as Retrain reveals it (the Original's log-odds of the true answer minus Retrain's) and with how
   wrong the Original was (1 − its P(true answer)): training on a sample moves it most where the loss is high;
 - two-token JSD to Retrain of teacher variants, each with α set so its mean forget loss equals a target: the
-  non-member level E2URec uses, or Retrain's own (an oracle level, to separate the level from the shape).
+  non-member level E2URec uses (`level=loss`), or Retrain's own (an oracle level, to separate the level from the
+  shape); and with α set so its forget AUC equals the Original's AUC on those non-members (`level=auc`).
   Variants: `teacher` (as configured), `plain` (no control model), `shrink` (the Original's log-odds pulled
-  towards their mean over the forget set: less confident, ranks kept).
+  towards their mean over the forget set: less confident, ranks kept), `label` (E2URec's push=label: every
+  true answer's log-odds lowered by α).
 Usage: python benchmarks/e2urec_teacher.py --bench runs/cpu --seeds 0 1 2 [--options JSON]
 Prints JSON (also BENCH/teacher.json).
 """
@@ -23,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from scipy.optimize import brentq
 
 from common import run
 from e2urec.bench import machine
@@ -32,7 +35,7 @@ from e2urec.evaluation import utility_metrics
 from e2urec.io import write_json_atomic
 from e2urec.model.scoring import answer_logits, per_sample, prompt_set
 from e2urec.unlearning.base import Job
-from e2urec.unlearning.e2urec import E2URec, answer_losses
+from e2urec.unlearning.e2urec import E2URec, answer_losses, misfit, teacher_pairs
 
 
 def jsd(p: np.ndarray, q: np.ndarray) -> float:
@@ -50,9 +53,18 @@ def log_odds(p: np.ndarray) -> np.ndarray:
     return np.log(p / (1 - p))
 
 
-def logits(seed_dir: Path, options: dict) -> tuple[np.ndarray, pd.DataFrame, float]:
+def refit_loss(yes: np.ndarray, p: np.ndarray) -> float:
+    """Mean answer loss after the best shift of every log-odds by one constant (the intercept that makes the mean
+    P(yes) the share of yes): what is left of the loss once base rate and calibration are set aside."""
+    z = log_odds(p)
+    shift = brentq(lambda b: float(np.mean(1 / (1 + np.exp(-(z + b)))) - yes.mean()), -20, 20)
+    q = 1 / (1 + np.exp(-(z + shift)))
+    return float(-np.mean(np.where(yes, np.log(q), np.log(1 - q))))
+
+
+def logits(seed_dir: Path, options: dict) -> tuple[np.ndarray, pd.DataFrame, dict]:
     """[N, 6] answer logits (No, Yes) of the Original, the augmented model and the control; the forget rows; the
-    Original's mean loss on E2URec's non-member pool."""
+    Original's mean loss, best-intercept loss and AUC on E2URec's non-member pool."""
     accelerator = make_accelerator()
     with tempfile.TemporaryDirectory() as scratch:
         job = Job(seed_dir / "original", seed_dir / "data", Path(scratch) / "out", Path(scratch) / "work",
@@ -70,13 +82,17 @@ def logits(seed_dir: Path, options: dict) -> tuple[np.ndarray, pd.DataFrame, flo
                                                             for t in teachers], 1), 64, accelerator,
                        progress=False)
         non_members, _ = method.non_members(job, student)
-        target = float(answer_losses(student, teachers[0].model, non_members, accelerator)[0].mean())
+        losses, p_non = answer_losses(student, teachers[0].model, non_members, accelerator)
+        yes = non_members.targets == student.answer_ids[1]
+        pool = {"loss": float(losses.mean()), "refit_loss": refit_loss(yes, p_non),
+                "auc": 1 - misfit("auc", p_non, yes), "samples": len(yes)}
         use_control = method.cfg.aug_contrast == "items"
-    return (z if use_control else np.concatenate([z[:, :4], z[:, :2]], 1)), rows_for(job.samples, "forget"), target
+    return (z if use_control else np.concatenate([z[:, :4], z[:, :2]], 1)), rows_for(job.samples, "forget"), pool
 
 
 def study(seed_dir: Path, options: dict) -> dict:
-    z, forget, nonmember_loss = logits(seed_dir, options)
+    z, forget, pool = logits(seed_dir, options)
+    nonmember_loss, nonmember_auc = pool["loss"], pool["auc"]
     y = forget["label"].to_numpy()
     retrain = pd.read_parquet(seed_dir / "eval" / "retrain-forget" / "predictions.parquet")
     p_retrain = retrain.set_index("sample_id").loc[forget["sample_id"], "p_yes"].to_numpy()
@@ -98,15 +114,19 @@ def study(seed_dir: Path, options: dict) -> dict:
         "teacher": lambda a: p_yes(z_orig - a * np.maximum(z_aug - z_ref, 0)),
         "plain": lambda a: p_yes(z_orig - a * np.maximum(z_aug - z_orig, 0)),
         "shrink": lambda a: 1 / (1 + np.exp(-(centre + (log_odds(p_orig) - centre) / (1 + a)))),
+        "label": lambda a: p_yes(teacher_pairs("label", z_orig, y)(a)),
     }
 
-    def at_level(make: Callable[[float], np.ndarray], target: float) -> dict:
-        alpha = 0.0  # the loss grows with α; bisection to the target (200 where even that is not enough)
-        if loss(make(0.0)) < target:
+    def at_level(make: Callable[[float], np.ndarray], target: float, level: str = "loss") -> dict:
+        def worse(a: float) -> float:
+            return loss(make(a)) if level == "loss" else 1 - utility_metrics(y, make(a))["auc"]
+
+        alpha = 0.0  # the misfit grows with α; bisection to the target (200 where even that is not enough)
+        if worse(0.0) < target:
             low, high = 0.0, 200.0
             for _ in range(60):
                 mid = (low + high) / 2
-                low, high = (mid, high) if loss(make(mid)) < target else (low, mid)
+                low, high = (mid, high) if worse(mid) < target else (low, mid)
             alpha = (low + high) / 2
         p = make(alpha)
         return {"alpha": round(alpha, 3), "loss": round(loss(p), 4), "auc": round(utility_metrics(y, p)["auc"], 4),
@@ -124,7 +144,10 @@ def study(seed_dir: Path, options: dict) -> dict:
                         "original_confidence_vs_memorised": round(float(np.corrcoef(p_true, memorised)[0, 1]), 3)},
         "at_nonmember_level": {name: at_level(make, nonmember_loss) for name, make in variants.items()},
         "at_retrain_level": {name: at_level(make, retrain_loss) for name, make in variants.items()},
-        "nonmember_loss": round(nonmember_loss, 4),
+        "at_nonmember_auc": {name: at_level(make, 1 - nonmember_auc, "auc") for name, make in variants.items()
+                             if name != "shrink"},  # shrinking keeps the ranks: no α moves its AUC
+        "nonmember_loss": round(nonmember_loss, 4), "nonmember_auc": round(nonmember_auc, 4),
+        "nonmember_refit_loss": round(pool["refit_loss"], 4), "nonmember_samples": pool["samples"],
     }
 
 

@@ -17,6 +17,7 @@ import pytest
 
 from e2urec.bench import APPROXIMATE, PRESETS, ROWS, TEACHER_ROW, VARIANTS, bench, closure
 from e2urec.checkpoint import read_meta
+from e2urec.evaluation import jsd_yes_no
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = {"max_steps": 1, "batch_size": 8}
@@ -87,6 +88,16 @@ def test_bench_writes_the_report(micro_bench: tuple[dict, list[str], Path]) -> N
     assert reseeded["retrain-reseed"]["config"]["seed"] == reseeded["original-reseed"]["config"]["seed"] == 1000
     floor = next(r for r in saved["methods"] if r["method"] == "retrain-reseed")
     assert floor["jsd"] > 0 and floor["forget_auc"] is not None  # another exact Retrain is not this one
+    # The same two-token distance on the test samples of users nobody forgot, from the stored predictions
+    samples = pd.read_parquet(out / "seed-0" / "data" / "samples.parquet")
+    test = samples[samples["split"] == "test"]
+    others = test.loc[~test["user_id"].isin(samples.loc[samples["forget"], "user_id"]), "sample_id"]
+    assert 0 < len(others) <= len(test)
+    p = {row: pd.read_parquet(out / "seed-0" / "eval" / f"{row}-test" / "predictions.parquet")
+         .set_index("sample_id").loc[others, "p_yes"].to_numpy() for row in ("retrain", "retrain-reseed")}
+    assert floor["jsd_yesno_others"] == pytest.approx(jsd_yes_no(p["retrain-reseed"], p["retrain"]), rel=1e-9)
+    assert floor["jsd_yesno_excess"] == pytest.approx(floor["jsd_yesno"] - floor["jsd_yesno_others"])
+    assert retrain["jsd_yesno_others"] < 1e-6 and abs(retrain["jsd_yesno_excess"]) < 1e-6
     teacher = next(r for r in saved["methods"] if r["method"] == TEACHER_ROW)
     assert 0 <= teacher["forget_auc"] <= 1 and teacher.get("auc") is None
     e2urec = next(r for r in saved["methods"] if r["method"] == "e2urec")

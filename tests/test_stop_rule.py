@@ -93,6 +93,29 @@ def test_loss_rule_stops_once_the_forget_set_looks_like_non_members(monkeypatch:
     assert late.keep and late.stop
 
 
+def test_auc_rule_stops_once_the_forget_set_ranks_no_better_than_non_members(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """level=auc compares ranks, not losses: a forget set still ranked perfectly goes on; once its AUC is down to
+    the non-members' (0.75 here), it stops, whatever the losses say."""
+    utility = PromptSet([[1]] * 4, np.zeros(4, dtype=int))
+    forget, non_members = PromptSet([[1]] * 4, np.array([1, 1, 0, 0])), PromptSet([[1]] * 4, np.array([1, 0, 1, 0]))
+    p_non = np.array([0.9, 0.8, 0.6, 0.2])  # yes, no, yes, no: 3 of 4 pairs ordered, AUC 0.75
+    p_forget = iter([np.array([0.9, 0.8, 0.3, 0.2]), np.array([0.9, 0.3, 0.4, 0.2])])  # AUC 1, then 0.75
+
+    def scripted(backbone, model, data: PromptSet, accelerator):
+        p = np.full(4, 0.5) if data is utility else next(p_forget) if data is forget else p_non
+        return np.full(len(data), 0.9 if data is forget else 0.1), p  # losses that alone would stop it
+
+    monkeypatch.setattr(e2urec_module, "answer_losses", scripted)
+    backbone = type("Backbone", (), {"answer_ids": (0, 1)})()
+    stop = NonMemberStop(backbone, forget, non_members, utility, np.array([0, 1, 0, 1]), E2URecConfig(min_steps=1),
+                         level="auc")
+    stop(None, None, 0)  # the first check is the Original's utility: the reference of the paired change
+    going, done = stop(None, None, 10), stop(None, None, 20)
+    assert not going.stop and going.record["forget_auc"] == 1.0 and going.record["nonmember_auc"] == 0.75
+    assert done.stop and done.record["forget_auc"] == 0.75
+
+
 @pytest.mark.parametrize(("n_forget", "expected"), [(5, 256), (34, 272), (100, 800), (500, 1024)])
 def test_checks_score_fewer_samples_for_small_forget_sets(n_forget: int, expected: int) -> None:
     """A one-user request spends most of its time scoring checks: the non-member and utility samples follow the
@@ -113,5 +136,5 @@ def test_nothing_to_unlearn_when_the_calibrated_teacher_is_the_original() -> Non
     assert method.nothing_to_unlearn()
     method.facts["alpha"] = {"rule": "nonmember", "alpha": 0.4}
     assert not method.nothing_to_unlearn()
-    assert e2urec_module.calibrate_alpha(np.array([[0.0, 0.0]]), np.array([[0.0, 2.0]]), np.array([1]),
-                                         target=0.5, alpha_max=50) == 0.0  # loss log 2 ≥ 0.5 already
+    make = e2urec_module.teacher_pairs("augmented", np.array([[0.0, 0.0]]), np.array([1]), np.array([[0.0, 2.0]]))
+    assert e2urec_module.calibrate_alpha(make, np.array([1]), target=0.5, alpha_max=50) == 0.0  # log 2 ≥ 0.5

@@ -85,6 +85,22 @@ def test_e2urec_stopping_rule_teacher_and_alpha_are_recorded(run: Path) -> None:
     assert reference["schedule"]["checks"] == [] and reference["steps"] == 3
 
 
+def test_label_push_needs_no_augmented_model_and_compares_aucs(run: Path) -> None:
+    """push=label: no augmented or control model is tuned, the teacher lowers every true answer (α = 2 log-odds
+    ranks the forget set's negatives above its positives); level=auc: the stopping rule compares AUCs, and the
+    calibrated teacher ranks the forget set no better than the Original ranks the non-members."""
+    options = {"batch_size": 8, "push": "label", "level": "auc", "min_steps": 2, "check_every": 1, "max_steps": 3}
+    fixed = unlearn("e2urec", run / "original", run / "data", run / "e2urec-label",
+                    {**options, "alpha_rule": "fixed", "alpha": 2.0}, overwrite=True, keep_intermediates=True)
+    assert not (run / ".e2urec-label.work" / "augmented").exists() and "augmented" not in fixed
+    assert fixed["teacher"]["auc"] < 0.5
+    assert {"forget_auc", "nonmember_auc"} <= set(fixed["schedule"]["checks"][-1])
+    calibrated = unlearn("e2urec", run / "original", run / "data", run / "e2urec-label-auc", options, overwrite=True)
+    alpha = calibrated["alpha"]
+    assert alpha["level"] == "auc" and 0 <= alpha["alpha"] < 50
+    assert calibrated["teacher"]["auc"] <= alpha["target_auc"] + 2e-3  # α = 0 when already ranked worse
+
+
 @pytest.mark.parametrize("options", [{"epochs": -1}, {"alpha": float("nan")}, {"forget_only": 2.0},
                                      {"lora_targets": "everything"}, {"nope": 1}])
 def test_bad_options_are_refused_before_any_work(run: Path, options: dict) -> None:

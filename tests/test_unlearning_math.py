@@ -174,6 +174,17 @@ def test_symmetric_kl_is_the_papers_jsd_not_jensen_shannon() -> None:
     assert symmetric_kl(p.log(), p.log()).item() == pytest.approx(0.0, abs=1e-7)
 
 
+def test_two_token_jsd_from_p_yes_by_hand() -> None:
+    """Bernoulli(0.2) against Bernoulli(0.8): the midpoint is 0.5, so JSD = KL(0.2 ‖ 0.5) = 0.2·ln 0.4 + 0.8·ln 1.6;
+    the mean runs over samples."""
+    from e2urec.evaluation import jsd_yes_no
+
+    by_hand = 0.2 * math.log(0.4) + 0.8 * math.log(1.6)
+    assert jsd_yes_no(np.array([0.2]), np.array([0.8])) == pytest.approx(by_hand, rel=1e-6)
+    assert jsd_yes_no(np.array([0.2, 0.6]), np.array([0.8, 0.6])) == pytest.approx(by_hand / 2, rel=1e-6)
+    assert jsd_yes_no(np.array([0.3, 0.9]), np.array([0.3, 0.9])) == pytest.approx(0.0, abs=1e-8)
+
+
 @pytest.mark.parametrize("options, message", [
     ({"alpha": float("nan")}, "finite"), ({"lora_r": 0}, "lora_r"), ({"forget_only": 1.5}, "forget_only"),
     ({"epochs": -1}, "epochs"), ({"min_steps": 0}, "min_steps"), ({"distill": "logits"}, "distill"),
@@ -248,7 +259,7 @@ def test_e2urec_objective_mixes_beta_and_optional_retain_ce() -> None:
 
 
 def test_alpha_is_calibrated_to_the_non_member_loss() -> None:
-    from e2urec.unlearning.e2urec import calibrate_alpha
+    from e2urec.unlearning.e2urec import calibrate_alpha, teacher_pairs
 
     z_orig = np.array([[0.0, 1.0], [1.0, 0.0], [0.0, 2.0]])  # (No, Yes); the Original is right on all three
     z_aug = z_orig + np.array([[-0.5, 0.5], [0.5, -0.5], [0.0, 1.0]])  # the augmented model raised the truth
@@ -259,10 +270,11 @@ def test_alpha_is_calibrated_to_the_non_member_loss() -> None:
         p = np.exp(z) / np.exp(z).sum(1, keepdims=True)
         return float(-np.log(p[np.arange(3), yes]).mean())
 
-    alpha = calibrate_alpha(z_orig, z_aug, yes, target=0.6, alpha_max=50)
+    plain = teacher_pairs("augmented", z_orig, yes, z_aug)
+    alpha = calibrate_alpha(plain, yes, target=0.6, alpha_max=50)
     assert teacher_loss_at(alpha) == pytest.approx(0.6, abs=1e-6) and alpha > 0
-    assert calibrate_alpha(z_orig, z_aug, yes, target=teacher_loss_at(0.0) - 0.01, alpha_max=50) == 0.0
-    assert calibrate_alpha(z_orig, z_aug, yes, target=100.0, alpha_max=7.0) == 7.0
+    assert calibrate_alpha(plain, yes, target=teacher_loss_at(0.0) - 0.01, alpha_max=50) == 0.0
+    assert calibrate_alpha(plain, yes, target=100.0, alpha_max=7.0) == 7.0
     # with a control model the push is what the augmented model raised beyond the control
     z_ref = z_orig + np.array([[-0.25, 0.25], [0.0, 0.0], [0.0, 1.0]])
 
@@ -271,5 +283,45 @@ def test_alpha_is_calibrated_to_the_non_member_loss() -> None:
         p = np.exp(z) / np.exp(z).sum(1, keepdims=True)
         return float(-np.log(p[np.arange(3), yes]).mean())
 
-    alpha_ref = calibrate_alpha(z_orig, z_aug, yes, target=0.6, alpha_max=50, z_ref=z_ref)
+    alpha_ref = calibrate_alpha(teacher_pairs("augmented", z_orig, yes, z_aug, z_ref), yes, target=0.6,
+                                alpha_max=50)
     assert contrast_loss_at(alpha_ref) == pytest.approx(0.6, abs=1e-6) and alpha_ref > alpha
+
+
+def test_label_push_lowers_every_true_answer_by_alpha() -> None:
+    """push=label: the two-token log-odds of the true answer fall by α on every sample (½α off the true answer,
+    ½α onto the other), the rest of the vocabulary stays; the calibration sees the same pair logits."""
+    from e2urec.unlearning.e2urec import teacher_pairs
+    from e2urec.unlearning.losses import label_push_logits
+
+    z = torch.tensor([[0.3, 1.0, 2.0, -1.0], [0.3, 0.5, -0.5, 2.0]])  # vocab of 4; answers (No, Yes) = (2, 3)
+    target = torch.tensor([3, 2])  # the first sample's answer is Yes, the second's No
+    pushed = label_push_logits(z, target, (2, 3), alpha=1.0)
+    assert torch.allclose(pushed[:, :2], z[:, :2])
+    assert torch.allclose(pushed[:, 2:], torch.tensor([[2.5, -1.5], [-1.0, 2.5]]))
+    log_odds_true = lambda t: torch.stack([t[0, 3] - t[0, 2], t[1, 2] - t[1, 3]])  # noqa: E731
+    assert torch.allclose(log_odds_true(pushed), log_odds_true(z) - 1.0)
+    pairs = teacher_pairs("label", z[:, 2:].numpy(), np.array([1, 0]))
+    assert np.allclose(pairs(1.0), pushed[:, 2:].numpy())
+
+
+def test_alpha_is_calibrated_to_the_non_member_auc() -> None:
+    """level=auc: α lowers the forget set's AUC to the non-members' (a rank statistic: it ignores a later
+    period's base rate, which moves the loss). A uniform push lowers every true answer, so positives fall below
+    negatives one pair at a time."""
+    from sklearn.metrics import roc_auc_score
+
+    from e2urec.unlearning.e2urec import calibrate_alpha, misfit, teacher_pairs
+
+    yes = np.array([1, 1, 0, 0])
+    d = np.array([2.0, 0.5, 0.0, -1.0])  # log-odds of Yes: the Original ranks all four right (AUC 1)
+    z = np.stack([np.zeros(4), d], 1)
+    make = teacher_pairs("label", z, yes)
+    alpha = calibrate_alpha(make, yes, target=0.25, alpha_max=50, level="auc")  # to AUC 0.75: 1 pair of 4 flips
+    pushed = make(alpha)
+    assert roc_auc_score(yes, pushed[:, 1] - pushed[:, 0]) == pytest.approx(0.75)
+    # positives fall by α, negatives' Yes log-odds rise by α: the closest pair (0.5 vs 0.0) meets at α = 0.25
+    assert alpha == pytest.approx(0.25, abs=1e-6)
+    assert misfit("auc", np.array([0.9, 0.1]), np.array([1, 0])) == 0.0
+    assert math.isnan(misfit("auc", np.array([0.9, 0.1]), np.array([1, 1])))
+    assert misfit("loss", np.array([0.5]), np.array([1])) == pytest.approx(math.log(2))

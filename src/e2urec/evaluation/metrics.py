@@ -96,6 +96,15 @@ def jsd(log_p: Tensor, log_q: Tensor) -> Tensor:
     return (0.5 * (kl_pm + kl_qm)).clamp(min=0.0)
 
 
+def jsd_yes_no(p: np.ndarray, q: np.ndarray) -> float:
+    """Mean two-token JSD between two models' P(yes) on the same samples: `jsd` over (No, Yes)."""
+    def log2(x: np.ndarray) -> Tensor:
+        x = torch.as_tensor(np.clip(x, 1e-7, 1 - 1e-7), dtype=torch.float64)
+        return torch.stack([torch.log1p(-x), torch.log(x)], 1)
+
+    return float(jsd(log2(p), log2(q)).mean())
+
+
 def symmetric_kl(log_p: Tensor, log_q: Tensor) -> Tensor:
     """½KL(p‖q) + ½KL(q‖p) per row: what the paper's reference code reports as "JSD" (it is not the
     Jensen–Shannon divergence, which mixes through the midpoint), kept so our figures can sit beside the paper's."""

@@ -5,6 +5,7 @@ depend on the forget set's size, and a stopping rule that needs neither Retrain 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +26,7 @@ from e2urec.model.backbone import Backbone
 from e2urec.model.scoring import PromptSet, answer_logits, per_sample, per_sample_p_yes, prompt_set
 from e2urec.training import AnswerCrossEntropy
 from e2urec.unlearning.base import Job, MethodConfig, ObjectiveMethod, cache_teacher, logits_of, option, register
-from e2urec.unlearning.losses import forgetting_teacher_logits, teacher_loss
+from e2urec.unlearning.losses import forgetting_teacher_logits, label_push_logits, teacher_loss
 
 # The paper's reference code, exactly: 3 passes over the forget set, the first on the forgetting loss alone,
 # an augmented model at lr 5e-5 for 100 steps, q/v LoRA, full-vocabulary distillation, no stopping rule.
@@ -33,7 +34,7 @@ REFERENCE: dict[str, Any] = {
     "epochs": 3.0, "min_steps": 1, "forget_only": 1 / 3, "lr": 1e-3, "alpha": 2.0, "beta": 0.4, "retain_ce": True,
     "lora_r": 16, "lora_alpha": 32, "lora_dropout": 0.05, "lora_targets": "attention", "distill": "vocab",
     "aug_lr": 5e-5, "aug_steps": 100, "aug_contrast": "none", "retain_match": "random", "alpha_rule": "fixed",
-    "stop": "none",
+    "stop": "none", "push": "augmented", "level": "loss",
 }
 MIN_NON_MEMBERS = 20
 # Scoring dominates a small request (a one-user forget set of 34 prompts: 32 of its 48 s were checks), so the
@@ -57,10 +58,16 @@ class E2URecConfig(MethodConfig):
                                 low=0, high=1)
     lr: float = option(1e-3, "student learning rate", low=0, open_low=True)
     alpha: float = option(2.0, "forgetting teacher: z_orig − α·ReLU(z_aug − z_orig) (alpha_rule=fixed)", low=0)
-    alpha_rule: str = option("nonmember", "nonmember: choose α so the teacher's forget-set loss equals the "
-                             "Original's loss on held-out non-members; fixed: use alpha",
+    alpha_rule: str = option("nonmember", "nonmember: choose α so the teacher's forget-set misfit (see level) "
+                             "equals the Original's on held-out non-members; fixed: use alpha",
                              choices=("nonmember", "fixed"))
     alpha_max: float = option(50.0, "largest α the nonmember rule may choose", low=0, open_low=True)
+    push: str = option("augmented", "what the forgetting teacher pushes down: augmented: what an augmented model "
+                       "tuned on the forget set raised (the paper's); label: the true answer's two-token log-odds, "
+                       "by α on every sample (no augmented model)", choices=("augmented", "label"))
+    level: str = option("loss", "what 'like a non-member' compares, for alpha_rule and stop: loss (mean answer "
+                        "loss) or auc (answer AUC: blind to a later period's base rate and calibration)",
+                        choices=("loss", "auc"))
     beta: float = option(0.4, "joint steps: β·L_FGT + (1−β)·L_REM", low=0, high=1)
     retain_ce: bool = option(True, "add the answer cross-entropy on retain to L_REM (the reference code's)")
     lora_r: int = option(16, "LoRA rank", low=1)
@@ -80,10 +87,11 @@ class E2URecConfig(MethodConfig):
                                "items: a control model tuned the same way on other users' samples of the same "
                                "items, so the teacher pushes down only what is specific to the forgotten users",
                                choices=("none", "items"))
-    stop: str = option("nonmember", "nonmember: stop once the forget set's loss reaches held-out "
+    stop: str = option("nonmember", "nonmember: stop once the forget set's misfit (see level) reaches held-out "
                        "non-members'; none: run the whole schedule", choices=("nonmember", "none"))
     check_every: int = option(10, "steps between stopping-rule checks", low=1)
-    stop_margin: float = option(0.0, "stop when forget loss ≥ non-member loss − margin", low=0)
+    stop_margin: float = option(0.0, "stop when the forget set's misfit ≥ the non-members' − margin (loss, or "
+                                "1 − AUC)", low=0)
     utility_tolerance: float = option(0.01, "keep a state only while valid AUC ≥ the Original's − this (beyond "
                                       "the margin utility_z sets)", low=0, high=1)
     utility_z: float = option(1.645, "standard errors of the paired valid-AUC change added to utility_tolerance "
@@ -133,44 +141,62 @@ def answer_losses(backbone: Backbone, model: torch.nn.Module, data: PromptSet, a
     return mia_features(data.targets == backbone.answer_ids[1], p_yes)[:, 0], p_yes
 
 
-def calibrate_alpha(z_orig: np.ndarray, z_aug: np.ndarray, yes: np.ndarray, target: float, alpha_max: float,
-                    z_ref: np.ndarray | None = None) -> float:
-    """α at which the forgetting teacher's mean two-token loss on the forget set equals `target`.
+def misfit(level: str, p_yes: np.ndarray, yes: np.ndarray) -> float:
+    """How little P(yes) fits labels `yes`: the mean answer loss (level=loss) or 1 − AUC (level=auc); both grow
+    as a teacher pushes the true answers down. NaN for AUC on one class."""
+    if level == "auc":
+        auc = utility_metrics(yes, p_yes)["auc"]
+        return float("nan") if auc is None else 1.0 - auc
+    return float(mia_features(yes, p_yes)[:, 0].mean())
 
-    `z_orig`, `z_aug` (and the control's `z_ref`, compared with instead of `z_orig`): [N, 2] logits of (No, Yes);
-    the teacher's two answer logits depend on α elementwise, so its loss is computed without the vocabulary.
-    0 when the Original already loses `target` (nothing to forget), `alpha_max` when even that is not enough.
-    Bisection: the loss grows with α wherever the augmented model raised the true answer, which is what
-    training on the forget set does.
+
+def teacher_pairs(push: str, z_orig: np.ndarray, yes: np.ndarray, z_aug: np.ndarray | None = None,
+                  z_ref: np.ndarray | None = None) -> Callable[[float], np.ndarray]:
+    """α → the forgetting teacher's [N, 2] answer logits (No, Yes): they depend on α elementwise, so the
+    calibration needs no vocabulary. push=augmented: z_orig − α·ReLU(z_aug − z_ref) (z_ref: the control model,
+    else the Original); push=label: the true answer's log-odds lowered by α."""
+    if push == "label":
+        toward_wrong = 0.5 - np.eye(2)[yes]
+        return lambda alpha: z_orig + alpha * toward_wrong
+    raised = np.maximum(z_aug - (z_orig if z_ref is None else z_ref), 0.0)
+    return lambda alpha: z_orig - alpha * raised
+
+
+def calibrate_alpha(teacher: Callable[[float], np.ndarray], yes: np.ndarray, target: float, alpha_max: float,
+                    level: str = "loss") -> float:
+    """α at which the forgetting teacher's misfit on the forget set (see `misfit`) equals `target`.
+
+    0 when the Original already misfits that much (nothing to forget), `alpha_max` when even that is not
+    enough. Bisection: the misfit grows with α wherever the push lowers the true answer, which is what training
+    on the forget set raised (push=augmented) or every sample (push=label).
     """
 
-    def loss(alpha: float) -> float:
-        z = z_orig - alpha * np.maximum(z_aug - (z_orig if z_ref is None else z_ref), 0.0)
-        z = z - z.max(1, keepdims=True)
-        log_p = z - np.log(np.exp(z).sum(1, keepdims=True))
-        return float(-log_p[np.arange(len(z)), yes].mean())
+    def worse(alpha: float) -> float:
+        z = teacher(alpha)
+        return misfit(level, 1 / (1 + np.exp(z[:, 0] - z[:, 1])), yes)
 
-    if loss(0.0) >= target:
+    if not worse(0.0) < target:
         return 0.0
-    if loss(alpha_max) <= target:
+    if worse(alpha_max) <= target:
         return alpha_max
     low, high = 0.0, alpha_max
     for _ in range(50):
         mid = (low + high) / 2
-        low, high = (mid, high) if loss(mid) < target else (low, mid)
+        low, high = (mid, high) if worse(mid) < target else (low, mid)
     return (low + high) / 2
 
 
 class NonMemberStop:
-    """The stopping rule: stop once the forget set's mean answer loss reaches that of held-out non-members
-    (see `E2URec.non_members`), after `min_steps`. A state is kept only while utility holds: the AUC on valid
-    samples of users who are not forgotten, paired with the Original's on the same samples (the first check),
-    may not fall by more than `utility_tolerance` beyond what those samples can resolve (`utility_z` bootstrap
-    standard errors of the paired difference). Needs no Retrain, no test data."""
+    """The stopping rule: stop once the forget set's misfit (mean answer loss, or 1 − AUC with level=auc)
+    reaches that of held-out non-members (see `E2URec.non_members`), after `min_steps`. A state is kept only
+    while utility holds: the AUC on valid samples of users who are not forgotten, paired with the Original's on
+    the same samples (the first check), may not fall by more than `utility_tolerance` beyond what those samples
+    can resolve (`utility_z` bootstrap standard errors of the paired difference). Needs no Retrain, no test data."""
 
     def __init__(self, backbone: Backbone, forget: PromptSet, non_members: PromptSet, utility: PromptSet,
-                 labels: np.ndarray, cfg: E2URecConfig):
+                 labels: np.ndarray, cfg: E2URecConfig, level: str = "loss"):
         self.backbone, self.forget, self.non_members, self.cfg = backbone, forget, non_members, cfg
+        self.level = level
         self.utility, self.labels = utility, labels
         self.every = cfg.check_every
         self.base_p: np.ndarray | None = None
@@ -185,10 +211,15 @@ class NonMemberStop:
                         "valid_auc_change_se": se}
         if steps < self.cfg.min_steps or not useful:  # the loss rule cannot stop it yet: skip its scoring
             return Check(keep=useful, stop=not useful, record=record)
-        f_loss = float(answer_losses(self.backbone, model, self.forget, accelerator)[0].mean())
-        n_loss = float(answer_losses(self.backbone, model, self.non_members, accelerator)[0].mean())
-        record.update(forget_loss=f_loss, nonmember_loss=n_loss)
-        return Check(keep=True, stop=f_loss >= n_loss - self.cfg.stop_margin, record=record)
+        (f_loss, f_p), (n_loss, n_p) = (answer_losses(self.backbone, model, data, accelerator)
+                                        for data in (self.forget, self.non_members))
+        record.update(forget_loss=float(f_loss.mean()), nonmember_loss=float(n_loss.mean()))
+        f_misfit, n_misfit = record["forget_loss"], record["nonmember_loss"]
+        if self.level == "auc":
+            f_misfit, n_misfit = (misfit("auc", p, data.targets == self.backbone.answer_ids[1])
+                                  for p, data in ((f_p, self.forget), (n_p, self.non_members)))
+            record.update(forget_auc=1 - f_misfit, nonmember_auc=1 - n_misfit)
+        return Check(keep=True, stop=f_misfit >= n_misfit - self.cfg.stop_margin, record=record)
 
 
 @register
@@ -301,7 +332,8 @@ class E2URec(ObjectiveMethod):
         return prompt_set(backbone, rows, self.cfg.max_length), rows["label"].to_numpy()
 
     def choose_alpha(self, job: Job, backbone: Backbone, teachers: list[Backbone], forget: PromptSet) -> float:
-        """`teachers`: the Original, the augmented model and, with a contrast, the control model."""
+        """`teachers`: the Original, then (push=augmented) the augmented model and, with a contrast, the control
+        model."""
         if self.cfg.alpha_rule == "fixed":
             return self.cfg.alpha
         pair = list(backbone.answer_ids)
@@ -309,25 +341,40 @@ class E2URec(ObjectiveMethod):
                                                               for t in teachers], 1),
                        64, job.accelerator, desc="calibrate", progress=False)
         non_members, pool = self.non_members(job, backbone)
-        target = float(answer_losses(backbone, teachers[0].model, non_members, job.accelerator)[0].mean())
+        p_non = answer_losses(backbone, teachers[0].model, non_members, job.accelerator)[1]
         yes = (forget.targets == backbone.answer_ids[1]).astype(int)
-        alpha = calibrate_alpha(z[:, :2], z[:, 2:4], yes, target, self.cfg.alpha_max, z[:, 4:] if z.shape[1] > 4
-                                else None)
-        self.facts["alpha"] = {"rule": "nonmember", "alpha": alpha, "target_loss": target, "non_members": pool,
-                               "non_member_samples": len(non_members)}
+        level = self.level(forget, non_members, backbone)
+        target = misfit(level, p_non, non_members.targets == backbone.answer_ids[1])
+        make = teacher_pairs(self.cfg.push, z[:, :2], yes, *(z[:, i:i + 2] for i in range(2, z.shape[1], 2)))
+        alpha = calibrate_alpha(make, yes, target, self.cfg.alpha_max, level)
+        self.facts["alpha"] = {"rule": "nonmember", "alpha": alpha, "level": level,
+                               f"target_{level}": target if level == "loss" else 1 - target,
+                               "non_members": pool, "non_member_samples": len(non_members)}
         return alpha
 
+    def level(self, forget: PromptSet, non_members: PromptSet, backbone: Backbone) -> str:
+        """`level`, except loss where an AUC is undefined: the forget samples or the non-members all carry one
+        answer (as a small request's may)."""
+        both = all(len(np.unique(d.targets == backbone.answer_ids[1])) == 2 for d in (forget, non_members))
+        return self.cfg.level if both else "loss"
+
     def attach_teachers(self, job: Job, backbone: Backbone, data: dict[str, PromptSet]) -> None:
-        original = job.load_original()
-        teachers = [original, self.augmented(job, data["forget"])]
-        if self.cfg.aug_contrast == "items":
-            control = self.item_matched(job, len(data["forget"]), 14)
-            teachers.append(self.augmented(job, prompt_set(backbone, control, self.cfg.max_length),
-                                           "augmented-control"))
+        teachers = [job.load_original()]
+        if self.cfg.push == "augmented":
+            teachers.append(self.augmented(job, data["forget"]))
+            if self.cfg.aug_contrast == "items":
+                control = self.item_matched(job, len(data["forget"]), 14)
+                teachers.append(self.augmented(job, prompt_set(backbone, control, self.cfg.max_length),
+                                               "augmented-control"))
         z = [logits_of(t.model, t.kind) for t in teachers]
         alpha = self.choose_alpha(job, backbone, teachers, data["forget"])
-        cache_teacher(backbone, data["forget"], lambda b: forgetting_teacher_logits(
-            z[0](b), z[1](b), alpha, z[2](b) if len(z) > 2 else None), "fgt", job.accelerator)
+        if self.cfg.push == "label":
+            def fgt(b: Batch) -> torch.Tensor:
+                return label_push_logits(z[0](b), b["target"], backbone.answer_ids, alpha)
+        else:
+            def fgt(b: Batch) -> torch.Tensor:
+                return forgetting_teacher_logits(z[0](b), z[1](b), alpha, z[2](b) if len(z) > 2 else None)
+        cache_teacher(backbone, data["forget"], fgt, "fgt", job.accelerator)
         del teachers[1:], z[1:]  # the augmented and control models are not needed any more
         cache_teacher(backbone, data["retain"], z[0], "rem", job.accelerator)
         forget = rows_for(job.samples, "forget")
@@ -345,7 +392,8 @@ class E2URec(ObjectiveMethod):
                          [:self.cfg.monitor_samples])
         forget = PromptSet([data["forget"].ids[i] for i in picked], data["forget"].targets[picked])
         non_members, _ = self.non_members(job, backbone)
-        return NonMemberStop(backbone, forget, non_members, *self.utility_set(job, backbone), self.cfg)
+        return NonMemberStop(backbone, forget, non_members, *self.utility_set(job, backbone), self.cfg,
+                             self.level(forget, non_members, backbone))
 
     def nothing_to_unlearn(self) -> bool:
         """The calibrated α is 0 when the Original's forget-set loss is already at the non-members' level: the

@@ -20,6 +20,18 @@ def forgetting_teacher_logits(z_orig: Tensor, z_aug: Tensor, alpha: float, z_ref
     return z_orig - alpha * F.relu(z_aug - (z_orig if z_ref is None else z_ref))
 
 
+def label_push_logits(z_orig: Tensor, target: Tensor, answer_ids: tuple[int, int], alpha: float) -> Tensor:
+    """The true answer's logit lowered by α/2 and the other answer's raised by α/2: the two-token log-odds of
+    the true answer fall by α on every sample, the rest of the vocabulary is the Original's. A uniform discount
+    of what the Original fitted, with no augmented model to say where."""
+    no_id, yes_id = answer_ids
+    sign = torch.where(target == yes_id, 1.0, -1.0).to(z_orig.device, z_orig.dtype)[:, None] * alpha / 2
+    z = z_orig.clone()
+    z[:, yes_id:yes_id + 1] -= sign
+    z[:, no_id:no_id + 1] += sign
+    return z
+
+
 def soft_cross_entropy(student_logits: Tensor, teacher_probs: Tensor) -> Tensor:
     """Mean over rows of −Σ p_teacher · log p_student (KL(teacher ‖ student) up to the teacher's entropy)."""
     return -(teacher_probs * F.log_softmax(student_logits.float(), dim=-1)).sum(-1).mean()
