@@ -3,8 +3,8 @@
 One run (real ML-100K, the demo slice, tiny backbone): 10 requests, each forgetting 1% of the train users
 (at least one) with `e2urec forget`'s code path. After each request: the version's test AUC, the Original's test
 AUC on the same (shrinking) test rows, a Retrain on the cumulative retained data (the Original's recipe), JSD to
-that Retrain on every training prompt forgotten so far (and the Original's JSD there, the starting point), and
-the request's seconds. Prints JSON. Usage:
+that Retrain on every training prompt forgotten so far (and the Original's JSD there, the starting point), the
+request's seconds and its audit verdict (exact: ended by the escalation's Retrain). Prints JSON. Usage:
 python benchmarks/sequential.py [--out runs/sequential] [--requests 10] [--fraction 0.01] [--last-n 1300]
 """
 
@@ -49,7 +49,8 @@ def measure(out: Path, requests: int, fraction: float, last_n: int, seed: int) -
     recipe = TrainConfig(**{**preset.train, "seed": seed})
     prepare(PrepareConfig("ml-100k", last_n=last_n, seed=seed), out / "data")
     train(out / "data", "original", "tiny", out / "original", recipe)
-    root = init_run(out / "run", out / "data", out / "original", {**preset.method_options["e2urec"], "seed": seed})
+    options = {**preset.method_options.get("e2urec", {}), "seed": seed}
+    root = init_run(out / "run", out / "data", out / "original", options)
     samples, _ = load_prepared(root / "current" / "data")
     users = np.sort(samples.loc[samples["split"] == "train", "user_id"].unique())
     per_request = max(1, round(fraction * len(users)))
@@ -70,6 +71,7 @@ def measure(out: Path, requests: int, fraction: float, last_n: int, seed: int) -
             "request": i + 1, "users": len(chosen), "forget_prompts": record["row_counts"]["forget_prompts"],
             "seconds": record["seconds"], "unlearn_seconds": record["metrics"]["unlearn_seconds"],
             "auc": round(record["metrics"]["auc"], 4),
+            "verdict": record["metrics"]["audit"]["verdict"], "exact": record["metrics"]["audit"].get("exact", False),
             "original_auc": round(test_auc(out / "original", samples), 4),
             "retrain_auc": round(test_auc(retrain, samples), 4),
             "forgotten_prompts_total": len(gone),

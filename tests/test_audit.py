@@ -100,6 +100,12 @@ def test_verdicts_pass_fail_insufficient() -> None:
     few = judge(scores(remembered.forget_loss[:8], non), scores(forgotten.forget_loss[:8], non), f_label[:8],
                 n_label, cfg)
     assert few["verdict"] == "insufficient" and few["after"]["compared"] == 8 and few["threshold"] is None
+    # ... but however few the prompts, a version that broke utility is not done (a one-prompt request on the demo
+    # slice took valid AUC from 0.63 to 0.42 and was recorded `insufficient`, i.e. done, before this rule).
+    broke = judge(scores(remembered.forget_loss[:1], non), scores(forgotten.forget_loss[:1], non, valid_auc=0.42),
+                  f_label[:1], n_label, cfg)
+    assert broke["verdict"] == "fail" and "valid AUC dropped" in broke["reason"] and broke["threshold"] is None
+    assert broke["valid_auc_drop"] == pytest.approx(0.7 - 0.42)
 
 
 def test_utility_part_allows_for_the_paired_drops_sampling_error() -> None:
@@ -121,6 +127,18 @@ def test_utility_part_allows_for_the_paired_drops_sampling_error() -> None:
         assert verdicts[n]["valid_auc_drop_allowed"] == pytest.approx(
             cfg.audit_utility_tolerance + 1.645 * verdicts[n]["valid_auc_drop_se"], abs=1e-4)
     assert verdicts[40]["valid_auc_drop_se"] > 3 * verdicts[4000]["valid_auc_drop_se"]
+    # A version that no longer ranks like the one before has a large paired SE: on 77 valid rows a one-prompt
+    # request's drop of 0.212 had SE 0.124, and 0.02 + 1.645·SE would have waved it through. The cap fails it.
+    y = rng.integers(0, 2, 77)
+    p_before = np.clip(0.5 + 0.3 * (y - 0.5) + rng.normal(0, 0.2, 77), 0.01, 0.99)
+    p_broken = rng.random(77)  # unrelated to the labels and to the version before
+    was = Scores(remembered, non, utility_metrics(y, p_before)["auc"], 77, p_before, y)
+    now = Scores(forgotten, non, utility_metrics(y, p_broken)["auc"], 77, p_broken, y)
+    broken = judge(was, now, f_label, n_label, cfg)
+    assert broken["valid_auc_drop"] > cfg.audit_utility_cap
+    assert broken["valid_auc_drop_allowed"] == cfg.audit_utility_cap
+    assert broken["verdict"] == "fail" and "valid AUC dropped" in broken["reason"]
+    assert cfg.audit_utility_tolerance + 1.645 * broken["valid_auc_drop_se"] > cfg.audit_utility_cap  # SE alone: no
     assert audit.nothing_to_audit(cfg)["verdict"] == "insufficient"
 
 
@@ -213,7 +231,7 @@ def test_audit_tells_the_original_from_a_retrain(trained: Path) -> None:
     user = train["user_id"].value_counts().index[0]
     forget_rows, kept = train[train["user_id"] == user], samples[samples["user_id"] != user]
     # The Retrain keeps a few dozen training prompts: its valid AUC says nothing here, so only the MIA part counts.
-    cfg = AuditConfig(audit_utility_tolerance=1.0)
+    cfg = AuditConfig(audit_utility_tolerance=1.0, audit_utility_cap=1.0)
     non_members = audit.non_member_rows(kept, {user}, cfg)
     original, meta = load_model(trained / "original")
     retrain, _, _ = fit_rows(kept, manifest, kept[kept["split"] == "train"], meta["backbone"],
@@ -235,7 +253,8 @@ def test_retrain_is_the_last_resort_and_exact(trained: Path, tmp_path: Path) -> 
     # Real audits: E2URec steps at a learning rate too small to move anything leave the Original as it was (fail;
     # at the default lr two steps of the wide student already pass here), the exact Retrain then passes.
     run = init_run(tmp_path / "run", trained / "data", trained / "original", {**QUICK, "lr": 1e-9},
-                   key_file=tmp_path / "run.key", audit={"on_unverified": "retrain", "audit_utility_tolerance": 1.0})
+                   key_file=tmp_path / "run.key", audit={"on_unverified": "retrain", "audit_utility_tolerance": 1.0,
+                                                             "audit_utility_cap": 1.0})
     record = forget(run, read_request(users=[train_users(run)[0]]), log=lambda _: None)
     verdict = record["metrics"]["audit"]
     assert [(a["method"], a["verdict"]) for a in verdict["attempts"]] == [("e2urec", "fail"), ("retrain", "pass")]

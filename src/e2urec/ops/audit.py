@@ -20,11 +20,13 @@ positive one for 17 of those 20 users.
 Verdict: `fail` when the new version's AUC > 0.5 + `audit_tolerance` + z·SE (SE: the AUC's sampling error
 under "no difference", Hanley–McNeil's (n_f + n_n + 1) / (12·n_f·n_n) per label, one-sided z = 1.645), or its
 AUC on the valid non-members dropped by more than `audit_utility_tolerance` + z·SE of that paired drop
-(bootstrap over the same rows) from the version before, or the version before *remembered* the prompts (its
+(bootstrap over the same rows) from the version before — or by more than `audit_utility_cap` whatever that SE,
+since the SE of the drop grows with the damage — or the version before *remembered* the prompts (its
 AUC > 0.5 + z·SE) and the forgetting effect is not positive. Otherwise `pass` when the version before
 remembered them, and `insufficient` when it did not (nothing measurable to forget: the request is done, and no
 pass is claimed) or when fewer than `audit_min_prompts` forget prompts can be compared (a user with a handful
-of prompts cannot be told from chance).
+of prompts cannot be told from chance) — unless utility dropped: that part needs no forget prompts, so a small
+request that broke the model fails too.
 """
 
 from __future__ import annotations
@@ -61,6 +63,9 @@ class AuditConfig:
     audit_tolerance: float = option(0.05, "MIA AUC allowed above 0.5, besides the sampling error", 0, 0.49)
     audit_utility_tolerance: float = option(0.02, "valid AUC drop allowed against the version before (beyond z "
                                              "standard errors of the paired drop)", 0, 1)
+    audit_utility_cap: float = option(0.1, "valid AUC drop that fails a request whatever its standard error: the "
+                                      "z·SE margin grows with the damage itself (a version that no longer ranks "
+                                      "like the one before has a large paired SE)", 0, 1)
     audit_min_prompts: int = option(20, "fewer comparable forget prompts: verdict insufficient", 2, 100_000)
     audit_samples: int = option(500, "held-out non-members scored (at most; seeded sample)", 20, 1_000_000)
     test_samples: int | None = option(1000, "test prompts scored per request for the ledger's test metrics "
@@ -226,19 +231,22 @@ def judge(before: Scores, after: Scores, forget_labels: np.ndarray, non_labels: 
         "tolerance": cfg.audit_tolerance, "z": Z_ONE_SIDED, "utility_tolerance": cfg.audit_utility_tolerance,
         "min_prompts": cfg.audit_min_prompts,
     }
+    drop, drop_se = utility_drop(before, after)
+    allowed = min(cfg.audit_utility_tolerance + Z_ONE_SIDED * drop_se, cfg.audit_utility_cap)
+    hurt = [f"valid AUC dropped {drop:.3f} > {allowed:.3f}"] if drop is not None and drop > allowed else []
+    record.update(valid_auc_drop=drop, valid_auc_drop_se=drop_se, valid_auc_drop_allowed=round(allowed, 4))
     if a["compared"] < cfg.audit_min_prompts or a["mia_auc"] is None:
-        record.update(threshold=None, verdict="insufficient",
-                      reason=f"{a['compared']} forget prompts comparable with non-members; the audit needs "
-                             f"{cfg.audit_min_prompts}")
+        # Too few prompts to judge the forgetting, but the utility part needs none: a version that broke the
+        # model is not done, however small the request.
+        few = (f"{a['compared']} forget prompts comparable with non-members; the audit needs "
+               f"{cfg.audit_min_prompts}")
+        record.update(threshold=None, verdict="fail" if hurt else "insufficient", reason="; ".join([*hurt, few]))
         return record
     threshold = 0.5 + cfg.audit_tolerance + Z_ONE_SIDED * a["se"]
     remembered = b["mia_auc"] is not None and b["mia_auc"] > 0.5 + Z_ONE_SIDED * b["se"]
     effect = forgetting_effect(before, after)
-    drop, drop_se = utility_drop(before, after)
-    allowed = cfg.audit_utility_tolerance + Z_ONE_SIDED * drop_se
     reasons = [f"MIA AUC {a['mia_auc']:.3f} > {threshold:.3f}"] if a["mia_auc"] > threshold else []
-    if drop is not None and drop > allowed:
-        reasons.append(f"valid AUC dropped {drop:.3f} > {allowed:.3f}")
+    reasons += hurt
     if remembered and effect["effect"] <= 0:
         reasons.append(f"the forget prompts' loss did not rise beyond the non-members' (effect "
                        f"{effect['effect']:.4f}): no evidence that anything was unlearned")
@@ -253,6 +261,5 @@ def judge(before: Scores, after: Scores, forget_labels: np.ndarray, non_labels: 
         verdict, reason = "pass", ("remembered before; now indistinguishable from non-members and further from "
                                    "the model's knowledge than before; utility held")
     record.update(threshold=round(threshold, 4), remembered_before=remembered, forgetting_effect=effect,
-                  valid_auc_drop=drop, valid_auc_drop_se=drop_se, valid_auc_drop_allowed=round(allowed, 4),
                   verdict=verdict, reason=reason)
     return record
