@@ -91,6 +91,9 @@ def test_user_request_end_to_end(trained: Path, tmp_path: Path) -> None:
     assert ledger.honoured_by("v0001") == [record["request_id"]]
     meta = json.loads((run / "current" / "version.json").read_text())
     assert meta["request_id"] == record["request_id"] and meta["parent"] == "v0000"
+    model_meta = json.loads((run / "current" / "model" / "meta.json").read_text())
+    assert {"alpha", "teacher", "schedule"} <= set(model_meta), "the unlearning's own record survives the merge"
+    assert model_meta["schedule"]["checks"][0]["step"] == 0 and "valid_auc" in model_meta["schedule"]["checks"][0]
 
     listed = runner.invoke(app, ["ledger", "--run", str(run)])
     assert listed.exit_code == 0 and record["request_id"] in listed.output and "v0001" in listed.output

@@ -245,8 +245,10 @@ def apply(run: Run, current: Path, samples: pd.DataFrame, manifest: dict, tables
                    {"role": "version", "version": version.name, "request_id": rid, "parent": current.name,
                     "backbone": run.config.get("backbone"),
                     **{k: parent[k] for k in ("config", "lora") if k in parent},  # the recipe a Retrain reuses
-                    **{k: facts[k] for k in ("unlearn_seconds", "hyperparameters", "trainable_params")
-                       if k in facts}})
+                    # what the unlearning did (α and its level, the teacher's forget metrics, every stopping-rule
+                    # check), so a request can be inspected after the merge; numbers and pool names, no ids
+                    **{k: facts[k] for k in ("unlearn_seconds", "hyperparameters", "trainable_params", "alpha",
+                                             "teacher", "schedule") if k in facts}})
         metrics = score_test(student, retained, settings)
         del student
         metrics["unlearn_seconds"] = verdict.pop("unlearn_seconds", 0.0)
