@@ -31,21 +31,11 @@ from common import run
 from e2urec.bench import machine
 from e2urec.data.roles import rows_for
 from e2urec.engine import make_accelerator
-from e2urec.evaluation import utility_metrics
+from e2urec.evaluation import jsd_yes_no, utility_metrics
 from e2urec.io import write_json_atomic
 from e2urec.model.scoring import answer_logits, per_sample, prompt_set
 from e2urec.unlearning.base import Job
 from e2urec.unlearning.e2urec import E2URec, answer_losses, misfit, teacher_pairs
-
-
-def jsd(p: np.ndarray, q: np.ndarray) -> float:
-    p, q = np.clip(p, 1e-7, 1 - 1e-7), np.clip(q, 1e-7, 1 - 1e-7)
-    m = (p + q) / 2
-
-    def kl(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        return a * np.log(a / b) + (1 - a) * np.log((1 - a) / (1 - b))
-
-    return float(np.mean(kl(p, m) + kl(q, m)) / 2)
 
 
 def log_odds(p: np.ndarray) -> np.ndarray:
@@ -102,7 +92,7 @@ def study(seed_dir: Path, options: dict) -> dict:
         return 1 / (1 + np.exp(zz[:, 0] - zz[:, 1]))
 
     def loss(p: np.ndarray) -> float:
-        return float(-np.mean(np.where(y == 1, np.log(np.clip(p, 1e-7, 1)), np.log(np.clip(1 - p, 1e-7, 1)))))
+        return misfit("loss", p, y)
 
     p_orig = p_yes(z_orig)
     sign = np.where(y == 1, 1.0, -1.0)
@@ -119,7 +109,7 @@ def study(seed_dir: Path, options: dict) -> dict:
 
     def at_level(make: Callable[[float], np.ndarray], target: float, level: str = "loss") -> dict:
         def worse(a: float) -> float:
-            return loss(make(a)) if level == "loss" else 1 - utility_metrics(y, make(a))["auc"]
+            return misfit(level, make(a), y)
 
         alpha = 0.0  # the misfit grows with α; bisection to the target (200 where even that is not enough)
         if worse(0.0) < target:
@@ -130,13 +120,14 @@ def study(seed_dir: Path, options: dict) -> dict:
             alpha = (low + high) / 2
         p = make(alpha)
         return {"alpha": round(alpha, 3), "loss": round(loss(p), 4), "auc": round(utility_metrics(y, p)["auc"], 4),
-                "jsd_to_retrain": round(jsd(p, p_retrain), 5), "p_yes_std": round(float(p.std()), 3)}
+                "jsd_to_retrain": round(jsd_yes_no(p, p_retrain), 5), "p_yes_std": round(float(p.std()), 3)}
 
     retrain_loss = loss(p_retrain)
     return {
         "forget_samples": int(len(y)),
         "original": {"loss": round(loss(p_orig), 4), "auc": round(utility_metrics(y, p_orig)["auc"], 4),
-                     "jsd_to_retrain": round(jsd(p_orig, p_retrain), 5), "p_yes_std": round(float(p_orig.std()), 3)},
+                     "jsd_to_retrain": round(jsd_yes_no(p_orig, p_retrain), 5),
+                     "p_yes_std": round(float(p_orig.std()), 3)},
         "retrain": {"loss": round(retrain_loss, 4), "auc": round(utility_metrics(y, p_retrain)["auc"], 4),
                     "p_yes_std": round(float(p_retrain.std()), 3)},
         "correlation": {"push_vs_memorised": round(float(np.corrcoef(push, memorised)[0, 1]), 3),

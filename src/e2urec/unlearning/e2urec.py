@@ -343,7 +343,7 @@ class E2URec(ObjectiveMethod):
         non_members, pool = self.non_members(job, backbone)
         p_non = answer_losses(backbone, teachers[0].model, non_members, job.accelerator)[1]
         yes = (forget.targets == backbone.answer_ids[1]).astype(int)
-        level = self.level(forget, non_members, backbone)
+        level = self.effective_level(forget, non_members, backbone)
         target = misfit(level, p_non, non_members.targets == backbone.answer_ids[1])
         make = teacher_pairs(self.cfg.push, z[:, :2], yes, *(z[:, i:i + 2] for i in range(2, z.shape[1], 2)))
         alpha = calibrate_alpha(make, yes, target, self.cfg.alpha_max, level)
@@ -352,7 +352,7 @@ class E2URec(ObjectiveMethod):
                                "non_members": pool, "non_member_samples": len(non_members)}
         return alpha
 
-    def level(self, forget: PromptSet, non_members: PromptSet, backbone: Backbone) -> str:
+    def effective_level(self, forget: PromptSet, non_members: PromptSet, backbone: Backbone) -> str:
         """`level`, except loss where an AUC is undefined: the forget samples or the non-members all carry one
         answer (as a small request's may)."""
         both = all(len(np.unique(d.targets == backbone.answer_ids[1])) == 2 for d in (forget, non_members))
@@ -393,7 +393,7 @@ class E2URec(ObjectiveMethod):
         forget = PromptSet([data["forget"].ids[i] for i in picked], data["forget"].targets[picked])
         non_members, _ = self.non_members(job, backbone)
         return NonMemberStop(backbone, forget, non_members, *self.utility_set(job, backbone), self.cfg,
-                             self.level(forget, non_members, backbone))
+                             self.effective_level(forget, non_members, backbone))
 
     def nothing_to_unlearn(self) -> bool:
         """The calibrated α is 0 when the Original's forget-set loss is already at the non-members' level: the
