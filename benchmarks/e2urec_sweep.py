@@ -2,8 +2,11 @@
 without Retrain and without test data.
 
 Criterion: among configurations whose valid AUC is at least the Original's minus 0.01, the one whose forget set
-ends closest to held-out non-members in mean answer loss (the same non-member pool E2URec's stopping rule uses:
-the forgotten users' own valid samples, else unseen users' valid samples), ties broken by time. Test AUC,
+ends closest to the non-member level in mean answer loss, ties broken by time. The level is what E2URec's
+stopping rule uses under its defaults, the same yardstick for every configuration: each model's loss on E2URec's
+non-member pool (held-out users' training-period samples where prepare held users out, else the forgotten
+users' own valid samples, else unseen users' valid samples), plus the default difficulty offset (0 unless the
+default is `difficulty=history`). Test AUC,
 forget AUC, gap closure and JSD to the bench's Retrain are reported for every configuration, but only for
 information. Needs the seed's prepare/original/retrain stages (e.g. from `e2urec bench`). Prints JSON (also
 written to BENCH/sweep.json). Usage:
@@ -16,6 +19,7 @@ import argparse
 import re
 from dataclasses import asdict
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -47,16 +51,15 @@ GRID = {
     "level=auc": {"level": "auc"},
     "push=label": {"push": "label"},
     "push=label, level=auc": {"push": "label", "level": "auc"},
+    "difficulty=history": {"difficulty": "history"},
 }
 
 
 def scores(model: Path, seed_dir: Path, cfg: EvalConfig, original: dict | None = None) -> dict:
     """Validation metrics (used to choose) and test/Retrain metrics (reported only)."""
-    samples, _ = load_prepared(seed_dir / "data")
+    samples, manifest = load_prepared(seed_dir / "data")
     backbone, _ = load_model(model)
     accelerator = make_accelerator()
-    train_users = set(rows_for(samples, "train")["user_id"])
-    forget_users = set(rows_for(samples, "forget")["user_id"])
 
     def p_of(rows):
         return p_of_model(backbone, rows, cfg, accelerator)
@@ -66,19 +69,20 @@ def scores(model: Path, seed_dir: Path, cfg: EvalConfig, original: dict | None =
 
     valid, test, forget = (rows_for(samples, s) for s in ("valid", "test", "forget"))
     p_valid, p_test, p_forget = p_of(valid), p_of(test), p_of(forget)
-    pool = valid["user_id"].isin(forget_users)
-    if pool.sum() < 20:
-        pool = ~valid["user_id"].isin(train_users)
     retrain, _ = load_model(seed_dir / "retrain")
     out = {
         "valid_auc": utility_metrics(valid["label"].to_numpy(), p_valid)["auc"],
         "forget_loss": loss(forget, p_forget),
-        "non_member_loss": loss(valid[pool.to_numpy()], p_valid[pool.to_numpy()]),
         "test_auc": utility_metrics(test["label"].to_numpy(), p_test)["auc"],
         "forget_auc": utility_metrics(forget["label"].to_numpy(), p_forget)["auc"],
         "jsd_to_retrain": distances(backbone, retrain, prompt_set(backbone, forget), cfg, accelerator)["jsd"],
     }
-    out["loss_gap"] = out["non_member_loss"] - out["forget_loss"]
+    job = SimpleNamespace(samples=samples, data=seed_dir / "data", manifest=manifest)
+    method = E2URec(E2URec.Config())
+    pool, out["non_members"] = method.non_member_rows(job)
+    out["non_member_loss"] = loss(pool, p_of(pool))
+    out["difficulty_offset"] = method.difficulty_offset(job, "loss", forget, pool, "sweep")
+    out["loss_gap"] = out["non_member_loss"] + out["difficulty_offset"] - out["forget_loss"]
     if original is not None:
         retrain_auc = utility_metrics(forget["label"].to_numpy(), p_of_model(retrain, forget, cfg, accelerator))["auc"]
         out["closure_auc"] = closure(original["forget_auc"], out["forget_auc"], retrain_auc)
@@ -90,7 +94,7 @@ def p_of_model(backbone, rows, cfg: EvalConfig, accelerator) -> np.ndarray:
 
 
 # What a run from before these options existed did, in their terms.
-BEFORE_OPTIONS = {"push": "augmented", "level": "loss"}
+BEFORE_OPTIONS = {"push": "augmented", "level": "loss", "difficulty": "none", "utility_cap": 1.0}
 
 
 def config_run(seed_dir: Path, name: str, options: dict, seed: int) -> Path:
@@ -121,7 +125,8 @@ def measure(bench: Path, preset: str, tune_seed: int) -> dict:
     chosen = min(eligible, key=lambda r: (round(abs(r["loss_gap"]), 3), r["unlearn_seconds"])) if eligible else None
     report = {"benchmark": "e2urec_sweep", "machine": machine(), "bench": str(bench), "preset": preset,
               "tune_seed": tune_seed,
-              "criterion": "valid AUC >= Original - 0.01, then forget loss closest to the non-member loss",
+              "criterion": "valid AUC >= Original - 0.01, then forget loss closest to the non-member loss (plus the "
+                 "default difficulty offset)",
               "original": original, "configs": rows, "chosen": chosen and chosen["config"]}
     write_json_atomic(bench / "sweep.json", report)
     return report

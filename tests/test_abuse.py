@@ -120,6 +120,7 @@ CASES: list[tuple[list[str], str]] = [
     ([*INIT, "--key-file", f"{W}/latin1.txt"], "exists already"),
     (["bench", "--out", f"{W}/new", "--seeds", "x"], "--seeds"),
     (["bench", "--out", f"{W}/new", "--seeds", "-1"], "--seeds"),
+    (["bench", "--out", f"{W}/new", "--holdout-fraction", "1"], "--holdout-fraction"),
     # the service: ports, limits, addresses without a token, tokens
     ([*SERVE, "--port", "-1"], "--port"),
     ([*SERVE, "--port", "99999"], "--port"),
@@ -135,7 +136,7 @@ CASES: list[tuple[list[str], str]] = [
 
 
 def test_the_count_in_readme_is_current() -> None:
-    assert len(CASES) == 79
+    assert len(CASES) == 80
 
 
 @pytest.mark.parametrize(("args", "expected"), CASES, ids=[" ".join(a[:1] + a[-2:]) for a, _ in CASES])

@@ -51,7 +51,7 @@ def test_counts_match_an_independent_recomputation(ml100k: Path, prepared: tuple
     expected["split"] = ["train"] * n_train + ["valid"] * n_valid + ["test"] * (n - n_train - n_valid)
 
     assert len(samples) == n
-    for column in ("user_id", "item_id", "timestamp", "rating", "split"):
+    for column in ("user_id", "item_id", "timestamp", "rating"):
         assert samples[column].tolist() == expected[column].tolist(), column
     assert samples["label"].tolist() == (expected["rating"] > 3).astype(int).tolist()
     assert set(samples["answer"]) == {"Yes", "No"}
@@ -61,10 +61,12 @@ def test_counts_match_an_independent_recomputation(ml100k: Path, prepared: tuple
     forget_users = samples.loc[samples["forget"], "user_id"].unique()
     assert len(forget_users) == round(0.2 * len(train_users))
     assert set(forget_users) <= set(train_users)
+    assert samples["split"].tolist() == expected["split"].tolist()  # no users held out by default
     expected_forget = (expected["split"] == "train") & expected["user_id"].isin(forget_users)
     assert samples["forget"].tolist() == expected_forget.tolist()
     counts = manifest["counts"]
     assert counts["samples"] == n and counts["train_samples"] == n_train and counts["valid_samples"] == n_valid
+    assert counts["holdout_samples"] == 0
     assert counts["forget_samples"] == int(expected_forget.sum())
     assert counts["forget_users"] == len(forget_users)
 
@@ -188,6 +190,9 @@ def test_cli_prepare_prints_summary(ml100k: Path, tmp_path: Path) -> None:
         (["--dataset", "nope"], "unknown dataset"),
         (["--forget-fraction", "1.5"], "strictly between 0 and 1"),
         (["--forget-fraction", "0"], "strictly between 0 and 1"),
+        (["--holdout-fraction", "1"], "out of range"),
+        (["--holdout-fraction", "0.9"], "leaving nothing to retain"),
+        (["--holdout-fraction", "-0.1"], "out of range"),
         (["--forget-users", "999999,888888"], "2 users not in the data"),
         (["--data-dir", "/nonexistent/folder"], "/nonexistent/folder"),
     ],
@@ -244,6 +249,29 @@ def test_user_with_no_training_rows_cannot_be_forgotten(ml100k: Path, tmp_path: 
                                  "2000", "--forget-users", "1", "--out", str(tmp_path / "o")])
     assert result.exit_code == 2
     assert "no training samples" in result.output
+
+
+def test_held_out_users_are_unforgotten_train_users_whose_train_rows_nobody_trains_on(ml100k: Path) -> None:
+    """--holdout-fraction 0.2: a fifth of the train users, none of them forgotten, lose their train-period rows
+    to the "holdout" split (and to no shard); the forget set is exactly the one without holding out."""
+    from e2urec.data.prepare import build_samples, summarise
+    from e2urec.data.readers import read_dataset
+
+    raw = read_dataset("ml-100k", ml100k)
+    paper, _ = build_samples(raw, PrepareConfig("ml-100k", last_n=3000, seed=5))
+    held, _ = build_samples(raw, PrepareConfig("ml-100k", last_n=3000, seed=5, holdout_fraction=0.2))
+    assert "holdout" not in set(paper["split"])
+    assert paper["forget"].tolist() == held["forget"].tolist()
+    moved = paper["split"] != held["split"]
+    assert set(paper.loc[moved, "split"]) == {"train"} and set(held.loc[moved, "split"]) == {"holdout"}
+    train_users = paper.loc[paper["split"] == "train", "user_id"].unique()
+    users = held.loc[moved, "user_id"].unique()
+    assert len(users) == round(0.2 * len(train_users)) and not set(users) & set(held.loc[held["forget"], "user_id"])
+    assert (paper.loc[paper["user_id"].isin(users) & (paper["split"] == "train")].index == held.index[moved]).all()
+    assert (held.loc[moved, "sisa_shard"] == -1).all() and (held.loc[moved, "receraser_shard"] == -1).all()
+    counts = summarise(held)
+    assert counts["holdout_samples"] == moved.sum() and counts["holdout_users"] == len(users)
+    assert counts["train_samples"] == (paper["split"] == "train").sum() - moved.sum()
 
 
 def test_a_larger_forget_fraction_forgets_a_superset() -> None:

@@ -60,7 +60,7 @@ def guard_run(monkeypatch: pytest.MonkeyPatch, drop: float, z: float) -> list:
     utility = PromptSet([[1]] * 400, np.zeros(400, dtype=int))
     forget, non_members = PromptSet([[1]] * 3, np.zeros(3, dtype=int)), PromptSet([[1]] * 5, np.zeros(5, dtype=int))
     monkeypatch.setattr(e2urec_module, "answer_losses", Scripted(utility, [base, worse, worse], 0.6, 0.7))
-    cfg = E2URecConfig(min_steps=1, utility_tolerance=0.01, utility_z=z)
+    cfg = E2URecConfig(min_steps=1, utility_tolerance=0.01, utility_z=z, utility_cap=0.1)
     stop = NonMemberStop(None, forget, non_members, utility, labels, cfg)
     return [stop(None, None, step) for step in (0, 10, 20)]
 
@@ -78,6 +78,15 @@ def test_guard_keeps_a_drop_the_valid_samples_cannot_resolve(monkeypatch: pytest
 def test_guard_stops_a_drop_beyond_the_margin(monkeypatch: pytest.MonkeyPatch) -> None:
     checks = guard_run(monkeypatch, drop=0.5, z=1.645)
     assert checks[0].keep and not checks[1].keep and checks[1].stop
+
+
+def test_guard_caps_the_allowed_drop_whatever_its_standard_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A drop inside 0.01 + z·SE only because the damage also widened the SE (here z = 20) is still refused
+    beyond `utility_cap`."""
+    checks = guard_run(monkeypatch, drop=0.5, z=20.0)
+    change, se = checks[1].record["valid_auc_change"], checks[1].record["valid_auc_change_se"]
+    assert change < -0.1 and change > -(0.01 + 20.0 * se)
+    assert not checks[1].keep and checks[1].stop
 
 
 def test_loss_rule_stops_once_the_forget_set_looks_like_non_members(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -138,3 +147,82 @@ def test_nothing_to_unlearn_when_the_calibrated_teacher_is_the_original() -> Non
     assert not method.nothing_to_unlearn()
     make = e2urec_module.teacher_pairs("augmented", np.array([[0.0, 0.0]]), np.array([1]), np.array([[0.0, 2.0]]))
     assert e2urec_module.calibrate_alpha(make, np.array([1]), target=0.5, alpha_max=50) == 0.0  # log 2 ≥ 0.5
+
+
+def test_the_stop_rule_adds_the_difficulty_offset(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A forget set known to be harder than the non-members (offset 0.2) is not done at the non-members' loss;
+    it is done once its loss exceeds theirs by the offset."""
+    utility = PromptSet([[1]] * 50, np.zeros(50, dtype=int))
+    labels, p = np.random.default_rng(3).integers(0, 2, 50), np.random.default_rng(4).random(50)
+    forget, non_members = PromptSet([[1]] * 3, np.zeros(3, dtype=int)), PromptSet([[1]] * 5, np.zeros(5, dtype=int))
+    for forget_loss, stops in ((0.75, False), (0.91, True)):
+        monkeypatch.setattr(e2urec_module, "answer_losses", Scripted(utility, [p, p], forget_loss, 0.7))
+        stop = NonMemberStop(None, forget, non_members, utility, labels, E2URecConfig(min_steps=1), offset=0.2)
+        stop(None, None, 0)
+        assert stop(None, None, 10).stop is stops
+
+
+def history_rows(likes: list[int], labels: list[int], items: list[int]) -> pd.DataFrame:
+    """Rows whose five history ratings are all 5 (liked) or all 1, with labels and items."""
+    return pd.DataFrame({"history_ratings": [[5.0] * 5 if x else [1.0] * 5 for x in likes], "label": labels,
+                         "item_id": items})
+
+
+def test_difficulty_reference_reads_taste_from_the_history_and_the_items_like_rate() -> None:
+    from e2urec.unlearning.difficulty import DifficultyReference
+
+    rng = np.random.default_rng(0)
+    likes = rng.integers(0, 2, 400)
+    labels = np.where(rng.random(400) < 0.85, likes, 1 - likes)  # users mostly go on as their history shows
+    reference = DifficultyReference(history_rows(likes.tolist(), labels.tolist(), [1] * 400), threshold=3.0)
+    p = reference.p_yes(history_rows([1, 0], [1, 0], [1, 2]))
+    assert p[0] > 0.7 and p[1] < 0.3
+    assert reference.item_rate.loc[1] == pytest.approx((labels.sum() + 5 * labels.mean()) / (400 + 5))
+    flat = DifficultyReference(history_rows([1, 0], [1, 1], [1, 1]), threshold=3.0)  # one answer: the base rate
+    assert flat.p_yes(history_rows([0], [0], [7])).tolist() == [1.0]
+
+
+def test_difficulty_offset_is_the_references_misfit_on_forget_minus_on_non_members(tmp_path) -> None:
+    """By hand: the offset is the reference's mean answer loss on the forget rows minus on the non-member rows;
+    0 with difficulty=none."""
+    from e2urec.unlearning.difficulty import DifficultyReference
+
+    rng = np.random.default_rng(5)
+    likes = rng.integers(0, 2, 300)
+    retain = history_rows(likes.tolist(), np.where(rng.random(300) < 0.8, likes, 1 - likes).tolist(), [1] * 300)
+    samples = retain.assign(split="train", forget=False)
+    easy = history_rows([1, 1, 0, 0], [1, 1, 0, 0], [1] * 4)  # answers as their histories say
+    hard = history_rows([1, 1, 0, 0], [0, 0, 1, 1], [1] * 4)  # against them
+    job = type("Job", (), {"samples": samples, "manifest": {"config": {"label_threshold": 3.0}}})()
+    method = E2URec(E2URecConfig(difficulty="history"))
+    reference = DifficultyReference(retain, 3.0)
+
+    def loss(rows: pd.DataFrame) -> float:
+        p = reference.p_yes(rows)
+        return float(np.mean(-np.log(np.where(rows["label"] == 1, p, 1 - p))))
+
+    offset = method.difficulty_offset(job, "loss", easy, hard, "stop")
+    assert offset == pytest.approx(loss(easy) - loss(hard)) and offset < -1  # easy users aim far lower
+    assert method.facts["difficulty"]["stop"]["offset"] == offset
+    assert E2URec(E2URecConfig(difficulty="none")).difficulty_offset(job, "loss", easy, hard, "stop") == 0.0
+
+
+def test_non_members_are_held_out_users_of_the_training_period(tmp_path) -> None:
+    """Prepare's held-out users come first: unseen users of the same period, what the forgotten users are to
+    Retrain. Without them (holdout_fraction 0) the forgotten users' later samples are used, as before."""
+    from e2urec.data.prepare import PrepareConfig, prepare
+    from e2urec.data.sources import fetch
+    from e2urec.data.store import load_prepared
+
+    method = E2URec(E2URecConfig())
+    for fraction, pool in ((0.1, "held-out users' training-period samples"), (0.0, "forgotten users' valid samples")):
+        folder = tmp_path / str(fraction)
+        prepare(PrepareConfig("ml-100k", data_dir=str(fetch("ml-100k").path), last_n=3000, seed=1,
+                              holdout_fraction=fraction), folder)
+        samples = load_prepared(folder)[0]
+        rows, name = method.non_member_rows(type("Job", (), {"samples": samples, "data": folder})())
+        assert name == pool
+        if fraction:
+            held = samples[samples["split"] == "holdout"]
+            assert len(rows) == min(len(held), method.monitor_size(type("Job", (), {"samples": samples})()))
+            assert set(rows["sample_id"]) <= set(held["sample_id"])

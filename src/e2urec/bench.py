@@ -59,6 +59,7 @@ class Preset:
     backbone: str | None = None  # the preset's own backbone, used instead of bench's `backbone` argument
     eval_batch_size: int = 64
     skip_rows: tuple[str, ...] = ()  # rows left out unless asked for with `rows`
+    holdout_fraction: float = 0.0  # prepare's held-out users (E2URec's non-members); 0: the paper's split
 
 
 PRESETS: dict[str, Preset] = {
@@ -140,9 +141,9 @@ def run_seed(root: Path, dataset: str, data_dir: Path | None, backbone: str, pre
     """The stages `rows` need for one seed; returns {row: metrics} for the report."""
     data, tag = root / "data", f"[seed {seed}]"
     cfg = PrepareConfig(dataset=dataset, data_dir=str(data_dir) if data_dir else None, last_n=preset.last_n,
-                        seed=seed)
+                        seed=seed, holdout_fraction=preset.holdout_fraction)
     base = {"dataset": dataset, "data_dir": str(data_dir) if data_dir else None, "last_n": preset.last_n,
-            "seed": seed}
+            "seed": seed, **({"holdout_fraction": cfg.holdout_fraction} if cfg.holdout_fraction else {})}
     stage(f"{tag} prepare", data / MANIFEST_FILE, lambda: prepare(cfg, data, overwrite=True), base)
     recipe = TrainConfig(**{**preset.train, "seed": seed, "max_length": preset.max_length})
     trained = {**base, "backbone": backbone, "recipe": asdict(recipe)}
@@ -231,7 +232,7 @@ def run_seed(root: Path, dataset: str, data_dir: Path | None, backbone: str, pre
 
 def bench(dataset: str, backbone: str, preset: str | Preset, out: Path, data_dir: Path | None = None,
           seeds: tuple[int, ...] | None = None, log: Callable[[str], None] = print,
-          rows: tuple[str, ...] | None = None) -> dict:
+          rows: tuple[str, ...] | None = None, holdout_fraction: float | None = None) -> dict:
     """Run the comparison and write report.md, results.json, results.csv and plots into `out`; `preset` is a
     name from PRESETS or a Preset of one's own (reported as "custom"); `rows` limits the report to some rows
     (Original and Retrain are always in: every other row is measured against them)."""
@@ -244,6 +245,8 @@ def bench(dataset: str, backbone: str, preset: str | Preset, out: Path, data_dir
         preset = PRESETS[preset]
     if seeds:
         preset = replace(preset, seeds=tuple(seeds))
+    if holdout_fraction is not None:
+        preset = replace(preset, holdout_fraction=holdout_fraction)
     if preset.backbone and preset.backbone != backbone:
         log(f"preset {preset_name}: backbone {preset.backbone} (instead of {backbone})")
         backbone = preset.backbone

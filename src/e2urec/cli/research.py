@@ -56,6 +56,10 @@ def prepare(
     forget_users: Annotated[str | None, typer.Option(help="ids to forget: 1,2,3 or @file")] = None,
     forget_interactions: Annotated[Path | None, typer.Option(help="CSV user_id,item_id[,timestamp]")] = None,
     shards: Annotated[int, typer.Option(help="S: shards for SISA and RecEraser", callback=POSITIVE)] = 4,
+    holdout_fraction: Annotated[float | None, typer.Option(
+        help="hold out this share of the train users not forgotten: nobody trains on their train-period samples, "
+             "E2URec's non-members (default 0: the paper's split exactly)", callback=number(0, 1, open_high=True)
+    )] = None,
     seed: Annotated[int, typer.Option(help="seed for forget selection and shards", callback=SEED)] = 0,
     overwrite: Annotated[bool, typer.Option(help="replace an existing --out")] = False,
     items: Annotated[Path | None, typer.Option(help="csv: item-title file")] = None,
@@ -90,6 +94,7 @@ def prepare(
         shards=shards,
         seed=seed,
         reader_options=reader_options,
+        **({} if holdout_fraction is None else {"holdout_fraction": holdout_fraction}),
     )
     manifest = run_prepare(cfg, out, overwrite=overwrite)
     print_counts(f"{dataset} prepared → {out} (source: {manifest['source']})", manifest["counts"])
@@ -241,6 +246,9 @@ def bench(
     seeds: Annotated[str | None, typer.Option(help="comma-separated seeds (preset default: 0,1,2)")] = None,
     rows: Annotated[str | None, typer.Option(help="comma-separated report rows (default: all; original and "
                                                    "retrain are always in), e.g. e2urec,e2urec-reference,npo")] = None,
+    holdout_fraction: Annotated[float | None, typer.Option(
+        help="prepare with this share of train users held out (E2URec's non-members; default 0)",
+        callback=number(0, 1, open_high=True))] = None,
 ) -> None:
     """Reproduce the paper's comparison: every method, mean ± std over seeds, report.md with plots."""
     from e2urec.bench import bench as run_bench
@@ -248,7 +256,8 @@ def bench(
     chosen = parse_seeds(seeds) if seeds else None
     guard_output(out, "bench", [data_dir])
     picked = tuple(r.strip() for r in rows.split(",") if r.strip()) if rows else None
-    results = run_bench(dataset, backbone, preset, out, data_dir, chosen, log=out_console.print, rows=picked)
+    results = run_bench(dataset, backbone, preset, out, data_dir, chosen, log=out_console.print, rows=picked,
+                        holdout_fraction=holdout_fraction)
     show_results(results, out)
 
 

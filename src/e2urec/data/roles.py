@@ -10,7 +10,7 @@ import pandas as pd
 from e2urec.errors import E2URecError
 
 ROLES = ("original", "retrain")
-SPLITS = ("train", "valid", "test", "forget", "retain")
+SPLITS = ("train", "valid", "test", "holdout", "forget", "retain")
 
 
 def rows_for(samples: pd.DataFrame, split: str) -> pd.DataFrame:

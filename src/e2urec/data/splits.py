@@ -13,7 +13,7 @@ from e2urec.errors import E2URecError
 
 SPLITS = ("train", "valid", "test")
 # Independent random streams derived from the one user seed.
-STREAM_FORGET, STREAM_SISA, STREAM_RECERASER = 1, 2, 3
+STREAM_FORGET, STREAM_SISA, STREAM_RECERASER, STREAM_HOLDOUT = 1, 2, 3, 4
 
 
 def rng(seed: int, stream: int) -> np.random.Generator:
@@ -44,6 +44,25 @@ def choose_forget_users(train_users: np.ndarray, fraction: float, seed: int) -> 
     count = max(1, int(round(fraction * len(users))))
     chosen = rng(seed, STREAM_FORGET).permutation(len(users))[:count]
     return np.sort(users[chosen])
+
+
+def choose_holdout_users(train_users: np.ndarray, excluded: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """A seeded random `fraction` of the distinct train users (rounded; possibly none) outside `excluded`,
+    returned sorted: users whose training-period samples no model trains on.
+
+    They are to every model what the forgotten users are to Retrain (unseen users of the same period), so their
+    samples give unlearning a level to aim at that needs no Retrain. Drawn from its own stream after the forget
+    set, so holding users out never changes which users are forgotten."""
+    if not 0.0 <= fraction < 1.0:
+        raise E2URecError(f"--holdout-fraction must be in [0, 1), got {fraction}")
+    users = np.sort(pd.unique(train_users))
+    count = int(round(fraction * len(users)))
+    candidates = users[~np.isin(users, excluded)]
+    if count >= len(candidates):
+        raise E2URecError(f"--holdout-fraction {fraction} would hold out {count} of the {len(candidates)} train users "
+                          "not forgotten, leaving nothing to retain; use a smaller fraction")
+    chosen = rng(seed, STREAM_HOLDOUT).permutation(len(candidates))[:count]
+    return np.sort(candidates[chosen])
 
 
 def sisa_shards(n_train: int, shards: int, seed: int) -> np.ndarray:

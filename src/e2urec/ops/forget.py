@@ -123,7 +123,7 @@ def rebuild(samples: pd.DataFrame, tables: dict[str, pd.DataFrame], request: Req
         "forget_prompts": int(len(forget_rows)),
         **{f"{split}_samples_removed": int(((samples["split"] == split).to_numpy() & deleted).sum()
                                            + (dropped["split"] == split).sum())
-           for split in ("train", "valid", "test")},
+           for split in ("train", "valid", "test", "holdout")},
     }
     return retained, {**tables, "events": kept, "users": users}, forget_rows, counts
 

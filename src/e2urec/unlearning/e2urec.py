@@ -26,6 +26,7 @@ from e2urec.model.backbone import Backbone
 from e2urec.model.scoring import PromptSet, answer_logits, per_sample, per_sample_p_yes, prompt_set
 from e2urec.training import AnswerCrossEntropy
 from e2urec.unlearning.base import Job, MethodConfig, ObjectiveMethod, cache_teacher, logits_of, option, register
+from e2urec.unlearning.difficulty import DifficultyReference
 from e2urec.unlearning.losses import forgetting_teacher_logits, label_push_logits, teacher_loss
 
 # The paper's reference code, exactly: 3 passes over the forget set, the first on the forgetting loss alone,
@@ -34,7 +35,7 @@ REFERENCE: dict[str, Any] = {
     "epochs": 3.0, "min_steps": 1, "forget_only": 1 / 3, "lr": 1e-3, "alpha": 2.0, "beta": 0.4, "retain_ce": True,
     "lora_r": 16, "lora_alpha": 32, "lora_dropout": 0.05, "lora_targets": "attention", "distill": "vocab",
     "aug_lr": 5e-5, "aug_steps": 100, "aug_contrast": "none", "retain_match": "random", "alpha_rule": "fixed",
-    "stop": "none", "push": "augmented", "level": "loss",
+    "stop": "none", "push": "augmented", "level": "loss", "difficulty": "none",
 }
 MIN_NON_MEMBERS = 20
 # Scoring dominates a small request (a one-user forget set of 34 prompts: 32 of its 48 s were checks), so the
@@ -68,6 +69,11 @@ class E2URecConfig(MethodConfig):
     level: str = option("loss", "what 'like a non-member' compares, for alpha_rule and stop: loss (mean answer "
                         "loss) or auc (answer AUC: blind to a later period's base rate and calibration)",
                         choices=("loss", "auc"))
+    difficulty: str = option("none", "how the non-members' level carries over to the forget set: history: "
+                             "plus a reference model's misfit on the forget set minus on the non-members (a "
+                             "logistic regression on the history's ratings and the item's like-rate, fit on "
+                             "retain), so easier users aim lower; none: the non-members' level as it is",
+                             choices=("history", "none"))
     beta: float = option(0.4, "joint steps: β·L_FGT + (1−β)·L_REM", low=0, high=1)
     retain_ce: bool = option(True, "add the answer cross-entropy on retain to L_REM (the reference code's)")
     lora_r: int = option(16, "LoRA rank", low=1)
@@ -96,6 +102,8 @@ class E2URecConfig(MethodConfig):
                                       "the margin utility_z sets)", low=0, high=1)
     utility_z: float = option(1.645, "standard errors of the paired valid-AUC change added to utility_tolerance "
                               "(0: the bare tolerance, however few valid samples there are)", low=0)
+    utility_cap: float = option(0.1, "the most valid AUC a kept state may lose, whatever its standard error (the "
+                                "SE of a paired change grows with the damage itself)", low=0, high=1)
     retain_match: str = option("random", "retain samples for the remembering term: random, or items: retained "
                                "samples of the forget set's items first, so the forgetting push must use what is "
                                "specific to the forgotten users", choices=("random", "items"))
@@ -188,15 +196,17 @@ def calibrate_alpha(teacher: Callable[[float], np.ndarray], yes: np.ndarray, tar
 
 class NonMemberStop:
     """The stopping rule: stop once the forget set's misfit (mean answer loss, or 1 − AUC with level=auc)
-    reaches that of held-out non-members (see `E2URec.non_members`), after `min_steps`. A state is kept only
+    reaches that of held-out non-members (see `E2URec.non_members`) plus `offset` (how much harder the forget set
+    is than the non-members, see `E2URec.difficulty_offset`), after `min_steps`. A state is kept only
     while utility holds: the AUC on valid samples of users who are not forgotten, paired with the Original's on
     the same samples (the first check), may not fall by more than `utility_tolerance` beyond what those samples
-    can resolve (`utility_z` bootstrap standard errors of the paired difference). Needs no Retrain, no test data."""
+    can resolve (`utility_z` bootstrap standard errors of the paired difference), and never by more than
+    `utility_cap`. Needs no Retrain, no test data."""
 
     def __init__(self, backbone: Backbone, forget: PromptSet, non_members: PromptSet, utility: PromptSet,
-                 labels: np.ndarray, cfg: E2URecConfig, level: str = "loss"):
+                 labels: np.ndarray, cfg: E2URecConfig, level: str = "loss", offset: float = 0.0):
         self.backbone, self.forget, self.non_members, self.cfg = backbone, forget, non_members, cfg
-        self.level = level
+        self.level, self.offset = level, offset
         self.utility, self.labels = utility, labels
         self.every = cfg.check_every
         self.base_p: np.ndarray | None = None
@@ -206,7 +216,8 @@ class NonMemberStop:
         if self.base_p is None:
             self.base_p = p
         change, se = paired_auc_change(self.labels, p, self.base_p, seed=self.cfg.seed)
-        useful = change is None or change >= -(self.cfg.utility_tolerance + self.cfg.utility_z * se)
+        allowed = min(self.cfg.utility_tolerance + self.cfg.utility_z * se, self.cfg.utility_cap)
+        useful = change is None or change >= -allowed
         record: dict = {"valid_auc": utility_metrics(self.labels, p)["auc"], "valid_auc_change": change,
                         "valid_auc_change_se": se}
         if steps < self.cfg.min_steps or not useful:  # the loss rule cannot stop it yet: skip its scoring
@@ -219,7 +230,7 @@ class NonMemberStop:
             f_misfit, n_misfit = (misfit("auc", p, data.targets == self.backbone.answer_ids[1])
                                   for p, data in ((f_p, self.forget), (n_p, self.non_members)))
             record.update(forget_auc=1 - f_misfit, nonmember_auc=1 - n_misfit)
-        return Check(keep=True, stop=f_misfit >= n_misfit - self.cfg.stop_margin, record=record)
+        return Check(keep=True, stop=f_misfit >= n_misfit + self.offset - self.cfg.stop_margin, record=record)
 
 
 @register
@@ -234,6 +245,7 @@ class E2URec(ObjectiveMethod):
         return lora_recipe(self.cfg.lora_r, self.cfg.lora_alpha, self.cfg.lora_dropout, self.cfg.lora_targets)
 
     processes = 1  # data-parallel processes: each step reads `batch_size` samples per process
+    _reference: DifficultyReference | None = None  # fit on first use, once per run
 
     def schedule(self, n_forget: int) -> tuple[int, int]:
         """(total student steps, forget-only steps)."""
@@ -303,23 +315,44 @@ class E2URec(ObjectiveMethod):
         n_forget = len(rows_for(job.samples, "forget"))
         return min(self.cfg.monitor_samples, max(MONITOR_FLOOR, MONITOR_PER_FORGET * n_forget))
 
-    def non_members(self, job: Job, backbone: Backbone) -> tuple[PromptSet, str]:
+    def non_member_rows(self, job: Job) -> tuple[pd.DataFrame, str]:
         """Held-out samples the Original never trained on, as like the forget set as the data allows: the
-        forgotten users' own valid samples; else valid samples of users with no training data at all (what
-        the forgotten users are to a model that never saw them); else every valid sample. Their loss is the
+        training-period samples of held-out users (prepare's `holdout_fraction`: unseen users of the same period,
+        what the forgotten users are to Retrain); else the forgotten users' own valid samples (a later period);
+        else valid samples of users with no training data at all; else every valid sample. Their misfit is the
         level that forgetting aims at; which pool was used is recorded."""
         train_users = set(rows_for(job.samples, "train")["user_id"])
         forget_users = set(rows_for(job.samples, "forget")["user_id"])
         valid = rows_for(job.samples, "valid")
-        pools = {"forgotten users' valid samples": valid[valid["user_id"].isin(forget_users)],
+        pools = {"held-out users' training-period samples": rows_for(job.samples, "holdout"),
+                 "forgotten users' valid samples": valid[valid["user_id"].isin(forget_users)],
                  "unseen users' valid samples": valid[~valid["user_id"].isin(train_users)],
                  "valid samples": valid}
         name, rows = next(((k, v) for k, v in pools.items() if len(v) >= MIN_NON_MEMBERS), (None, valid))
         if name is None:
             raise E2URecError(f"{job.data}: E2URec's non-member rules need at least {MIN_NON_MEMBERS} valid samples, "
                               f"found {len(valid)}; pass --set alpha_rule=fixed --set stop=none")
-        rows = sample_rows(rows, self.monitor_size(job), self.cfg.seed, 32)
+        return sample_rows(rows, self.monitor_size(job), self.cfg.seed, 32), name
+
+    def non_members(self, job: Job, backbone: Backbone) -> tuple[PromptSet, str]:
+        rows, name = self.non_member_rows(job)
         return prompt_set(backbone, rows, self.cfg.max_length), name
+
+    def difficulty_offset(self, job: Job, level: str, forget: pd.DataFrame, non_members: pd.DataFrame,
+                          where: str) -> float:
+        """How much more the forget rows misfit than the non-member rows under a reference model that saw
+        neither (`difficulty=history`, see e2urec.unlearning.difficulty), else 0; recorded under `where`."""
+        if self.cfg.difficulty == "none":
+            return 0.0
+        if self._reference is None:
+            threshold = float(job.manifest.get("config", {}).get("label_threshold", 3.0))
+            self._reference = DifficultyReference(rows_for(job.samples, "retain"), threshold, self.cfg.seed)
+        f_misfit, n_misfit = (misfit(level, self._reference.p_yes(rows), rows["label"].to_numpy() == 1)
+                              for rows in (forget, non_members))
+        offset = 0.0 if math.isnan(f_misfit - n_misfit) else f_misfit - n_misfit
+        self.facts.setdefault("difficulty", {"reference": self.cfg.difficulty})[where] = {
+            "offset": offset, f"reference_forget_{level}": f_misfit, f"reference_nonmember_{level}": n_misfit}
+        return offset
 
     def utility_set(self, job: Job, backbone: Backbone) -> tuple[PromptSet, np.ndarray]:
         """Valid samples of users who are not forgotten (every valid sample when they are too few): the utility
@@ -340,11 +373,13 @@ class E2URec(ObjectiveMethod):
         z = per_sample(backbone, forget, lambda b: torch.cat([answer_logits(t.model, b, t.kind)[:, pair]
                                                               for t in teachers], 1),
                        64, job.accelerator, desc="calibrate", progress=False)
-        non_members, pool = self.non_members(job, backbone)
+        rows, pool = self.non_member_rows(job)
+        non_members = prompt_set(backbone, rows, self.cfg.max_length)
         p_non = answer_losses(backbone, teachers[0].model, non_members, job.accelerator)[1]
         yes = (forget.targets == backbone.answer_ids[1]).astype(int)
         level = self.effective_level(forget, non_members, backbone)
         target = misfit(level, p_non, non_members.targets == backbone.answer_ids[1])
+        target += self.difficulty_offset(job, level, rows_for(job.samples, "forget"), rows, "alpha")
         make = teacher_pairs(self.cfg.push, z[:, :2], yes, *(z[:, i:i + 2] for i in range(2, z.shape[1], 2)))
         alpha = calibrate_alpha(make, yes, target, self.cfg.alpha_max, level)
         self.facts["alpha"] = {"rule": "nonmember", "alpha": alpha, "level": level,
@@ -391,9 +426,12 @@ class E2URec(ObjectiveMethod):
         picked = np.sort(np.random.default_rng([self.cfg.seed, 31]).permutation(len(data["forget"]))
                          [:self.cfg.monitor_samples])
         forget = PromptSet([data["forget"].ids[i] for i in picked], data["forget"].targets[picked])
-        non_members, _ = self.non_members(job, backbone)
-        return NonMemberStop(backbone, forget, non_members, *self.utility_set(job, backbone), self.cfg,
-                             self.effective_level(forget, non_members, backbone))
+        rows, _ = self.non_member_rows(job)
+        non_members = prompt_set(backbone, rows, self.cfg.max_length)
+        level = self.effective_level(forget, non_members, backbone)
+        offset = self.difficulty_offset(job, level, rows_for(job.samples, "forget").iloc[picked], rows, "stop")
+        return NonMemberStop(backbone, forget, non_members, *self.utility_set(job, backbone), self.cfg, level,
+                             offset)
 
     def nothing_to_unlearn(self) -> bool:
         """The calibrated α is 0 when the Original's forget-set loss is already at the non-members' level: the
