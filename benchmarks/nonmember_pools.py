@@ -28,18 +28,9 @@ from e2urec.engine import make_accelerator
 from e2urec.io import write_json_atomic
 from e2urec.model.scoring import prompt_set
 from e2urec.unlearning.difficulty import DifficultyReference
-from e2urec.unlearning.e2urec import answer_losses, misfit
+from e2urec.unlearning.e2urec import answer_losses, misfit, non_member_pools
 
 LEVELS = ("loss", "auc")
-
-
-def pools(samples: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    valid = rows_for(samples, "valid")
-    train_users = set(rows_for(samples, "train")["user_id"])
-    forget_users = set(rows_for(samples, "forget")["user_id"])
-    return {"holdout": rows_for(samples, "holdout"),
-            "forgotten users' valid": valid[valid["user_id"].isin(forget_users)],
-            "unseen users' valid": valid[~valid["user_id"].isin(train_users)]}
 
 
 def levels(backbone, model, rows: pd.DataFrame, accelerator, prompts: list[str] | None = None) -> dict:
@@ -51,19 +42,18 @@ def levels(backbone, model, rows: pd.DataFrame, accelerator, prompts: list[str] 
 
 def seed_report(seed_dir: Path) -> dict:
     accelerator = make_accelerator()
-    samples = load_prepared(seed_dir / "data")[0]
+    samples, manifest = load_prepared(seed_dir / "data")
     original, _ = load_model(seed_dir / "original")
     retrain, _ = load_model(seed_dir / "retrain")
     forget = rows_for(samples, "forget")
-    threshold = float(load_prepared(seed_dir / "data")[1]["config"]["label_threshold"])
-    reference = DifficultyReference(rows_for(samples, "retain"), threshold)
+    reference = DifficultyReference(rows_for(samples, "retain"), float(manifest["config"]["label_threshold"]))
 
     def reference_misfit(level: str, rows: pd.DataFrame) -> float:
         return misfit(level, reference.p_yes(rows), rows["label"].to_numpy() == 1)
 
     out = {"original_forget": levels(original, original.model, forget, accelerator, prompts_seen_by_original(forget)),
            "retrain_forget": levels(retrain, retrain.model, forget, accelerator)}
-    for name, rows in pools(samples).items():
+    for name, rows in non_member_pools(samples).items():
         if len(rows) == 0:
             continue
         pool = levels(original, original.model, rows, accelerator)
@@ -84,7 +74,7 @@ def main() -> dict:
     args = parser.parse_args()
     seeds = {str(s): seed_report(args.bench / f"seed-{s}") for s in args.seeds}
     summary = {}
-    for name in pools(load_prepared(args.bench / f"seed-{args.seeds[0]}" / "data")[0]):
+    for name in non_member_pools(load_prepared(args.bench / f"seed-{args.seeds[0]}" / "data")[0]):
         for key in (f"closure_{level}{how}" for level in LEVELS for how in ("", "_history")):
             values = [r[name][key] for r in seeds.values()
                       if name in r and r[name][key] is not None and not np.isnan(r[name][key])]

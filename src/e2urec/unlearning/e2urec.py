@@ -149,6 +149,16 @@ def answer_losses(backbone: Backbone, model: torch.nn.Module, data: PromptSet, a
     return mia_features(data.targets == backbone.answer_ids[1], p_yes)[:, 0], p_yes
 
 
+def non_member_pools(samples: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Rows no model trained on, most like the forget set first (see `E2URec.non_member_rows`)."""
+    train_users = set(rows_for(samples, "train")["user_id"])
+    forget_users = set(rows_for(samples, "forget")["user_id"])
+    valid = rows_for(samples, "valid")
+    return {"held-out users' training-period samples": rows_for(samples, "holdout"),
+            "forgotten users' valid samples": valid[valid["user_id"].isin(forget_users)],
+            "unseen users' valid samples": valid[~valid["user_id"].isin(train_users)]}
+
+
 def misfit(level: str, p_yes: np.ndarray, yes: np.ndarray) -> float:
     """How little P(yes) fits labels `yes`: the mean answer loss (level=loss) or 1 − AUC (level=auc); both grow
     as a teacher pushes the true answers down. NaN for AUC on one class."""
@@ -321,13 +331,8 @@ class E2URec(ObjectiveMethod):
         what the forgotten users are to Retrain); else the forgotten users' own valid samples (a later period);
         else valid samples of users with no training data at all; else every valid sample. Their misfit is the
         level that forgetting aims at; which pool was used is recorded."""
-        train_users = set(rows_for(job.samples, "train")["user_id"])
-        forget_users = set(rows_for(job.samples, "forget")["user_id"])
         valid = rows_for(job.samples, "valid")
-        pools = {"held-out users' training-period samples": rows_for(job.samples, "holdout"),
-                 "forgotten users' valid samples": valid[valid["user_id"].isin(forget_users)],
-                 "unseen users' valid samples": valid[~valid["user_id"].isin(train_users)],
-                 "valid samples": valid}
+        pools = {**non_member_pools(job.samples), "valid samples": valid}
         name, rows = next(((k, v) for k, v in pools.items() if len(v) >= MIN_NON_MEMBERS), (None, valid))
         if name is None:
             raise E2URecError(f"{job.data}: E2URec's non-member rules need at least {MIN_NON_MEMBERS} valid samples, "
