@@ -9,6 +9,7 @@ import sqlite3
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
@@ -142,6 +143,52 @@ def test_utility_part_allows_for_the_paired_drops_sampling_error() -> None:
     assert audit.nothing_to_audit(cfg)["verdict"] == "insufficient"
 
 
+def test_drift_against_the_last_exact_model_by_hand() -> None:
+    """Each request is judged against the version before, so small losses add up; the drift part compares the new
+    version with the last exact model's kept predictions and fails once the run's budget is spent, even when the
+    request itself changed nothing and however few its prompts."""
+    rng = np.random.default_rng(2)
+    cfg, n = AuditConfig(), 400
+    y = rng.integers(0, 2, n)
+    p_ref = np.clip(0.5 + 0.3 * (y - 0.5) + rng.normal(0, 0.2, n), 0.01, 0.99)
+    reference = pd.DataFrame({"sample_id": np.arange(n), "prompt_sha256": "-", "label": y, "p_yes": p_ref})
+    origin = {"version": "v0000", "kind": "original"}
+    same = audit.drift(reference, origin, p_ref, cfg)
+    assert same["drop"] == 0 and same["rows"] == n and (same["reference"], same["kind"]) == ("v0000", "original")
+    worse = np.clip(p_ref + rng.normal(0, 0.3, n), 0.01, 0.99)
+    spent = audit.drift(reference, origin, worse, cfg)
+    assert spent["drop"] == pytest.approx(utility_metrics(y, p_ref)["auc"] - utility_metrics(y, worse)["auc"])
+    assert spent["drop"] == pytest.approx(spent["auc_reference"] - spent["auc_after"])
+    assert spent["allowed"] == pytest.approx(cfg.audit_drift_tolerance + 1.645 * spent["se"], abs=1e-4)
+    assert spent["drop"] > spent["allowed"]
+    assert audit.drift(reference[y == 1], origin, p_ref[y == 1], cfg)["drop"] is None  # one label: nothing to rank
+
+    f_label, n_label = rng.integers(0, 2, 200), rng.integers(0, 2, 1000)
+    non = rng.gamma(2.0, 0.3, 1000)
+    remembered, forgotten = scores(rng.gamma(2.0, 0.3, 200) * 0.3, non), scores(rng.gamma(2.0, 0.3, 200), non)
+    within = judge(remembered, forgotten, f_label, n_label, cfg, same)
+    assert within["verdict"] == "pass" and within["failed_on"] == [] and within["drift"] == same
+    over = judge(remembered, forgotten, f_label, n_label, cfg, spent)
+    assert over["verdict"] == "fail" and over["failed_on"] == ["drift"] and "last exact model" in over["reason"]
+    assert over["valid_auc_drop"] == 0, "the request itself changed nothing against the version before"
+    few = judge(scores(remembered.forget_loss[:3], non), scores(forgotten.forget_loss[:3], non), f_label[:3],
+                n_label, cfg, spent)
+    assert few["verdict"] == "fail" and few["failed_on"] == ["drift"] and few["threshold"] is None
+    untouched = judge(remembered, remembered, f_label, n_label, cfg, spent)
+    assert untouched["failed_on"] == ["mia", "drift", "effect"]
+
+
+def test_reference_keeps_only_rows_whose_prompt_is_unchanged() -> None:
+    samples = pd.DataFrame({"sample_id": [1, 2, 3, 4], "prompt": ["a", "b", "c", "d"], "label": [1, 0, 1, 0],
+                            "split": "valid"})
+    reference = pd.DataFrame({"sample_id": [1, 2, 3], "prompt_sha256": audit.prompt_digests(samples.iloc[:3]),
+                              "label": [1, 0, 1], "p_yes": [0.9, 0.2, 0.7]})
+    later = samples[samples["sample_id"] != 2].assign(prompt=["a", "c, rebuilt without a forgotten event", "d"])
+    kept, rows = audit.still_there(reference, later)
+    assert kept["sample_id"].tolist() == [1] and kept["p_yes"].tolist() == [0.9]
+    assert rows["sample_id"].tolist() == [1] and rows["prompt"].tolist() == ["a"]
+
+
 def test_settings_are_checked_and_old_runs_get_defaults() -> None:
     assert AuditConfig.from_run({}).as_dict() == AuditConfig().as_dict()  # a run made before the audit existed
     assert AuditConfig().on_unverified == "retry" and AuditConfig().audit_retries == 1
@@ -254,7 +301,7 @@ def test_retrain_is_the_last_resort_and_exact(trained: Path, tmp_path: Path) -> 
     # at the default lr two steps of the wide student already pass here), the exact Retrain then passes.
     run = init_run(tmp_path / "run", trained / "data", trained / "original", {**QUICK, "lr": 1e-9},
                    key_file=tmp_path / "run.key", audit={"on_unverified": "retrain", "audit_utility_tolerance": 1.0,
-                                                             "audit_utility_cap": 1.0})
+                                                             "audit_drift_tolerance": 1.0, "audit_utility_cap": 1.0})
     record = forget(run, read_request(users=[train_users(run)[0]]), log=lambda _: None)
     verdict = record["metrics"]["audit"]
     assert [(a["method"], a["verdict"]) for a in verdict["attempts"]] == [("e2urec", "fail"), ("retrain", "pass")]
@@ -278,6 +325,66 @@ def test_nothing_trained_is_never_a_pass(trained: Path, tmp_path: Path) -> None:
     record = forget(run, read_request(users=[small]), log=lambda _: None)
     assert record["metrics"]["audit"]["verdict"] == "insufficient"
     assert record["metrics"]["audit"]["after"]["mia_auc"] is not None, "the figures are recorded all the same"
+
+
+def test_drift_reference_follows_the_last_exact_model(trained: Path, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    run = new_run(trained, tmp_path)
+    meta = json.loads((run / "current" / "version.json").read_text())["reference"]
+    assert (meta["version"], meta["kind"]) == ("v0000", "original")
+    samples, _ = load_prepared(run / "current" / "data")
+    valid = samples[samples["split"] == "valid"]
+    reference = pd.read_parquet(run / "current" / "reference.parquet")
+    assert len(reference) == meta["rows"] == min(len(valid), AuditConfig().audit_drift_samples)
+    assert set(reference["sample_id"]) <= set(valid["sample_id"])
+    assert list(reference.columns) == ["sample_id", "prompt_sha256", "label", "p_yes"], "no user id is kept"
+
+    # A request E2URec honours: the Original's predictions stay the reference, the forgotten user's rows leave it.
+    user = next(u for u in train_users(run) if (valid["user_id"].astype(str) == u).any())
+    mine = set(valid.loc[valid["user_id"].astype(str) == user, "sample_id"])
+    failing(monkeypatch, passes_from=1)
+    record = forget(run, read_request(users=[user]), log=lambda _: None)
+    drifted = record["metrics"]["audit"]["drift"]
+    assert (drifted["reference"], drifted["kind"]) == ("v0000", "original")
+    carried = pd.read_parquet(run / "current" / "reference.parquet")
+    assert drifted["rows"] == len(carried) == len(reference) - len(mine & set(reference["sample_id"]))
+    assert not mine & set(carried["sample_id"])
+    listed = runner.invoke(app, ["ledger", "--run", str(run)])
+    assert listed.exit_code == 0 and f"drift {drifted['drop']:+.3f}≤{drifted['allowed']:.3f}" in listed.output
+    assert carried.equals(reference[~reference["sample_id"].isin(mine)].reset_index(drop=True))
+
+    # Failing on the drift budget alone skips the stronger E2URec (it cannot give back what was spent): straight
+    # to the Retrain, which becomes the new reference.
+    real = audit.judge
+
+    def spent(*args: object) -> dict:
+        record = real(*args)
+        record.update(verdict="fail", failed_on=["drift"]) if record["drift"]["kind"] == "original" else None
+        return record
+
+    monkeypatch.setattr(audit, "judge", spent)
+    record = forget(run, read_request(users=[train_users(run)[0]]), log=lambda _: None)
+    verdict = record["metrics"]["audit"]
+    assert [a["method"] for a in verdict["attempts"]] == ["e2urec", "retrain"] and verdict["exact"]
+    meta = json.loads((run / "current" / "version.json").read_text())["reference"]
+    assert (meta["version"], meta["kind"]) == (record["version"], "retrain")
+
+    # A changed reference file is refused with its name; nothing moves.
+    (run / "current" / "reference.parquet").write_bytes(b"not the kept predictions")
+    with pytest.raises(E2URecError, match="reference.parquet"):
+        forget(run, read_request(users=[train_users(run)[0]]), log=lambda _: None)
+    assert (run / "current").resolve().name == record["version"]
+
+
+def test_a_version_without_reference_uses_the_version_before(trained: Path, tmp_path: Path) -> None:
+    run = new_run(trained, tmp_path)  # as a run made before the drift check: no reference kept
+    version = run / "current" / "version.json"
+    version.write_text(json.dumps({k: v for k, v in json.loads(version.read_text()).items() if k != "reference"}))
+    (run / "current" / "reference.parquet").unlink()
+    record = forget(run, read_request(users=[train_users(run)[1]]), log=lambda _: None)
+    drifted = record["metrics"]["audit"]["drift"]
+    assert (drifted["reference"], drifted["kind"]) == ("v0000", "version")
+    assert json.loads((run / "current" / "version.json").read_text())["reference"]["kind"] == "version"
 
 
 @pytest.mark.parametrize("setting", ["on_unverified=maybe", "audit_tolerance=0.7", "audit_tolerance=nan",

@@ -56,7 +56,7 @@ def init(
 
 def audit_line(audit: dict | None) -> str:
     """A request's audit in a few words: verdict, MIA AUC before → after against its threshold, the forgetting
-    effect (loss rise beyond the non-members'), attempts."""
+    effect (loss rise beyond the non-members'), the valid-AUC drift from the last exact model, attempts."""
     if not audit:
         return ""
     before, after = (audit.get(side, {}).get("mia_auc") for side in ("before", "after"))
@@ -64,8 +64,10 @@ def audit_line(audit: dict | None) -> str:
     limit = f" ≤{audit['threshold']:.3f}" if audit.get("threshold") is not None else ""
     effect = (audit.get("forgetting_effect") or {}).get("effect")
     rise = f" Δloss {effect:+.3f}" if effect is not None else ""
+    drifted = audit.get("drift") or {}
+    drift = f" drift {drifted['drop']:+.3f}≤{drifted['allowed']:.3f}" if drifted.get("drop") is not None else ""
     tries = len(audit.get("attempts", []))
-    return (f"{audit['verdict']}{figures}{limit}{rise} n={audit['forget_prompts']}"
+    return (f"{audit['verdict']}{figures}{limit}{rise}{drift} n={audit['forget_prompts']}"
             + (f" ×{tries}" if tries > 1 else ""))
 
 
@@ -118,7 +120,8 @@ def ledger(run: Annotated[Path, typer.Option(help="run folder made by `e2urec in
             audits.append(f"{r['request_id']}: {audit_line(r['metrics']['audit'])}")
     out_console.print(table)
     if audits:  # below the table: a terminal is too narrow for one more column
-        out_console.print("forgetting audit (verdict, MIA AUC before→after ≤ threshold, forget prompts):")
+        out_console.print("forgetting audit (verdict, MIA AUC before→after ≤ threshold, Δloss, valid-AUC drift "
+                          "from the last exact model ≤ allowed, forget prompts):")
         for line in audits:
             out_console.print(f"  {line}", soft_wrap=True)
 

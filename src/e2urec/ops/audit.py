@@ -27,10 +27,19 @@ remembered them, and `insufficient` when it did not (nothing measurable to forge
 pass is claimed) or when fewer than `audit_min_prompts` forget prompts can be compared (a user with a handful
 of prompts cannot be told from chance) — unless utility dropped: that part needs no forget prompts, so a small
 request that broke the model fails too.
+
+Each check above compares a version with the one before, so small losses can add up over many requests (seven
+E2URec-only versions on the demo slice took test AUC 0.663 → 0.609, each inside its own bound). Hence the *drift*
+part: the last exact model (the Original, or the latest Retrain) leaves its P(yes) on a seeded sample of valid
+rows (`audit_drift_samples`) in every version after it, and a new version fails when its AUC on the rows still
+unchanged there fell by more than `audit_drift_tolerance` + z·SE of that paired drop (or the cap) below the exact
+model's: a run's budget across requests. Only an exact Retrain restores it, so a version that fails on drift alone
+escalates straight to one.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -66,6 +75,11 @@ class AuditConfig:
     audit_utility_cap: float = option(0.1, "valid AUC drop that fails a request whatever its standard error: the "
                                       "z·SE margin grows with the damage itself (a version that no longer ranks "
                                       "like the one before has a large paired SE)", 0, 1)
+    audit_drift_tolerance: float = option(0.02, "valid AUC drop allowed against the last exact model (the "
+                                          "Original or the latest Retrain), beyond z standard errors of the "
+                                          "paired drop: the run's budget across requests", 0, 1)
+    audit_drift_samples: int = option(1000, "valid rows the last exact model's predictions are kept on for the "
+                                      "drift check (at most; seeded sample)", 20, 1_000_000)
     audit_min_prompts: int = option(20, "fewer comparable forget prompts: verdict insufficient", 2, 100_000)
     audit_samples: int = option(500, "held-out non-members scored (at most; seeded sample)", 20, 1_000_000)
     test_samples: int | None = option(1000, "test prompts scored per request for the ledger's test metrics "
@@ -148,6 +162,47 @@ def test_rows(samples: pd.DataFrame, cfg: AuditConfig) -> pd.DataFrame:
     return rows if cfg.test_samples is None else sample_rows(rows, cfg.test_samples, cfg.audit_seed, 42)
 
 
+def reference_rows(samples: pd.DataFrame, cfg: AuditConfig) -> pd.DataFrame:
+    """The valid rows an exact model leaves its predictions on (a seeded sample: every request scores them)."""
+    return sample_rows(rows_for(samples, "valid"), cfg.audit_drift_samples, cfg.audit_seed, 43)
+
+
+def reference_scores(backbone: Backbone, rows: pd.DataFrame, batch_size: int = 64) -> pd.DataFrame:
+    """An exact model's P(yes) on `rows`, kept as (sample_id, prompt_sha256, label, p_yes): the prompt's digest
+    lets a later version keep a row only while its text is unchanged (a deletion rebuilds other prompts)."""
+    p = per_sample_p_yes(backbone, prompt_set(backbone, rows), batch_size, progress=False) if len(rows) else []
+    return pd.DataFrame({"sample_id": rows["sample_id"].to_numpy(), "prompt_sha256": prompt_digests(rows),
+                         "label": rows["label"].to_numpy(dtype=int), "p_yes": np.asarray(p, dtype=float)})
+
+
+def prompt_digests(rows: pd.DataFrame) -> list[str]:
+    return [hashlib.sha256(text.encode()).hexdigest() for text in rows["prompt"]]
+
+
+def still_there(reference: pd.DataFrame, samples: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(reference rows, the same rows of `samples`) for the rows still in `samples` with the same prompt: a
+    forgotten user's rows and prompts rebuilt without a forgotten event leave the reference."""
+    rows = samples.loc[samples["sample_id"].isin(reference["sample_id"]).to_numpy()]
+    rows = rows.assign(prompt_sha256=prompt_digests(rows))
+    keys = ["sample_id", "prompt_sha256"]
+    kept = reference.merge(rows[keys], on=keys)
+    return kept, rows.set_index("sample_id").loc[kept["sample_id"]].reset_index()
+
+
+def drift(reference: pd.DataFrame, origin: dict, p_after: np.ndarray, cfg: AuditConfig) -> dict:
+    """Valid AUC of the last exact model − of the new version on the reference rows (paired), its bootstrap SE and
+    the allowed drop; `drop` is None when those rows hold one label only (nothing to rank)."""
+    labels = reference["label"].to_numpy()
+    change, se = paired_auc_change(labels, p_after, reference["p_yes"].to_numpy())
+    allowed = min(cfg.audit_drift_tolerance + Z_ONE_SIDED * se, cfg.audit_utility_cap)
+    found = {"reference": origin.get("version"), "kind": origin.get("kind"), "rows": int(len(labels)),
+             "drop": None if change is None else -change, "se": se, "allowed": round(allowed, 4)}
+    if change is not None:
+        found.update(auc_reference=utility_metrics(labels, reference["p_yes"].to_numpy())["auc"],
+                     auc_after=utility_metrics(labels, p_after)["auc"])
+    return found
+
+
 @dataclass
 class Scores:
     """One model's answer losses on the audit's rows (forget prompts, then non-members)."""
@@ -217,9 +272,11 @@ def nothing_to_audit(cfg: AuditConfig) -> dict:
             "reason": "no training prompt showed the forgotten data: nothing was unlearned, nothing to audit"}
 
 
-def judge(before: Scores, after: Scores, forget_labels: np.ndarray, non_labels: np.ndarray, cfg: AuditConfig
-          ) -> dict:
-    """The audit record: figures before and after, the threshold, sample counts and the verdict (no ids)."""
+def judge(before: Scores, after: Scores, forget_labels: np.ndarray, non_labels: np.ndarray, cfg: AuditConfig,
+          drifted: dict | None = None) -> dict:
+    """The audit record: figures before and after, the threshold, sample counts and the verdict (no ids);
+    `drifted` is `drift`'s figures against the last exact model, when the run keeps them. `failed_on` names the
+    parts that failed (mia, utility, drift, effect)."""
     b, a = side(before, forget_labels, non_labels), side(after, forget_labels, non_labels)
     record: dict[str, Any] = {
         "statistic": STATISTIC,
@@ -233,8 +290,14 @@ def judge(before: Scores, after: Scores, forget_labels: np.ndarray, non_labels: 
     }
     drop, drop_se = utility_drop(before, after)
     allowed = min(cfg.audit_utility_tolerance + Z_ONE_SIDED * drop_se, cfg.audit_utility_cap)
-    hurt = [f"valid AUC dropped {drop:.3f} > {allowed:.3f}"] if drop is not None and drop > allowed else []
-    record.update(valid_auc_drop=drop, valid_auc_drop_se=drop_se, valid_auc_drop_allowed=round(allowed, 4))
+    failed_on = ["utility"] if drop is not None and drop > allowed else []
+    hurt = [f"valid AUC dropped {drop:.3f} > {allowed:.3f}"] if failed_on else []
+    if drifted is not None and drifted["drop"] is not None and drifted["drop"] > drifted["allowed"]:
+        failed_on.append("drift")
+        hurt.append(f"valid AUC {drifted['drop']:.3f} below the last exact model's ({drifted['kind']}) > "
+                    f"{drifted['allowed']:.3f} allowed across requests")
+    record.update(valid_auc_drop=drop, valid_auc_drop_se=drop_se, valid_auc_drop_allowed=round(allowed, 4),
+                  drift=drifted, failed_on=failed_on)
     if a["compared"] < cfg.audit_min_prompts or a["mia_auc"] is None:
         # Too few prompts to judge the forgetting, but the utility part needs none: a version that broke the
         # model is not done, however small the request.
@@ -245,9 +308,12 @@ def judge(before: Scores, after: Scores, forget_labels: np.ndarray, non_labels: 
     threshold = 0.5 + cfg.audit_tolerance + Z_ONE_SIDED * a["se"]
     remembered = b["mia_auc"] is not None and b["mia_auc"] > 0.5 + Z_ONE_SIDED * b["se"]
     effect = forgetting_effect(before, after)
+    if a["mia_auc"] > threshold:
+        failed_on.insert(0, "mia")
     reasons = [f"MIA AUC {a['mia_auc']:.3f} > {threshold:.3f}"] if a["mia_auc"] > threshold else []
     reasons += hurt
     if remembered and effect["effect"] <= 0:
+        failed_on.append("effect")
         reasons.append(f"the forget prompts' loss did not rise beyond the non-members' (effect "
                        f"{effect['effect']:.4f}): no evidence that anything was unlearned")
     if reasons:

@@ -37,8 +37,10 @@ from e2urec.ops.run import (
     full_weights,
     model_checksums,
     model_dir,
+    read_reference,
     verify_version,
     version_meta,
+    write_reference,
 )
 from e2urec.unlearning.base import REGISTRY
 from e2urec.unlearning.runner import unlearn
@@ -228,6 +230,7 @@ def apply(run: Run, current: Path, samples: pd.DataFrame, manifest: dict, tables
     work = run.work / rid
     shutil.rmtree(work, ignore_errors=True)
     before, parent = load_model(model_dir(current))
+    reference = reference_for(current, before, retained, settings)
     with atomic_dir(version) as tmp:
         write_prepared(tmp / "data", retained, new_tables, {**manifest, "parent_samples_sha256":
                                                             manifest["samples_sha256"]})
@@ -235,11 +238,15 @@ def apply(run: Run, current: Path, samples: pd.DataFrame, manifest: dict, tables
         if len(forget_rows):
             write_prepared(work / "job-data", job_samples(retained, forget_rows), new_tables, manifest)
             student, facts, verdict = escalate(run, current, work, before, forget_rows, retained, settings,
-                                               "config" in parent, rid, log)
+                                               "config" in parent, rid, log, reference)
             shutil.rmtree(work / "job-data")
         else:
             student, verdict = before, audit.nothing_to_audit(settings)
         del before
+        if verdict.get("exact"):  # a Retrain is the run's new exact model: its predictions start a new budget
+            rows = audit.reference_rows(retained, settings)
+            reference = audit.reference_scores(student, rows), rows, {"version": version.name, "kind": "retrain"}
+        kept = write_reference(tmp, reference[0], reference[2])
         status = "unverified" if verdict["verdict"] == "fail" and not verdict.get("exact") else "done"
         save_model(full_weights(student), tmp / "model",
                    {"role": "version", "version": version.name, "request_id": rid, "parent": current.name,
@@ -255,37 +262,60 @@ def apply(run: Run, current: Path, samples: pd.DataFrame, manifest: dict, tables
         metrics["audit"] = verdict
         write_json_atomic(tmp / VERSION_FILE, {"version": version.name, "request_id": rid, "parent": current.name,
                                                "created": time.time(), "status": status, "metrics": metrics,
+                                               "reference": kept,
                                                "counts": counts, "model_sha256": model_checksums(tmp / "model")})
     return version, metrics, counts
 
 
+def reference_for(current: Path, before: Backbone, retained: pd.DataFrame, settings: audit.AuditConfig
+                  ) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """(the last exact model's predictions on the reference rows still unchanged, those rows, where they come
+    from). A version made before the drift check has none: the version before stands in (kind `version`)."""
+    found = read_reference(current)
+    if found is None:
+        rows = audit.reference_rows(retained, settings)
+        return audit.reference_scores(before, rows), rows, {"version": current.name, "kind": "version"}
+    frame, origin = found
+    kept, rows = audit.still_there(frame, retained)
+    return kept, rows, {"version": origin["version"], "kind": origin["kind"]}
+
+
 def escalate(run: Run, current: Path, work: Path, before: Backbone, forget_rows: pd.DataFrame,
-             retained: pd.DataFrame, settings: audit.AuditConfig, can_retrain: bool, rid: str, log
-             ) -> tuple[Backbone, dict, dict]:
+             retained: pd.DataFrame, settings: audit.AuditConfig, can_retrain: bool, rid: str, log,
+             reference: tuple[pd.DataFrame, pd.DataFrame, dict]) -> tuple[Backbone, dict, dict]:
     """Unlearn, audit, and while the audit fails follow the run's escalation: stronger E2URec attempts, then an
     exact Retrain (`on_unverified=retry`), a Retrain at once (`retrain`) or nothing more (`keep`); a version made
-    by an older e2urec lacks the recipe a Retrain needs, so it gets the retries only. Returns the last attempt's
-    model, its unlearning facts and the audit record (with every attempt's figures)."""
+    by an older e2urec lacks the recipe a Retrain needs, so it gets the retries only. A failure on the run's drift
+    budget alone goes straight to the Retrain: a stronger E2URec cannot give back what earlier requests spent.
+    Returns the last attempt's model, its unlearning facts and the audit record (with every attempt's figures)."""
     non_members = audit.non_member_rows(retained, set(forget_rows["user_id"]), settings)
     labels = forget_rows["label"].to_numpy(), non_members["label"].to_numpy()
     data = audit.prompts(before, forget_rows, non_members)
     was = audit.score(before, forget_rows, non_members, data=data)
+    ref, ref_rows, origin = reference
+    ref_data = prompt_set(before, ref_rows) if len(ref_rows) else None
     method, options = run.config.get("method", "e2urec"), run.config.get("options", {})
     plan = [(method, options)] + escalation_plan(method, options, settings, can_retrain)
-    attempts, seconds = [], 0.0
-    for number, (name, opts) in enumerate(plan):
-        log(f"request {rid}: unlearning {len(forget_rows)} prompts with {name} (attempt {number + 1})")
+    attempts, seconds, number = [], 0.0, 0
+    while True:
+        name, opts = plan[number]
+        log(f"request {rid}: unlearning {len(forget_rows)} prompts with {name} (attempt {len(attempts) + 1})")
         out = work / f"student-{number}"
         facts = unlearn(name, model_dir(current), work / "job-data", out, opts)
         seconds += facts["unlearn_seconds"]
         student, _ = load_model(out)
-        verdict = audit.judge(was, audit.score(student, forget_rows, non_members, data=data), *labels, settings)
+        drifted = None if ref_data is None else audit.drift(
+            ref, origin, per_sample_p_yes(student, ref_data, 64, progress=False), settings)
+        verdict = audit.judge(was, audit.score(student, forget_rows, non_members, data=data), *labels, settings,
+                              drifted)
         attempts.append({"method": name, "options": opts, "verdict": verdict["verdict"],
                          "mia_auc": verdict["after"]["mia_auc"], "seconds": facts["unlearn_seconds"]})
         if verdict["verdict"] != "fail" or number == len(plan) - 1:
             break
         log(f"request {rid}: audit failed ({verdict['reason']}); escalating")
         shutil.rmtree(out, ignore_errors=True)
+        spent = verdict["failed_on"] == ["drift"] and plan[-1][0] == "retrain"
+        number = len(plan) - 1 if spent else number + 1
     exact = name == "retrain"  # a Retrain never saw the forgotten rows: exact, whatever the audit says
     return student, facts, {**verdict, "attempts": attempts, "exact": exact, "escalation": settings.on_unverified,
                             "unlearn_seconds": round(seconds, 3)}

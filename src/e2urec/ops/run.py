@@ -1,7 +1,8 @@
 """A deployed run folder: model versions, each with the data it was trained on, and a `current` pointer.
 
     RUN/run.json            backbone, E2URec options for requests, forgetting-audit and escalation settings
-    RUN/versions/vNNNN/     model/ (full safetensors weights), data/ (prepared folder), version.json
+    RUN/versions/vNNNN/     model/ (full safetensors weights), data/ (prepared folder), version.json,
+                            reference.parquet (the last exact model's P(yes) on valid rows: the drift check)
     RUN/current             symlink to versions/vNNNN, replaced atomically (rename of a new symlink)
     RUN/ledger.sqlite       deletion requests (HMAC-SHA256 of the ids under a key kept outside RUN)
     RUN/.lock               held while a request changes the run: requests are serialised across processes
@@ -22,6 +23,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import pandas as pd
 import torch
 
 from e2urec import __version__
@@ -30,11 +32,12 @@ from e2urec.data.store import load_prepared, load_tables, write_prepared
 from e2urec.errors import E2URecError
 from e2urec.io import atomic_dir, cache_dir, read_json, sha256_file, write_json_atomic
 from e2urec.model.backbone import Backbone
-from e2urec.ops.audit import AuditConfig
+from e2urec.ops.audit import AuditConfig, reference_rows, reference_scores
 from e2urec.ops.ledger import Ledger, key_id
 
 RUN_FILE = "run.json"
 VERSION_FILE = "version.json"
+REFERENCE_FILE = "reference.parquet"
 CURRENT = "current"
 KEY_ENV = "E2UREC_KEY_FILE"
 
@@ -240,10 +243,13 @@ def init_run(root: Path, data: Path, model: Path, options: dict | None = None, o
         version = tmp / "versions" / "v0000"
         write_prepared(version / "data", samples, tables, {**manifest, "config": config, "parent_samples_sha256":
                                                             manifest["samples_sha256"]})
-        save_model(full_weights(backbone), version / "model",
+        backbone = full_weights(backbone)
+        save_model(backbone, version / "model",
                    {**meta, "role": "version", "version": "v0000", "backbone": meta.get("backbone", backbone.name)})
+        reference = write_reference(version, reference_scores(backbone, reference_rows(samples, AuditConfig(
+            **audit_settings))), {"version": "v0000", "kind": "original"})
         write_json_atomic(version / VERSION_FILE, {"version": "v0000", "request_id": None, "parent": None,
-                                                   "created": time.time(),
+                                                   "created": time.time(), "reference": reference,
                                                    "model_sha256": model_checksums(version / "model")})
         key = create_key(Path(key_file) if key_file else default_key_file(run_id), root)
         write_json_atomic(tmp / RUN_FILE, {"e2urec_version": __version__, "created": time.time(), "run_id": run_id,
@@ -272,6 +278,26 @@ def version_meta(version: Path) -> dict:
     if not isinstance(meta, dict) or not isinstance(meta.get("version"), str):
         raise E2URecError(f"{version / VERSION_FILE}: damaged (not a version record); restore the run folder")
     return meta
+
+
+def write_reference(version: Path, frame: pd.DataFrame, origin: dict) -> dict:
+    """Store the last exact model's predictions in a version being built; returns what version.json records."""
+    path = version / REFERENCE_FILE
+    frame.to_parquet(path, index=False)
+    return {**origin, "rows": len(frame), "sha256": sha256_file(path)}
+
+
+def read_reference(version: Path) -> tuple[pd.DataFrame, dict] | None:
+    """The last exact model's predictions a version carries (checked against version.json), or None for a version
+    made before the drift check existed."""
+    origin = version_meta(version).get("reference")
+    if not origin:
+        return None
+    path = version / REFERENCE_FILE
+    if not path.is_file() or sha256_file(path) != origin.get("sha256"):
+        raise E2URecError(f"{path}: missing or changed (sha256 differs from {VERSION_FILE}); restore the run folder "
+                          f"from a backup")
+    return pd.read_parquet(path), origin
 
 
 def verify_version(version: Path) -> dict:
