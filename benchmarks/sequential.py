@@ -4,7 +4,8 @@ One run (real ML-100K, the demo slice, tiny backbone): 10 requests, each forgett
 (at least one) with `e2urec forget`'s code path. After each request: the version's test AUC, the Original's test
 AUC on the same (shrinking) test rows, a Retrain on the cumulative retained data (the Original's recipe), JSD to
 that Retrain on every training prompt forgotten so far (and the Original's JSD there, the starting point), the
-request's seconds and its audit verdict (exact: ended by the escalation's Retrain). Prints JSON. Usage:
+request's seconds and its audit verdict (exact: ended by the escalation's Retrain; attempts; the parts that failed;
+the valid-AUC drift from the last exact model). Prints JSON. Usage:
 python benchmarks/sequential.py [--out runs/sequential] [--requests 10] [--fraction 0.01] [--last-n 1300]
 """
 
@@ -72,6 +73,10 @@ def measure(out: Path, requests: int, fraction: float, last_n: int, seed: int) -
             "seconds": record["seconds"], "unlearn_seconds": record["metrics"]["unlearn_seconds"],
             "auc": round(record["metrics"]["auc"], 4),
             "verdict": record["metrics"]["audit"]["verdict"], "exact": record["metrics"]["audit"].get("exact", False),
+            "attempts": [a["method"] for a in record["metrics"]["audit"].get("attempts", [])],
+            "failed_on": record["metrics"]["audit"].get("failed_on"),
+            "drift": {k: (round(v, 4) if isinstance(v, float) else v)
+                      for k, v in (record["metrics"]["audit"].get("drift") or {}).items()},
             "original_auc": round(test_auc(out / "original", samples), 4),
             "retrain_auc": round(test_auc(retrain, samples), 4),
             "forgotten_prompts_total": len(gone),
