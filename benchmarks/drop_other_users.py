@@ -1,6 +1,6 @@
 """Is a Retrain's utility gap about *which* users left, or about training on any slightly different data?
 
-At the full protocol both Retrains (data without `requests.py`'s 10 users) scored 0.03–0.04 test AUC below
+At the full protocol both Retrains (data without `deletion_requests.py`'s 10 users) scored 0.03–0.04 test AUC below
 both Originals (`retrain_noise.py`). This trains the same recipe (seed 0, like the Original and the first
 Retrain) on the data without 10 *other* train users, drawn with `--seed` among users of the same sizes (each
 forgotten user's size quantile ± 1 user), and scores all test rows of the run's final data beside the Original

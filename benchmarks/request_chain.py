@@ -1,4 +1,4 @@
-"""Where sequential requests lose utility: `requests.py`'s 10 one-user requests again, from the same data and
+"""Where sequential requests lose utility: `deletion_requests.py`'s 10 one-user requests again, from the same data and
 Original (copied from `--from`, which is left untouched), with the test AUC on *all* test rows after every
 request (the ledger scores a 1,000-row sample) and the paired change each request made (bootstrap SE), so the
 run's total drop is split per request. No Retrain. Prints JSON and writes

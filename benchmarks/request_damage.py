@@ -1,10 +1,10 @@
 """What one deletion request costs the model's utility, by E2URec setting, at the full protocol.
 
-From the Original `benchmarks/requests.py` left in `--out` (data and model): one user of `requests.py`'s picks
+From the Original `benchmarks/deletion_requests.py` left in `--out` (data and model): one user of its picks
 (`--request`, 1-based, its order) is unlearned from the Original once per `--options` set (JSON objects of
 E2URec options; `{}` = the run default), each audited as a request is; then every student and the Original
 score all test rows, and the paired test-AUC change against the Original (bootstrap SE) says how much utility
-that one request took. Sequential requests add these up (requests.py: −0.018 after 10 requests at the
+that one request took. Sequential requests add these up (deletion_requests.py: −0.018 after 10 requests at the
 default). Prints JSON and writes benchmarks/results/request-damage-<date>.json; no user id is written. Usage:
 python benchmarks/request_damage.py --request 9 --options '{}' '{"forget_only": 0.8}'
 """
@@ -73,8 +73,8 @@ def measure(out: Path, request: int, option_sets: list[dict], requests: int) -> 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("runs/requests-full"))
-    parser.add_argument("--request", type=int, default=9, help="which of requests.py's users (1-based)")
-    parser.add_argument("--requests", type=int, default=10, help="how many users requests.py picked")
+    parser.add_argument("--request", type=int, default=9, help="which of deletion_requests.py's users (1-based)")
+    parser.add_argument("--requests", type=int, default=10, help="how many users deletion_requests.py picked")
     parser.add_argument("--options", nargs="+", type=json.loads, default=[{}])
     args = parser.parse_args()
 

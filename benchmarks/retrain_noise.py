@@ -1,11 +1,11 @@
 """How far two trainings of one recipe are apart, at the full protocol: the floor under any forgetting audit and
 under the request benchmark's utility goal.
 
-After `benchmarks/requests.py --out runs/requests-full` (which leaves the data, the Original, the run after its
+After `benchmarks/deletion_requests.py --out runs/requests-full` (which leaves the data, the Original, the run after its
 10 one-user requests and one Retrain), this trains a second Retrain on the same retained data with another seed
 (`--reseed`, the same demo recipe) and a second Original on all the data with that seed, unless they are there
 (~30 min each at the full protocol on one core), then, on each request's forget prompts (the 10 users
-`requests.py` picked, in its order) and the audit's non-members of those requests:
+`deletion_requests.py` picked, in its order) and the audit's non-members of those requests:
 - per model (Original, second Original, Retrain, second Retrain, final version): mean forget loss and the
   audit's MIA AUC;
 - the *oracle* contrast an auditor holding a Retrain could use, the forgetting effect from the Original to the
@@ -13,7 +13,7 @@ After `benchmarks/requests.py --out runs/requests-full` (which leaves the data, 
   from the second Retrain to the Retrain: seed noise alone. The oracle *beats the noise* on a user when its
   size exceeds the noise's by 1.645 SE of the difference; where it does not, no statistic of the two models on
   that user's prompts can tell memorisation from training noise;
-- the audit's verdict on the second Retrain judged against the Original (as requests.py judges the Retrain);
+- the audit's verdict on the second Retrain judged against the Original (as deletion_requests.py judges the Retrain);
 - test AUC on all test rows for the five models, and valid AUC on the audit's valid non-members.
 Prints JSON and writes benchmarks/results/retrain-noise-<date>.json; no user id is written. Usage:
 python benchmarks/retrain_noise.py [--out runs/requests-full] [--reseed 1000]
@@ -54,7 +54,7 @@ def measure(out: Path, reseed: int, requests: int) -> dict:
     train_rows = first[first["split"] == "train"]
     forgotten = [train_rows[train_rows["user_id"] == user] for user in pick_users(first, requests)]
     if any(set(rows["user_id"]) & set(final["user_id"]) for rows in forgotten):
-        raise SystemExit(f"{root}: its requests were not the users requests.py picks; rerun requests.py")
+        raise SystemExit(f"{root}: its requests were not the users deletion_requests.py picks; rerun that script")
     cfg = audit.AuditConfig.from_run(json.loads((root / "run.json").read_text()))
     models = {name: load_model(path)[0] for name, path in paths.items()}
     users = []

@@ -7,7 +7,7 @@ escalated as a run does by default. Then one Retrain on the retained data (the O
 audit's statistic for the Original and for that Retrain on each request's forget prompts (does the audit tell
 them apart?); test AUC of the Original, the final version and the Retrain on the same full test rows.
 Prints JSON and writes it to benchmarks/results/requests-<date>[-last-n-N].json. No user id is written. Usage:
-python benchmarks/requests.py [--out runs/requests] [--last-n 100000] [--requests 10] [--test-samples 1000]
+python benchmarks/deletion_requests.py [--out runs/requests] [--last-n 100000] [--requests 10] [--test-samples 1000]
 [--original-only | --reuse-original]
 """
 
@@ -152,8 +152,8 @@ def main() -> None:
 
     def go() -> dict:
         report = measure(args.out, args.last_n, args.requests, args.test_samples, args.seed, args.reuse_original)
-        report["command"] = f"python benchmarks/requests.py --last-n {args.last_n} --requests {args.requests} " \
-                            f"--test-samples {args.test_samples or 'none'} --seed {args.seed}"
+        report["command"] = (f"python benchmarks/deletion_requests.py --last-n {args.last_n} --requests "
+                             f"{args.requests} --test-samples {args.test_samples or 'none'} --seed {args.seed}")
         size = "" if args.last_n >= 100_000 else f"-last-n-{args.last_n}"  # the full protocol has no suffix
         return keep(report, "requests", size)
 
