@@ -38,12 +38,13 @@ from e2urec.training import train
 
 def original_model(out: Path, last_n: int, seed: int, recipe: TrainConfig, reuse: bool) -> float:
     """Prepare the data and train the Original into `out` (seconds), or, with `reuse`, keep the ones an earlier
-    run of the same settings left there (its recorded seconds): at the full protocol the Original takes ~25 min."""
+    run of the same settings left there (its recorded seconds): at the full protocol the Original takes ~25 min.
+    retrain_noise.py's second Original (`original-reseed`) depends on the same data and a seed only: kept too."""
     stamp = out / "original-seconds.json"
     settings = json.loads(json.dumps({"last_n": last_n, "seed": seed, "recipe": asdict(recipe)}))
     if reuse and stamp.is_file() and json.loads(stamp.read_text())["settings"] == settings:
         for path in out.iterdir():
-            if path.name not in ("data", "original", stamp.name):
+            if path.name not in ("data", "original", "original-reseed", stamp.name):
                 shutil.rmtree(path) if path.is_dir() else path.unlink()
         return json.loads(stamp.read_text())["seconds"]
     shutil.rmtree(out, ignore_errors=True)

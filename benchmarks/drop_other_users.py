@@ -42,7 +42,7 @@ def measure(out: Path, seed: int, requests: int) -> dict:
     write_prepared(folder, kept, load_tables(out / "data"), manifest, overwrite=True)
     model = out / "retrain-other-users"
     started = time.perf_counter()
-    train(folder, "original", "tiny", model, demo_recipe(0))
+    train(folder, "original", "tiny", model, demo_recipe(0), overwrite=True)  # a rerun replaces its own outputs
     seconds = round(time.perf_counter() - started, 1)
     test = rows_for(final[~final["user_id"].isin(others)], "test")
     aucs = {name: round(full_test_auc(path, test), 4) for name, path in
