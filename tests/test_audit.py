@@ -162,6 +162,8 @@ def test_drift_against_the_last_exact_model_by_hand() -> None:
     assert spent["allowed"] == pytest.approx(cfg.audit_drift_tolerance + 1.645 * spent["se"], abs=1e-4)
     assert spent["drop"] > spent["allowed"]
     assert audit.drift(reference[y == 1], origin, p_ref[y == 1], cfg)["drop"] is None  # one label: nothing to rank
+    off = audit.drift(reference, origin, 1 - p_ref, AuditConfig(audit_drift_tolerance=1.0))  # ranks inverted
+    assert off["drop"] > 0.5 and off["allowed"] == 1.0, "a tolerance of 1 turns the check off, whatever the cap"
 
     f_label, n_label = rng.integers(0, 2, 200), rng.integers(0, 2, 1000)
     non = rng.gamma(2.0, 0.3, 1000)

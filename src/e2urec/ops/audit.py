@@ -194,7 +194,8 @@ def drift(reference: pd.DataFrame, origin: dict, p_after: np.ndarray, cfg: Audit
     the allowed drop; `drop` is None when those rows hold one label only (nothing to rank)."""
     labels = reference["label"].to_numpy()
     change, se = paired_auc_change(labels, p_after, reference["p_yes"].to_numpy())
-    allowed = min(cfg.audit_drift_tolerance + Z_ONE_SIDED * se, cfg.audit_utility_cap)
+    # The cap keeps the SE from widening the margin; a tolerance set above it (1: no drift check) wins.
+    allowed = min(cfg.audit_drift_tolerance + Z_ONE_SIDED * se, max(cfg.audit_utility_cap, cfg.audit_drift_tolerance))
     found = {"reference": origin.get("version"), "kind": origin.get("kind"), "rows": int(len(labels)),
              "drop": None if change is None else -change, "se": se, "allowed": round(allowed, 4)}
     if change is not None:
