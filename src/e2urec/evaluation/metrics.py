@@ -63,6 +63,13 @@ def paired_auc_change(labels: np.ndarray, p_new: np.ndarray, p_base: np.ndarray,
     return delta, float(diffs.std(ddof=1)) if len(diffs) > 1 else 0.0
 
 
+def allowed_drop(tolerance: float, margin: float, cap: float) -> float:
+    """How far a paired AUC may fall: `tolerance` plus `margin` (z standard errors of the paired change), at most
+    `cap` — the SE of a paired change grows with the damage itself, so a collapse would widen its own allowance —
+    unless the tolerance alone is above the cap (a tolerance of 1 turns the check off)."""
+    return min(tolerance + margin, max(cap, tolerance))
+
+
 def mia_features(labels: np.ndarray, p_yes: np.ndarray) -> np.ndarray:
     """Per-sample loss and confidence in the true answer: what a loss-based membership attack sees."""
     p_true = np.clip(np.where(np.asarray(labels) == 1, p_yes, 1 - np.asarray(p_yes)), EPS, 1 - EPS)

@@ -49,7 +49,7 @@ import pandas as pd
 
 from e2urec.data.roles import rows_for, sample_rows
 from e2urec.errors import E2URecError
-from e2urec.evaluation import mia_features, paired_auc_change, utility_metrics
+from e2urec.evaluation import allowed_drop, mia_features, paired_auc_change, utility_metrics
 from e2urec.model.backbone import Backbone
 from e2urec.model.scoring import PromptSet, per_sample_p_yes, prompt_set
 from e2urec.unlearning.base import check_fields, option
@@ -194,8 +194,7 @@ def drift(reference: pd.DataFrame, origin: dict, p_after: np.ndarray, cfg: Audit
     the allowed drop; `drop` is None when those rows hold one label only (nothing to rank)."""
     labels = reference["label"].to_numpy()
     change, se = paired_auc_change(labels, p_after, reference["p_yes"].to_numpy())
-    # The cap keeps the SE from widening the margin; a tolerance set above it (1: no drift check) wins.
-    allowed = min(cfg.audit_drift_tolerance + Z_ONE_SIDED * se, max(cfg.audit_utility_cap, cfg.audit_drift_tolerance))
+    allowed = allowed_drop(cfg.audit_drift_tolerance, Z_ONE_SIDED * se, cfg.audit_utility_cap)
     found = {"reference": origin.get("version"), "kind": origin.get("kind"), "rows": int(len(labels)),
              "drop": None if change is None else -change, "se": se, "allowed": round(allowed, 4)}
     if change is not None:
@@ -290,7 +289,7 @@ def judge(before: Scores, after: Scores, forget_labels: np.ndarray, non_labels: 
         "min_prompts": cfg.audit_min_prompts,
     }
     drop, drop_se = utility_drop(before, after)
-    allowed = min(cfg.audit_utility_tolerance + Z_ONE_SIDED * drop_se, cfg.audit_utility_cap)
+    allowed = allowed_drop(cfg.audit_utility_tolerance, Z_ONE_SIDED * drop_se, cfg.audit_utility_cap)
     failed_on = ["utility"] if drop is not None and drop > allowed else []
     hurt = [f"valid AUC dropped {drop:.3f} > {allowed:.3f}"] if failed_on else []
     if drifted is not None and drifted["drop"] is not None and drifted["drop"] > drifted["allowed"]:

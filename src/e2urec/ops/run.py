@@ -223,7 +223,8 @@ def init_run(root: Path, data: Path, model: Path, options: dict | None = None, o
     ledger key (default: `default_key_file`, outside the run folder). `options` are the E2URec options of its
     requests, `audit` the forgetting audit's settings (`AuditConfig`; checked before anything is written)."""
     root = Path(root)
-    audit_settings = AuditConfig(**(audit or {})).as_dict()
+    audit_config = AuditConfig(**(audit or {}))
+    audit_settings = audit_config.as_dict()
     if key_file is not None:
         check_key_file(key_file, root)  # before the work, not after it
     samples, manifest = load_prepared(data)
@@ -246,8 +247,8 @@ def init_run(root: Path, data: Path, model: Path, options: dict | None = None, o
         backbone = full_weights(backbone)
         save_model(backbone, version / "model",
                    {**meta, "role": "version", "version": "v0000", "backbone": meta.get("backbone", backbone.name)})
-        reference = write_reference(version, reference_scores(backbone, reference_rows(samples, AuditConfig(
-            **audit_settings))), {"version": "v0000", "kind": "original"})
+        reference = write_reference(version, reference_scores(backbone, reference_rows(samples, audit_config)),
+                                    {"version": "v0000", "kind": "original"})
         write_json_atomic(version / VERSION_FILE, {"version": "v0000", "request_id": None, "parent": None,
                                                    "created": time.time(), "reference": reference,
                                                    "model_sha256": model_checksums(version / "model")})

@@ -21,7 +21,7 @@ from e2urec.checkpoint import lora_config as lora_recipe
 from e2urec.data.roles import rows_for, sample_rows
 from e2urec.engine import Batch, Check, TrainConfig, fit
 from e2urec.errors import E2URecError
-from e2urec.evaluation import mia_features, paired_auc_change, utility_metrics, within_user_auc
+from e2urec.evaluation import allowed_drop, mia_features, paired_auc_change, utility_metrics, within_user_auc
 from e2urec.model.backbone import Backbone
 from e2urec.model.scoring import PromptSet, answer_logits, per_sample, per_sample_p_yes, prompt_set
 from e2urec.training import AnswerCrossEntropy
@@ -226,7 +226,7 @@ class NonMemberStop:
         if self.base_p is None:
             self.base_p = p
         change, se = paired_auc_change(self.labels, p, self.base_p, seed=self.cfg.seed)
-        allowed = min(self.cfg.utility_tolerance + self.cfg.utility_z * se, self.cfg.utility_cap)
+        allowed = allowed_drop(self.cfg.utility_tolerance, self.cfg.utility_z * se, self.cfg.utility_cap)
         useful = change is None or change >= -allowed
         record: dict = {"valid_auc": utility_metrics(self.labels, p)["auc"], "valid_auc_change": change,
                         "valid_auc_change_se": se}
