@@ -120,3 +120,18 @@ def test_bench_resumes_and_redoes_only_changed_stages(micro_bench: tuple[dict, l
     bench("ml-100k", "tiny", changed, out, log=again.append)
     redone = [line for line in again if "skipped" not in line]
     assert redone == [line for line in redone if "neggrad" in line] and len(redone) == 3, redone
+
+
+def test_a_diverging_method_is_a_failed_row_and_the_others_still_report(
+        micro_bench: tuple[dict, list[str], Path]) -> None:
+    """After the rerun test: E2URec at lr 10 diverges; its row is empty and says why, every other row is there."""
+    _, _, out = micro_bench
+    lines: list[str] = []
+    broken = {**PLAIN.method_options["e2urec"], "lr": 10.0, "max_steps": 6, "stop": "none"}
+    results = bench("ml-100k", "tiny", replace(PLAIN, method_options={**PLAIN.method_options, "e2urec": broken}),
+                    out, log=lines.append)
+    row = results["per_seed"]["0"]["e2urec"]
+    assert "e2urec: training diverged" in row["failed"] and row["auc"] is None and row["closure_auc"] is None
+    assert all(r["auc"] is not None for m, r in results["per_seed"]["0"].items() if m != "e2urec")
+    assert "**e2urec failed**" in (out / "report.md").read_text()
+    assert any("e2urec: FAILED" in line for line in lines)

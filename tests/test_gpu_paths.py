@@ -190,3 +190,29 @@ def test_gpu_benchmarks_run_on_tiny_sizes(script: str, args: list[str]) -> None:
         assert [r["batch_size"] for r in report["rows"]] == [8, 8, 16]
         assert report["rows"][1]["p_yes_equal"] and report["rows"][1]["max_distance_difference"] == 0
         assert report["rows"][2]["p_yes_close"]
+
+
+def test_the_gpu_loop_reads_nothing_back_per_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the GPU settings, the engine's own code (the loop, the divergence watch, clipping, the losses) reads
+    tensor values back to the host a fixed number of times per epoch, however many steps it runs: on a GPU each
+    such read waits for every queued kernel."""
+    reads: list[str] = []
+    own = ("engine.py", "losses.py", "resume.py", "training.py")
+
+    def counting(name: str):
+        original = getattr(torch.Tensor, name)
+
+        def wrapper(self, *args, **kwargs):
+            if sys._getframe(1).f_code.co_filename.endswith(own):
+                reads.append(name)
+            return original(self, *args, **kwargs)
+        return wrapper
+
+    for name in ("item", "__int__", "__float__", "__bool__", "cpu", "numpy", "tolist"):
+        monkeypatch.setattr(torch.Tensor, name, counting(name))
+    per_epoch = []
+    for n in (24, 96):  # 6 and 24 optimiser steps
+        reads.clear()
+        fit_tiny(TrainConfig(epochs=1, lr=1e-3, batch_size=4), Speed(bucket=True, device_batch=4, sync_every=50), n)
+        per_epoch.append(len(reads))
+    assert per_epoch[0] == per_epoch[1] <= 6, per_epoch  # the loss, the watch, the gradient-norm record

@@ -1,11 +1,14 @@
 """The ledger on its own: keyed hashes that resist the small-id attack, fingerprints, one record for identical
-concurrent requests, orphans after a crash, which requests a version honours, closed connections."""
+concurrent requests, orphans after a crash (a reused pid included, and as a read shows them), which requests a
+version honours, closed connections."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 import secrets
+import socket
 import sqlite3
 import threading
 from pathlib import Path
@@ -13,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from e2urec.errors import E2URecError
-from e2urec.ops.ledger import Ledger
+from e2urec.ops.ledger import ORPHANED, Ledger, settled
 
 KEY = bytes(range(32))
 
@@ -113,6 +116,29 @@ def test_orphans_of_a_dead_process_are_failed(tmp_path: Path) -> None:
     record = ledger.get(dead["request_id"])
     assert record["status"] == "failed" and "stopped" in record["error"]
     assert ledger.get(mine["request_id"])["status"] == "queued", "a live process's request is left alone"
+
+
+def test_a_reused_pid_does_not_keep_a_dead_request_running(tmp_path: Path) -> None:
+    """The owner is host, pid and the pid's start time: a later process with the same pid is not the owner."""
+    ledger = Ledger(tmp_path / "l.sqlite", KEY)
+    record = ledger.add("users", ledger.hash_ids(["1"]))
+    host_pid, _, start = record["owner"].partition("@")
+    assert host_pid == f"{socket.gethostname()}:{os.getpid()}" and start, "the start time is recorded"
+    ledger.update(record["request_id"], status="running", owner=f"{host_pid}@{start}0")  # same pid, other start
+    assert ledger.fail_orphans() == [record["request_id"]]
+
+
+def test_reading_shows_a_dead_process_request_as_failed_without_writing(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path / "l.sqlite", KEY)
+    alive = ledger.add("users", ledger.hash_ids(["1"]))
+    dead = ledger.add("users", ledger.hash_ids(["2"]))
+    ledger.update(dead["request_id"], status="running", owner=f"{socket.gethostname()}:{2**22 + 7}")
+    before = dump(tmp_path / "l.sqlite")
+    shown = settled(ledger.get(dead["request_id"]))
+    assert shown["status"] == "failed" and shown["error"] == ORPHANED == "the process running it stopped (crash or " \
+        "kill); submit the request again"
+    assert settled(ledger.get(alive["request_id"]))["status"] == "queued" and settled(None) is None
+    assert dump(tmp_path / "l.sqlite") == before and ledger.get(dead["request_id"])["status"] == "running"
 
 
 def test_connections_are_closed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -20,7 +20,7 @@ from e2urec.data.prepare import MANIFEST_FILE, PrepareConfig, prepare
 from e2urec.data.roles import rows_for
 from e2urec.data.store import load_prepared
 from e2urec.engine import TrainConfig
-from e2urec.errors import E2URecError
+from e2urec.errors import Diverged, E2URecError, NonFinite
 from e2urec.evaluation import EvalConfig, evaluate, jsd_yes_no
 from e2urec.io import read_json, write_json_atomic
 from e2urec.training import train
@@ -184,18 +184,26 @@ def run_seed(root: Path, dataset: str, data_dir: Path | None, backbone: str, pre
     # a run stopped part-way, e.g. by a time limit, has finished rows; the extra trainings come last.
     late = (*RESEEDED, *SHARDED)
     order = [EXACT, *(r for r in rows if r not in (EXACT, *late)), *(r for r in late if r in rows)]
+    failed: dict[str, str] = {}
     for row in order:
-        build(row)
         model = root / row
         test_dir, forget_dir = root / "eval" / f"{row}-test", root / "eval" / f"{row}-forget"
-        evaluated = {**trained, "row": row, "eval": asdict(evals),
-                     "model": read_json(model / STAGE_FILE).get("fingerprint") if (model / STAGE_FILE).is_file()
-                     else None}
-        stage(f"{tag} evaluate {row} test", test_dir / "metrics.json",
-              lambda model=model, test_dir=test_dir: evaluate(model, data, "test", test_dir, evals), evaluated)
-        stage(f"{tag} evaluate {row} forget", forget_dir / "metrics.json",
-              lambda model=model, forget_dir=forget_dir: evaluate(model, data, "forget", forget_dir, evals,
-                                                                  reference=root / EXACT), evaluated)
+        try:
+            build(row)
+            evaluated = {**trained, "row": row, "eval": asdict(evals),
+                         "model": read_json(model / STAGE_FILE).get("fingerprint") if (model / STAGE_FILE).is_file()
+                         else None}
+            stage(f"{tag} evaluate {row} test", test_dir / "metrics.json",
+                  lambda model=model, test_dir=test_dir: evaluate(model, data, "test", test_dir, evals), evaluated)
+            stage(f"{tag} evaluate {row} forget", forget_dir / "metrics.json",
+                  lambda model=model, forget_dir=forget_dir: evaluate(model, data, "forget", forget_dir, evals,
+                                                                      reference=root / EXACT), evaluated)
+        except (Diverged, NonFinite) as exc:  # one broken method is a result; the other rows still run
+            if row in ("original", EXACT):
+                raise
+            stage.log(f"{tag} {row}: FAILED: {exc}")
+            failed[row] = str(exc)
+            continue
         meta = read_meta(model)
         test, forget = read_json(test_dir / "metrics.json"), read_json(forget_dir / "metrics.json")
         results[row] = {
@@ -208,12 +216,14 @@ def run_seed(root: Path, dataset: str, data_dir: Path | None, backbone: str, pre
             "unlearn_seconds": meta.get("unlearn_seconds"),
             "loop_seconds": (meta.get("fit") or {}).get("loop_seconds") if "unlearn_seconds" in meta else None,
             "trainable_params": meta.get("trainable_params"), "total_params": meta.get("total_params"),
-            "peak_memory_bytes": meta.get("peak_memory_bytes"),
+            "peak_memory_bytes": meta.get("peak_memory_bytes"), "failed": None,
         }
         if row == "e2urec" and meta.get("teacher"):
             results[TEACHER_ROW] = {"forget_auc": meta["teacher"]["auc"],
                                     "forget_logloss": meta["teacher"]["logloss"],
                                     "forget_within_user_auc": meta["teacher"]["within_user_auc"]}
+    for row, message in failed.items():
+        results[row] = {**{key: None for key in results[EXACT]}, "failed": message}
     ranked = [r for row in rows for r in ((row, TEACHER_ROW) if row == "e2urec" else (row,))]
     results = {row: results[row] for row in ranked if row in results}
     retrain, original = results[EXACT], results["original"]

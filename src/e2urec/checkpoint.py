@@ -16,7 +16,7 @@ from peft import LoraConfig, PeftModel
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from e2urec.errors import E2URecError
+from e2urec.errors import E2URecError, NonFinite
 from e2urec.io import read_json, write_json_atomic
 from e2urec.model.backbone import Backbone, load_backbone
 from e2urec.model.ensemble import AttentionAggregator, ShardEnsemble
@@ -183,7 +183,9 @@ def load_model(folder: str | Path, trainable: bool = False) -> tuple[Backbone, d
     refuse_pickles(folder)
     meta = read_meta(folder)
     if (folder / SYSTEM_FILE).is_file():
-        return _load_system(folder), meta
+        system = _load_system(folder)
+        system.origin = str(folder)
+        return system, meta
     if (folder / "adapter_config.json").is_file():
         base = meta.get("base") or {}
         if "model" in base:
@@ -201,7 +203,19 @@ def load_model(folder: str | Path, trainable: bool = False) -> tuple[Backbone, d
             raise E2URecError(f"{folder}: the weights file is corrupt or truncated ({exc}); retrain or restore "
                               f"it") from exc
         backbone.name = meta.get("backbone", backbone.name)
+    backbone.origin = str(folder)
+    check_finite(backbone.model, str(folder))
     return backbone, meta
+
+
+def check_finite(model: torch.nn.Module, where: str) -> None:
+    """Refuse weights holding NaN or infinity (a diverged or damaged model), naming the tensors: no score of such a
+    model means anything, and an unused NaN entry would otherwise pass unnoticed until it spread."""
+    with torch.no_grad():
+        bad = [name for name, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
+    if bad:
+        raise NonFinite(f"{where}: {len(bad)} weight tensors hold NaN or infinity (first: {bad[0]}); the model "
+                        "diverged or the file was damaged. Retrain it or restore it from a copy")
 
 
 def ensemble_backbone(shards: list[Backbone], aggregator: AttentionAggregator | None) -> Backbone:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import shutil
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -18,14 +18,13 @@ from typing import Protocol
 
 import torch
 from accelerate import Accelerator
-from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from e2urec.errors import E2URecError
-from e2urec.io import read_json, write_json_atomic
+from e2urec.errors import Diverged, E2URecError
 from e2urec.model.backbone import Backbone
 from e2urec.model.scoring import PromptSet, collator
+from e2urec.resume import Checkpoint, optimizer_tensors, restore_optimizer
 from e2urec.speed import Buckets, Speed, bucketed_batches
 
 Batch = dict[str, torch.Tensor]
@@ -45,13 +44,49 @@ class TrainConfig:
     max_length: int | None = None
     eval_batch_size: int = 64
     seed: int = 0
+    # Gradients are scaled down to this total L2 norm before each optimiser step (the HF Trainer's default);
+    # 0 turns clipping off. Non-finite losses and gradients are caught either way (see `Diverged`).
+    max_grad_norm: float = 1.0
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "grad_accum", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise E2URecError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if not self.lr > 0:
-            raise E2URecError(f"--lr must be positive, got {self.lr}")
+        if not self.lr > 0 or not math.isfinite(self.lr):
+            raise E2URecError(f"--lr must be a positive finite number, got {self.lr}")
+        if not (math.isfinite(self.max_grad_norm) and self.max_grad_norm >= 0):
+            raise E2URecError(f"--max-grad-norm must be ≥ 0 (0: no clipping), got {self.max_grad_norm}")
+
+
+class _Watch:
+    """Non-finite loss or gradient detection that stays on the device: the first bad optimiser step and its
+    loss and gradient norm are kept in tensors, and read back only where the loop reads anything back anyway
+    (the loss for the progress bar, a monitor check, the end of an epoch). No host sync is added per step; on a
+    GPU a divergence is reported at most `Speed.sync_every` forwards late, and nothing diverged is ever kept."""
+
+    def __init__(self, device: torch.device):
+        self.first = torch.full((), -1, dtype=torch.int64, device=device)
+        self.values = torch.zeros(2, dtype=torch.float32, device=device)
+
+    def see(self, step: int, loss: torch.Tensor, norm: torch.Tensor) -> None:
+        now = torch.stack([loss.detach().float().reshape(()), norm.detach().float().reshape(())])
+        bad = ~torch.isfinite(now).all() & (self.first < 0)
+        self.first = torch.where(bad, step, self.first)
+        self.values = torch.where(bad, now, self.values)
+
+    def check(self, desc: str, cfg: TrainConfig, precision: str) -> None:
+        step = int(self.first)
+        if step < 0:
+            return
+        loss, norm = (float(v) for v in self.values.cpu())
+        hints = [f"a lower learning rate (lr is {cfg.lr:g}; try {cfg.lr / 10:g})"]
+        if not 0 < cfg.max_grad_norm <= 1:
+            hints.append("gradient clipping (max_grad_norm 1)")
+        if precision != "no":
+            hints.append(f"full precision (this run used {precision} autocast; set E2UREC_PRECISION=fp32)")
+        raise Diverged(f"{desc}: training diverged at optimiser step {step + 1}: loss {loss:g}, gradient norm "
+                       f"{norm:g}. The weights are no longer finite, so nothing was kept or written. Try "
+                       + "; or ".join(hints))
 
 
 class Objective(Protocol):
@@ -91,6 +126,8 @@ class FitResult:
     history: list[dict] = field(default_factory=list)
     loop_seconds: float = 0.0  # forward/backward/optimiser only: validation and monitor checks excluded
     checks: list[dict] = field(default_factory=list)
+    # Which state the returned weights are and why: {"epoch", "step", "why"} (epoch 0, step 0: the start).
+    kept: dict = field(default_factory=dict)
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -110,9 +147,18 @@ def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
     return trainable, total
 
 
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
 def make_accelerator() -> Accelerator:
-    """bf16 autocast on a GPU that supports it, full precision on CPU."""
-    bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    """Precision from E2UREC_PRECISION: auto (default) is bf16 autocast on a GPU that supports it and full
+    precision on CPU; fp32 is full precision everywhere; bf16 is bf16 autocast on CPU too, so the GPU's numerics
+    can be reproduced and tested without one."""
+    precision = os.environ.get("E2UREC_PRECISION", "auto") or "auto"
+    if precision not in PRECISIONS:
+        raise E2URecError(f"E2UREC_PRECISION={precision!r} is not one of {', '.join(PRECISIONS)}")
+    bf16 = precision == "bf16" or (precision == "auto" and torch.cuda.is_available()
+                                   and torch.cuda.is_bf16_supported())
     return Accelerator(mixed_precision="bf16" if bf16 else "no")
 
 
@@ -138,60 +184,6 @@ def _cycle(make: Callable[[int], DataLoader]) -> Iterator[Batch]:
     while True:
         yield from make(round_)
         round_ += 1
-
-
-class _Checkpoint:
-    """Per-epoch state for resuming: trainable tensors, AdamW moments, the best state, counters.
-
-    Everything is safetensors or JSON (no pickle); written to a temp folder and renamed into place.
-    """
-
-    def __init__(self, folder: Path, fingerprint: str):
-        self.folder = folder
-        self.fingerprint = fingerprint
-
-    def load(self) -> dict | None:
-        state_file = self.folder / "state.json"
-        if not state_file.is_file():
-            return None
-        state = read_json(state_file)
-        if state.get("fingerprint") != self.fingerprint:
-            return None
-        state["params"] = load_file(self.folder / "params.safetensors")
-        state["best"] = load_file(self.folder / "best.safetensors")
-        state["optim"] = load_file(self.folder / "optim.safetensors")
-        return state
-
-    def save(self, state: dict, params: dict, best: dict, optim: dict) -> None:
-        tmp = self.folder.with_name(self.folder.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        save_file(params, str(tmp / "params.safetensors"))
-        save_file(best, str(tmp / "best.safetensors"))
-        save_file(optim, str(tmp / "optim.safetensors"))
-        write_json_atomic(tmp / "state.json", {**state, "fingerprint": self.fingerprint})
-        old = self.folder.with_name(self.folder.name + ".old")
-        if self.folder.exists():
-            self.folder.rename(old)
-        tmp.rename(self.folder)
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def _optimizer_tensors(optimizer: torch.optim.Optimizer, names: dict[int, str]) -> dict[str, torch.Tensor]:
-    flat: dict[str, torch.Tensor] = {}
-    for param, state in optimizer.state.items():
-        for key, value in state.items():
-            flat[f"{names[id(param)]}::{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
-    return flat
-
-
-def _restore_optimizer(optimizer: torch.optim.Optimizer, params: dict[str, torch.nn.Parameter],
-                       flat: dict[str, torch.Tensor]) -> None:
-    on_device = bool(optimizer.defaults.get("fused"))  # fused AdamW keeps its step counter beside the weights
-    for key, value in flat.items():
-        name, slot = key.rsplit("::", 1)
-        param = params[name]
-        optimizer.state[param][slot] = value.to(param.device) if slot != "step" or on_device else value
 
 
 def fit(
@@ -235,39 +227,46 @@ def fit(
     names = {id(p): n for n, p in named.items()}
 
     key = json.dumps({"cfg": asdict(cfg), "extra": fingerprint or {}}, sort_keys=True, default=str)
-    ckpt = _Checkpoint(checkpoint_dir, hashlib.sha256(key.encode()).hexdigest()) if checkpoint_dir else None
+    ckpt = Checkpoint(checkpoint_dir, hashlib.sha256(key.encode()).hexdigest()) if checkpoint_dir else None
     start_epoch, steps, best_loss, bad_epochs, history, checks = 0, 0, math.inf, 0, [], []
     best_state = trainable_state(inner)
+    kept = {"epoch": 0, "step": 0, "why": "the starting weights"}
     elapsed = loop = 0.0
     resumed = ckpt.load() if ckpt else None
     if resumed:
         with torch.no_grad():
             for name, value in resumed["params"].items():
                 named[name].copy_(value)
-        _restore_optimizer(optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer, named,
+        restore_optimizer(optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer, named,
                            resumed["optim"])
         best_state = resumed["best"]
         start_epoch, steps = resumed["epoch"] + 1, resumed["steps"]
         best_loss, bad_epochs = resumed["best_loss"], resumed["bad_epochs"]
         history, elapsed = resumed["history"], resumed["seconds"]
         loop, checks = resumed.get("loop_seconds", 0.0), resumed.get("checks", [])
+        kept = resumed.get("kept", kept)
         accelerator.print(f"{desc}: resuming after epoch {start_epoch} (found a checkpoint in {checkpoint_dir})")
 
     started = time.perf_counter() - elapsed
     stop = start_epoch >= cfg.epochs or (cfg.max_steps is not None and steps >= cfg.max_steps)
 
-    def check() -> bool:
+    params = list(named.values())
+    watch = _Watch(accelerator.device)
+
+    def check(epoch: int) -> bool:
         """Run the monitor; keep the state it approves; True when it says stop."""
-        nonlocal best_state
+        nonlocal best_state, kept
+        watch.check(desc, cfg, accelerator.mixed_precision)
         verdict = monitor(model, accelerator, steps)
         checks.append({"step": steps, "keep": verdict.keep, "stop": verdict.stop, **verdict.record})
         if verdict.keep:
             best_state = trainable_state(inner)
+            kept = {"epoch": epoch, "step": steps, "why": f"the last state the monitor approved (step {steps})"}
         model.train()
         return verdict.stop
 
     if monitor is not None and not resumed:
-        stop = check() or stop
+        stop = check(0) or stop
     epoch = start_epoch
     while not stop and epoch < cfg.epochs:
         primary_stream = objective.streams(epoch, steps)[0]
@@ -287,6 +286,7 @@ def fit(
         # Summed in float64 (exactly what adding Python floats gave), on a GPU without reading it back each step.
         on_gpu = accelerator.device.type == "cuda"
         total, count = torch.zeros((), dtype=torch.float64, device=accelerator.device if on_gpu else "cpu"), 0
+        norms = torch.zeros(2, dtype=torch.float64, device=accelerator.device)  # Σ gradient norm, steps clipped
         bar = tqdm(primary, desc=f"{desc} epoch {epoch + 1}/{cfg.epochs}", leave=False,
                    disable=not accelerator.is_local_main_process)
         tick = time.perf_counter()
@@ -297,10 +297,15 @@ def fit(
             accelerator.backward(loss / per_step)
             total += loss.detach().to(total.device)
             count += 1
-            if not bar.disable and count % speed.sync_every == 0:
-                bar.set_postfix(loss=f"{float(total) / count:.4f}")
+            if count % speed.sync_every == 0:
+                watch.check(desc, cfg, accelerator.mixed_precision)
+                if not bar.disable:
+                    bar.set_postfix(loss=f"{float(total) / count:.4f}")
             if (i + 1) % per_step != 0 and i + 1 != len(primary):
                 continue
+            norm = _clip(accelerator, params, cfg.max_grad_norm)
+            watch.see(steps, loss, norm)
+            norms += torch.stack([norm.double(), (norm > cfg.max_grad_norm).double() * (cfg.max_grad_norm > 0)])
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             steps += 1
@@ -308,24 +313,34 @@ def fit(
                 stop = True
             if monitor is not None and (stop or steps % monitor.every == 0):
                 loop += time.perf_counter() - tick
-                stop = check() or stop
+                stop = check(epoch + 1) or stop
                 tick = time.perf_counter()
             if stop:
                 break
         loop += time.perf_counter() - tick
+        watch.check(desc, cfg, accelerator.mixed_precision)
+        epoch_steps = max(1, math.ceil(count / per_step))
+        norm_sum, clipped = (float(v) for v in norms.cpu())
         record = {"epoch": epoch + 1, "train_loss": float(total) / max(count, 1),
+                  "grad_norm": norm_sum / epoch_steps, "clipped_share": clipped / epoch_steps,
                   "streams": sorted({primary_stream, *others})}
         if monitor is None and valid_loss is not None:
             record["valid_loss"] = valid_loss(model, accelerator)
+            if not math.isfinite(record["valid_loss"]):
+                raise Diverged(f"{desc}: the validation loss after epoch {epoch + 1} is {record['valid_loss']} "
+                               f"although training stayed finite; nothing was written. Try "
+                               "E2UREC_PRECISION=fp32 or a lower learning rate")
             if record["valid_loss"] < best_loss:
                 best_loss, bad_epochs = record["valid_loss"], 0
                 best_state = trainable_state(inner)
+                kept = {"epoch": epoch + 1, "step": steps, "why": f"lowest valid loss ({best_loss:.4f})"}
             else:
                 bad_epochs += 1
                 if bad_epochs >= cfg.patience:
                     stop = True
         elif monitor is None:
             best_state = trainable_state(inner)
+            kept = {"epoch": epoch + 1, "step": steps, "why": "the last epoch (no validation loss to choose by)"}
         record["seconds"] = time.perf_counter() - started
         history.append(record)
         accelerator.print(f"{desc}: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
@@ -333,9 +348,10 @@ def fit(
         if ckpt and accelerator.is_main_process:
             ckpt.save(
                 {"epoch": epoch, "steps": steps, "best_loss": best_loss, "bad_epochs": bad_epochs,
-                 "history": history, "seconds": record["seconds"], "loop_seconds": loop, "checks": checks},
+                 "history": history, "seconds": record["seconds"], "loop_seconds": loop, "checks": checks,
+                 "kept": kept},
                 trainable_state(inner), best_state,
-                _optimizer_tensors(optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer, names),
+                optimizer_tensors(optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer, names),
             )
         accelerator.wait_for_everyone()
         epoch += 1
@@ -351,4 +367,14 @@ def fit(
         history=history,
         loop_seconds=loop,
         checks=checks,
+        kept=kept,
     )
+
+
+def _clip(accelerator: Accelerator, params: list[torch.nn.Parameter], max_norm: float) -> torch.Tensor:
+    """The gradients' total L2 norm before clipping (a device tensor, never read back here); with `max_norm`
+    > 0 they are scaled down to it, as the HF Trainer does. The norm is also what reveals a non-finite gradient."""
+    if max_norm > 0:
+        return torch.as_tensor(accelerator.clip_grad_norm_(params, max_norm))
+    grads = [p.grad for p in params if p.grad is not None]
+    return torch.nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=accelerator.device)

@@ -5,6 +5,16 @@ class E2URecError(Exception):
     """A problem with the user's input or environment: the message says what, where and what to do."""
 
 
+class Diverged(E2URecError):
+    """Training produced a non-finite loss or gradient: the weights are no longer a model. Raised instead of
+    carrying on (or silently falling back to an earlier state), so nothing is written as if it had finished."""
+
+
+class NonFinite(E2URecError):
+    """A model's outputs (or weights) hold NaN or infinity: it diverged or was damaged, and no metric of it means
+    anything. The message names the model."""
+
+
 class UnknownIds(E2URecError):
     """Ids that are not in the data (never seen, or forgotten already): the service answers 404 for these. The
     message gives counts; the ids stay on the object for the caller that sent them."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -30,14 +31,27 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def json_safe(data: Any) -> Any:
+    """`data` with every NaN or infinite float replaced by None: JSON has no such numbers, and a bare `NaN` in a
+    file makes it unreadable to strict parsers (the value was not measurable, which null says)."""
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {k: json_safe(v) for k, v in data.items()}
+    if isinstance(data, list | tuple):
+        return [json_safe(v) for v in data]
+    return data
+
+
 def write_json_atomic(path: str | Path, data: Any) -> None:
-    """Write JSON next to `path` and rename it into place: readers see the old file or the new, never half."""
+    """Write JSON next to `path` and rename it into place: readers see the old file or the new, never half.
+    Strict JSON: non-finite floats are written as null (`json_safe`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=2, sort_keys=True, default=str)
+            json.dump(json_safe(data), fh, indent=2, sort_keys=True, default=str, allow_nan=False)
             fh.write("\n")
         os.chmod(tmp, 0o644)  # mkstemp makes 0600; manifests and metrics are for others to read too
         os.replace(tmp, path)
@@ -125,6 +139,15 @@ def artifact_kind(path: Path) -> str | None:
     return "bench" if any(p.is_dir() for p in path.glob("seed-*")) else None
 
 
+def enclosing_artifact(path: Path) -> tuple[str, Path] | None:
+    """(kind, folder) of the nearest e2urec artifact folder above `path` (not `path` itself), or None."""
+    for parent in path.parents:
+        kind = artifact_kind(parent)
+        if kind is not None:
+            return kind, parent
+    return None
+
+
 def guard_output(out: str | Path, kind: str, inputs: list[str | Path | None], overwrite: bool = False) -> None:
     """Refuse (before any work) an output folder whose writing could destroy something: one that is an input,
     contains one or lies inside one; one inside another artifact (a run's version, a model folder); an
@@ -141,11 +164,10 @@ def guard_output(out: str | Path, kind: str, inputs: list[str | Path | None], ov
         if relation:
             raise E2URecError(f"--out {given}: {relation} the input {item}; writing there would destroy it. "
                               f"Choose another --out (nothing was changed)")
-    for parent in target.parents:
-        inside = artifact_kind(parent)
-        if inside is not None:
-            raise E2URecError(f"--out {given}: lies inside the {inside} folder {parent}; writing there would "
-                              f"damage it. Choose a folder outside it (nothing was changed)")
+    enclosing = enclosing_artifact(target)
+    if enclosing is not None:
+        raise E2URecError(f"--out {given}: lies inside the {enclosing[0]} folder {enclosing[1]}; writing there "
+                          f"would damage it. Choose a folder outside it (nothing was changed)")
     if target.exists():
         existing = artifact_kind(target)
         if not target.is_dir():

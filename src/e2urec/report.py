@@ -38,7 +38,10 @@ def summarise(per_seed: dict[int, dict[str, dict]]) -> list[dict]:
         row: dict = {"method": method, "seeds": len(per_seed)}
         keys = per_seed[next(iter(per_seed))][method].keys()
         for key in keys:
-            values = [per_seed[s][method][key] for s in per_seed]
+            values = [per_seed[s][method].get(key) for s in per_seed]
+            if key == "failed":  # why a method gave no model on some seed: the messages, not a mean
+                row[key] = "; ".join(f"seed {s}: {v}" for s, v in zip(per_seed, values, strict=True) if v) or None
+                continue
             if any(v is None for v in values):
                 row[key], row[f"{key}_std"] = None, None
                 continue
@@ -128,6 +131,7 @@ def write_report(out: Path, per_seed: dict[int, dict[str, dict]], config: dict, 
         "",
         f"Retrain's own MIA AUC on the forget set (the value to match): {cell(retrain, 'mia_auc_retrain', 3)}",
         "",
+        *[f"**{r['method']} failed** (its row is empty): {r['failed']}\n" for r in rows if r.get("failed")],
         *[f"![{p}]({p})" for p in plots],
         "",
         f"Machine: {machine}",

@@ -24,6 +24,7 @@ from e2urec.evaluation.metrics import utility_metrics
 from e2urec.io import atomic_dir
 from e2urec.model.backbone import Backbone, load_backbone
 from e2urec.model.scoring import PromptSet, answer_logits, per_sample, per_sample_p_yes, prompt_set
+from e2urec.options import check_lora_rank
 
 # `e2urec train --lora`: rank 16, alpha 32, dropout 0.05 on the attention projections. add_lora copies a config
 # before peft fills it in, so this one is never changed.
@@ -79,6 +80,7 @@ def resolve_target_modules(model: torch.nn.Module, target_modules: str | set[str
 def add_lora(backbone: Backbone, config: LoraConfig) -> None:
     """Freeze the backbone and insert LoRA modules as `config` says. peft completes (mutates) the config it is
     given, so it gets a copy with the task type and this model's module names filled in."""
+    check_lora_rank(config.r, backbone.model, backbone.name)  # before peft allocates r × width per adapter
     task_type = config.task_type or ("SEQ_2_SEQ_LM" if backbone.kind == "seq2seq" else "CAUSAL_LM")
     config = replace(config, task_type=task_type,
                      target_modules=resolve_target_modules(backbone.model, config.target_modules))

@@ -1,5 +1,6 @@
 """What every `e2urec` command shares: one clear message and exit code 2 for E2URecError, parse-time checks
-of numbers and ids, tables, and `--set key=value` options typed by a method's config."""
+of numbers (each with an upper bound from `e2urec.options`) and ids, tables, and `--set key=value` options typed
+by a method's config through `e2urec.options`, the one option parser."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from e2urec import options as cap
 from e2urec.errors import E2URecError
 from e2urec.io import read_text
 
@@ -54,9 +56,11 @@ def number(low: float | None = None, high: float | None = None, open_low: bool =
         if isinstance(value, float) and not math.isfinite(value):
             raise typer.BadParameter(f"{value} is not a finite number")
         if low is not None and (value < low or (open_low and value == low)):
-            raise typer.BadParameter(f"{value} is out of range: must be {'>' if open_low else '>='} {low:g}")
+            raise typer.BadParameter(f"{value} is out of range: must be {'>' if open_low else '>='} "
+                                     f"{cap.shown(low)}")
         if high is not None and (value > high or (open_high and value == high)):
-            raise typer.BadParameter(f"{value} is out of range: must be {'<' if open_high else '<='} {high:g}")
+            raise typer.BadParameter(f"{value} is out of range: must be {'<' if open_high else '<='} "
+                                     f"{cap.shown(high)}")
         return value
 
     return check
@@ -68,7 +72,11 @@ def not_empty(value: str) -> str:
     return value
 
 
-POSITIVE, NATURAL, SEED = number(1), number(0), number(0, 2**32 - 1)  # seeds: numpy takes 0..2**32-1
+POSITIVE, NATURAL, SEED = number(1), number(0), number(0, cap.MAX_SEED)  # seeds: numpy takes 0..2**32-1
+# Upper bounds far above any intended value: a typo of a few digits stops here, not in an allocator.
+EPOCHS, STEPS, BATCH = number(1, cap.MAX_EPOCHS), number(1, cap.MAX_STEPS), number(1, cap.MAX_BATCH)
+LORA_RANK, LORA_ALPHA = number(1, cap.MAX_LORA_RANK), number(1, cap.MAX_LORA_ALPHA)
+TOKENS, SAMPLES, LR = number(1, cap.MAX_TOKENS), number(1, cap.MAX_SAMPLES), number(0, cap.MAX_LR, open_low=True)
 
 
 def print_counts(title: str, counts: dict) -> None:
@@ -80,30 +88,10 @@ def print_counts(title: str, counts: dict) -> None:
     out_console.print(table)
 
 
-def parse_options(pairs: list[str], config_cls: type) -> dict[str, Any]:
-    """`key=value` pairs typed by the method's config dataclass (int, float, bool, str, or `none`)."""
-    import dataclasses
-    import typing
-
-    hints = typing.get_type_hints(config_cls)
-    names = {f.name for f in dataclasses.fields(config_cls)}
-    options: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        key = key.strip().replace("-", "_")
-        if not sep or key not in names:
-            raise E2URecError(f"--set {pair!r}: expected key=value with key one of {sorted(names)}")
-        kinds = [t for t in typing.get_args(hints[key]) or (hints[key],) if t is not type(None)]
-        if raw.lower() == "none":
-            options[key] = None
-            continue
-        try:
-            options[key] = raw.lower() in ("1", "true", "yes") if kinds[0] is bool else kinds[0](raw)
-        except ValueError as exc:
-            raise E2URecError(f"--set {pair!r}: {raw!r} is not a valid {kinds[0].__name__}") from exc
-        if isinstance(options[key], float) and not math.isfinite(options[key]):
-            raise E2URecError(f"--set {pair!r}: {raw!r} is not a finite number")
-    return options
+def parse_options(pairs: list[str], config_cls: type, where: str = "--set") -> dict[str, Any]:
+    """`key=value` pairs typed and checked by the fields of a method's config (`e2urec.options.parse_options`:
+    `none` only where a field's type allows it, true/false for booleans, whole numbers for int fields)."""
+    return cap.parse_options(pairs, config_cls, where)
 
 
 def method_options(method: str, options: dict[str, Any], where: str) -> dict[str, Any]:

@@ -32,13 +32,16 @@ def init(
     set_: Annotated[list[str] | None, typer.Option("--set", help="E2URec option for requests, or an audit setting "
                                                           "(on_unverified, audit_*, test_samples), key=value")] = None,
     key_file: Annotated[Path | None, typer.Option(
-        help="where to create the ledger key (0600, outside the run; default: E2UREC_CACHE/keys/<run id>.key)")
+        help="where to create the ledger key (a new 0600 file outside every e2urec folder; default: "
+             "E2UREC_CACHE/keys/<run id>.key)")
     ] = None,
-    overwrite: Annotated[bool, typer.Option(help="replace an existing --run")] = False,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing --run whose ledger holds no request (a run's "
+                                                 "deletions are permanent: retire one by hand, see README)")] = False,
 ) -> None:
     """Deploy a model and its data as a run that takes deletion requests (`forget`, `serve`)."""
     from e2urec.ops.audit import AuditConfig, parse_settings
-    from e2urec.ops.run import check_key_file, init_run
+    from e2urec.ops.keys import check_key_file, check_replaceable
+    from e2urec.ops.run import init_run
     from e2urec.unlearning.base import REGISTRY
 
     pairs = [(pair, *pair.partition("=")) for pair in set_ or []]
@@ -48,8 +51,9 @@ def init(
     rest = [pair for pair, key, _, _ in pairs if key.strip().replace("-", "_") not in audit_keys]
     options = method_options("e2urec", parse_options(rest, REGISTRY["e2urec"].Config), "init --set")
     guard_output(run, "run", [data, model], overwrite)
+    check_replaceable(run)  # a run that honoured requests is never replaced: its users would come back
     if key_file is not None:
-        check_key_file(key_file, run)
+        check_key_file(key_file, run, (data, model))
     init_run(run, data, model, options, overwrite=overwrite, key_file=key_file, audit=audit)
     out_console.print(f"run ready → {run} (current = v0000); keep its ledger key file safe and private")
 
@@ -67,8 +71,8 @@ def audit_line(audit: dict | None) -> str:
     drifted = audit.get("drift") or {}
     drift = f" drift {drifted['drop']:+.3f}≤{drifted['allowed']:.3f}" if drifted.get("drop") is not None else ""
     tries = len(audit.get("attempts", []))
-    return (f"{audit['verdict']}{figures}{limit}{rise}{drift} n={audit['forget_prompts']}"
-            + (f" ×{tries}" if tries > 1 else ""))
+    size = f" n={audit['forget_prompts']}" if "forget_prompts" in audit else ""  # left out without --exact
+    return f"{audit['verdict']}{figures}{limit}{rise}{drift}{size}" + (f" ×{tries}" if tries > 1 else "")
 
 
 @friendly
@@ -100,30 +104,52 @@ def forget(
 
 
 @friendly
-def ledger(run: Annotated[Path, typer.Option(help="run folder made by `e2urec init`")]) -> None:
-    """List a run's deletion requests: status, the version that honours each, ids (as counts), test AUC, the
-    forgetting audit, time."""
+def ledger(
+    run: Annotated[Path, typer.Option(help="run folder made by `e2urec init`")],
+    exact: Annotated[bool, typer.Option(help="exact row counts and audit figures (they can single out a user); "
+                                             "needs the run's ledger key")] = False,
+) -> None:
+    """List a run's deletion requests: status (a request whose process died shows as failed), the version that
+    honours each, ids, test AUC, the forgetting audit, time; with --exact also the rows deleted and the audit's
+    sample counts, which single out a user. Reads only: nothing in the run changes."""
+    from e2urec.ops.ledger import bucket, coarse
     from e2urec.ops.run import Run
 
     deployed = Run(run)
+    if exact:
+        deployed.key()  # exact counts identify a user of a public dataset: only for whoever holds the run's key
     current = deployed.current().name
     table = Table(title=f"{run}: deletion requests (serving {current})")
-    for column in ("request", "kind", "ids", "status", "version", "test AUC", "seconds", "error"):
+    columns = ("request", "kind", "ids", *(("rows",) if exact else ()), "status", "version", "test AUC", "seconds",
+               "error")
+    for column in columns:
         table.add_column(column, no_wrap=column != "error")
-    audits = []
-    for r in deployed.ledger(keyed=False).requests():
+    audits, counts = [], []
+    for raw in deployed.records():
+        r = raw if exact else coarse(raw)
         auc = (r["metrics"] or {}).get("auc")
-        table.add_row(r["request_id"], r["kind"], str(len(r["id_hashes"])), r["status"], r["version"] or "",
+        ids = len(r["id_hashes"]) if exact or r["kind"] == "users" else bucket(len(r["id_hashes"]))
+        rows = (str((r["row_counts"] or {}).get("events_deleted", "")),) if exact else ()
+        table.add_row(r["request_id"], r["kind"], str(ids), *rows, r["status"], r["version"] or "",
                       f"{auc:.4f}" if isinstance(auc, float) else "",
                       f"{r['seconds']:.1f}" if r["seconds"] is not None else "", escape(r["error"] or ""))
         if (r["metrics"] or {}).get("audit"):
             audits.append(f"{r['request_id']}: {audit_line(r['metrics']['audit'])}")
+        if exact and r["row_counts"]:
+            counts.append(f"{r['request_id']}: " + ", ".join(f"{k} {v}" for k, v in r["row_counts"].items()))
     out_console.print(table)
     if audits:  # below the table: a terminal is too narrow for one more column
         out_console.print("forgetting audit (verdict, MIA AUC before→after ≤ threshold, Δloss, valid-AUC drift "
                           "from the last exact model ≤ allowed, forget prompts):")
         for line in audits:
             out_console.print(f"  {line}", soft_wrap=True)
+    if counts:
+        out_console.print("row counts (exact: keep them as private as the ids):")
+        for line in counts:
+            out_console.print(f"  {line}", soft_wrap=True)
+    elif not exact:
+        out_console.print("row counts and the audit's sample counts are left out: they single out a user of a "
+                          "public dataset; `--exact` shows them to whoever holds the run's ledger key")
 
 
 @friendly

@@ -9,10 +9,17 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from e2urec import options as cap
 from e2urec.cli.common import (
-    NATURAL,
-    POSITIVE,
+    BATCH,
+    EPOCHS,
+    LORA_ALPHA,
+    LORA_RANK,
+    LR,
+    SAMPLES,
     SEED,
+    STEPS,
+    TOKENS,
     friendly,
     method_options,
     not_empty,
@@ -47,20 +54,30 @@ def prepare(
     dataset: Annotated[str, typer.Option(help="ml-100k | ml-1m | goodreads | csv")],
     out: Annotated[Path, typer.Option(help="output folder (written atomically)")],
     data_dir: Annotated[Path | None, typer.Option(help="dataset folder (or file for ml-1m zip / csv)")] = None,
-    last_n: Annotated[int, typer.Option(help="keep the last N samples in time order", callback=POSITIVE)] = 100_000,
-    history: Annotated[int, typer.Option(help="K: history items shown in a prompt", callback=POSITIVE)] = 10,
-    min_history: Annotated[int, typer.Option(help="M: drop samples with fewer earlier ratings", callback=NATURAL)
-                           ] = 5,
+    last_n: Annotated[int, typer.Option(help="keep the last N samples in time order",
+                                        callback=number(1, cap.MAX_ROWS))] = 100_000,
+    history: Annotated[int, typer.Option(help="K: history items shown in a prompt",
+                                         callback=number(1, cap.MAX_HISTORY))] = 10,
+    min_history: Annotated[int, typer.Option(help="M: drop samples with fewer earlier ratings",
+                                             callback=number(0, cap.MAX_ROWS))] = 5,
     label_threshold: Annotated[float, typer.Option(help="label 1 when rating > T", callback=number())] = 3.0,
     forget_fraction: Annotated[float | None, typer.Option(help="forget this share of train users")] = None,
     forget_users: Annotated[str | None, typer.Option(help="ids to forget: 1,2,3 or @file")] = None,
     forget_interactions: Annotated[Path | None, typer.Option(help="CSV user_id,item_id[,timestamp]")] = None,
-    shards: Annotated[int, typer.Option(help="S: shards for SISA and RecEraser", callback=POSITIVE)] = 4,
+    shards: Annotated[int, typer.Option(help="S: shards for SISA and RecEraser", callback=number(1, cap.MAX_SHARDS))
+                      ] = 4,
     holdout_fraction: Annotated[float | None, typer.Option(
         help="hold out this share of the train users not forgotten: nobody trains on their train-period samples, "
              "E2URec's non-members (default 0: the paper's split exactly)", callback=number(0, 1, open_high=True)
     )] = None,
     seed: Annotated[int, typer.Option(help="seed for forget selection and shards", callback=SEED)] = 0,
+    plant: Annotated[str | None, typer.Option(
+        help="plant what the Original must memorise (default none: the paper's protocol). KIND[:key=value,...]: "
+             "flip[:share=F] inverts the labels of a seeded share F in (0,1] (default 1) of the forget samples "
+             "(clean labels kept in label_clean); shilling[:users=N,fillers=F,target=ITEM] adds N fake users "
+             "(default 40) rating F popular items near their mean (default 14, at least --min-history) and ITEM "
+             "(default: a seeded unpopular, disliked one) with the top rating; the fakes are the forget set, so "
+             "no --forget-* option goes with it")] = None,
     overwrite: Annotated[bool, typer.Option(help="replace an existing --out")] = False,
     items: Annotated[Path | None, typer.Option(help="csv: item-title file")] = None,
     user_col: Annotated[str, typer.Option(help="csv: user column")] = "user_id",
@@ -94,6 +111,7 @@ def prepare(
         shards=shards,
         seed=seed,
         reader_options=reader_options,
+        plant=plant,
         **({} if holdout_fraction is None else {"holdout_fraction": holdout_fraction}),
     )
     manifest = run_prepare(cfg, out, overwrite=overwrite)
@@ -101,11 +119,11 @@ def prepare(
 
 
 def train_config(epochs: int, lr: float, batch_size: int, grad_accum: int, patience: int,
-                 max_steps: int | None, max_length: int | None, seed: int) -> TrainConfig:
+                 max_steps: int | None, max_length: int | None, seed: int, max_grad_norm: float) -> TrainConfig:
     from e2urec.engine import TrainConfig
 
     return TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, grad_accum=grad_accum, patience=patience,
-                       max_steps=max_steps, max_length=max_length, seed=seed)
+                       max_steps=max_steps, max_length=max_length, seed=seed, max_grad_norm=max_grad_norm)
 
 
 @friendly
@@ -117,20 +135,23 @@ def train(
     ] = "original",
     backbone: Annotated[str, typer.Option(help="tiny | tiny-t5 | smollm2-135m | hub id | local path")] = "tiny",
     lora: Annotated[bool, typer.Option(help="train LoRA adapters only (peft) instead of full fine-tuning")] = False,
-    lora_r: Annotated[int, typer.Option(help="LoRA rank", callback=POSITIVE)] = 16,
-    lora_alpha: Annotated[int, typer.Option(help="LoRA alpha", callback=POSITIVE)] = 32,
+    lora_r: Annotated[int, typer.Option(help="LoRA rank (at most the backbone's hidden width)", callback=LORA_RANK)
+                      ] = 16,
+    lora_alpha: Annotated[int, typer.Option(help="LoRA alpha", callback=LORA_ALPHA)] = 32,
     lora_dropout: Annotated[float, typer.Option(help="LoRA dropout", callback=number(0, 1, open_high=True))] = 0.05,
-    epochs: Annotated[int, typer.Option(help="maximum epochs", callback=POSITIVE)] = 10,
-    lr: Annotated[float, typer.Option(help="AdamW learning rate", callback=number(0, open_low=True))] = 5e-4,
-    batch_size: Annotated[int, typer.Option(help="samples per step (per process)", callback=POSITIVE)] = 32,
-    grad_accum: Annotated[int, typer.Option(help="gradient accumulation steps", callback=POSITIVE)] = 1,
+    epochs: Annotated[int, typer.Option(help="maximum epochs", callback=EPOCHS)] = 10,
+    lr: Annotated[float, typer.Option(help="AdamW learning rate", callback=LR)] = 5e-4,
+    batch_size: Annotated[int, typer.Option(help="samples per step (per process)", callback=BATCH)] = 32,
+    grad_accum: Annotated[int, typer.Option(help="gradient accumulation steps", callback=BATCH)] = 1,
     patience: Annotated[int, typer.Option(help="stop after this many epochs without a better valid loss",
-                                          callback=POSITIVE)] = 3,
-    max_steps: Annotated[int | None, typer.Option(help="stop after this many optimizer steps", callback=POSITIVE)
+                                          callback=EPOCHS)] = 3,
+    max_steps: Annotated[int | None, typer.Option(help="stop after this many optimizer steps", callback=STEPS)
                          ] = None,
     max_length: Annotated[int | None, typer.Option(help="truncate prompts (from the left) to this many tokens",
-                                                   callback=POSITIVE)] = None,
+                                                   callback=TOKENS)] = None,
     seed: Annotated[int, typer.Option(help="seed for initialisation and data order", callback=SEED)] = 0,
+    max_grad_norm: Annotated[float, typer.Option(help="clip gradients to this total L2 norm before each step (0: "
+                                                 "off)", callback=number(0, 1e4))] = 1.0,
     overwrite: Annotated[bool, typer.Option(help="replace an existing model folder")] = False,
 ) -> None:
     """Instruction-tune a backbone: the Original (all train samples) or Retrain (without the forget set)."""
@@ -139,7 +160,7 @@ def train(
     from e2urec.unlearning.sharded import SYSTEMS, train_system
 
     guard_output(out, "model", [data], overwrite)
-    cfg = train_config(epochs, lr, batch_size, grad_accum, patience, max_steps, max_length, seed)
+    cfg = train_config(epochs, lr, batch_size, grad_accum, patience, max_steps, max_length, seed, max_grad_norm)
     recipe = lora_config(lora_r, lora_alpha, lora_dropout) if lora else None
     if role in SYSTEMS:
         meta = train_system(data, role, backbone, out, cfg, recipe, overwrite=overwrite)
@@ -150,7 +171,8 @@ def train(
     out_console.print(
         f"{role} → {out}: valid AUC {valid['auc']:.4f}, LogLoss {valid['logloss']:.4f}, "
         f"{meta['fit']['epochs_run']} epochs in {meta['train_seconds']:.1f} s, "
-        f"{meta['trainable_params']:,} of {meta['total_params']:,} parameters trained"
+        f"{meta['trainable_params']:,} of {meta['total_params']:,} parameters trained; kept epoch "
+        f"{meta['fit']['kept']['epoch']}: {meta['fit']['kept']['why']}"
     )
 
 
@@ -161,10 +183,10 @@ def evaluate(
     out: Annotated[Path, typer.Option(help="folder for metrics.json and predictions.parquet")],
     split: Annotated[str, typer.Option(help="test | valid | forget | retain | train")] = "test",
     reference: Annotated[Path | None, typer.Option(help="Retrain model: adds JSD/L2 to it (and its MIA)")] = None,
-    batch_size: Annotated[int, typer.Option(help="prompts per forward pass", callback=POSITIVE)] = 64,
-    max_length: Annotated[int | None, typer.Option(help="truncate prompts to this many tokens", callback=POSITIVE)
+    batch_size: Annotated[int, typer.Option(help="prompts per forward pass", callback=BATCH)] = 64,
+    max_length: Annotated[int | None, typer.Option(help="truncate prompts to this many tokens", callback=TOKENS)
                           ] = None,
-    mia_samples: Annotated[int, typer.Option(help="members sampled for the membership attack", callback=POSITIVE)
+    mia_samples: Annotated[int, typer.Option(help="members sampled for the membership attack", callback=SAMPLES)
                            ] = 1000,
     seed: Annotated[int, typer.Option(help="seed for the attack's samples", callback=SEED)] = 0,
     overwrite: Annotated[bool, typer.Option(help="replace an existing evaluation folder")] = False,
@@ -188,12 +210,11 @@ def unlearn(
     model: Annotated[Path, typer.Option(help="the Original (or the sisa/receraser system) to unlearn from")],
     data: Annotated[Path, typer.Option(help="prepared data folder; its forget rows are forgotten")],
     out: Annotated[Path, typer.Option(help="folder for the unlearned model")],
-    epochs: Annotated[int | None, typer.Option(help="epochs (method default if unset)", callback=POSITIVE)] = None,
-    lr: Annotated[float | None, typer.Option(help="learning rate (method default if unset)",
-                                             callback=number(0, open_low=True))] = None,
-    batch_size: Annotated[int | None, typer.Option(help="batch size (method default if unset)", callback=POSITIVE)
+    epochs: Annotated[int | None, typer.Option(help="epochs (method default if unset)", callback=EPOCHS)] = None,
+    lr: Annotated[float | None, typer.Option(help="learning rate (method default if unset)", callback=LR)] = None,
+    batch_size: Annotated[int | None, typer.Option(help="batch size (method default if unset)", callback=BATCH)
                           ] = None,
-    max_steps: Annotated[int | None, typer.Option(help="stop after this many steps", callback=POSITIVE)] = None,
+    max_steps: Annotated[int | None, typer.Option(help="stop after this many steps", callback=STEPS)] = None,
     seed: Annotated[int | None, typer.Option(help="seed", callback=SEED)] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="other method option, key=value (see `methods`)")
                     ] = None,
@@ -304,6 +325,8 @@ def methods() -> None:
 
     for name, cls in REGISTRY.items():
         out_console.print(f"[bold]{name}[/] ({cls.family}) — {escape((cls.__doc__ or name).strip().splitlines()[0])}")
+        specs = cap.specs(cls.Config)
         for f in dataclasses.fields(cls.Config):
-            out_console.print(f"  {f.name}={f.default}" + (f"  {escape(f.metadata['help'])}" if f.metadata.get("help")
-                                                           else ""), highlight=False)
+            help_text = f"  {f.metadata['help']}" if f.metadata.get("help") else ""
+            out_console.print(f"  {f.name}={f.default}{help_text}  [{specs[f.name].describe()}]", highlight=False,
+                              markup=False)

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from e2urec import __version__
+from e2urec.data.plant import Planted, flip_labels, parse_plant, plant_events, with_fakes
 from e2urec.data.prompts import ANSWERS, build_prompts, profile_text
 from e2urec.data.readers import ITEM_NOUN, read_dataset
 from e2urec.data.samples import gather_lists, history_index, order_events
@@ -28,6 +29,7 @@ from e2urec.data.store import MANIFEST_FILE, SAMPLES_FILE, write_prepared
 from e2urec.data.tables import RawData
 from e2urec.errors import E2URecError, UnknownIds
 from e2urec.io import sha256_file
+from e2urec.options import MAX_HISTORY, MAX_ROWS, MAX_SEED, MAX_SHARDS
 
 # Off by default: on the demo and `cpu` slices (3 and 9 held-out users) the held-out level was no closer to
 # Retrain's than the later-period pools (README, "Which non-members").
@@ -43,7 +45,10 @@ class PrepareConfig:
 
     One option beyond it: `holdout_fraction` of the train users not forgotten are held out (split "holdout"): no
     model trains on their training-period samples, which makes them what the forgotten users are to Retrain, the
-    non-members E2URec calibrates and stops on. 0 (the default) keeps the paper's split exactly."""
+    non-members E2URec calibrates and stops on. 0 (the default) keeps the paper's split exactly.
+
+    `plant` (`e2urec.data.plant`, default none: the paper's protocol untouched) plants what the Original must
+    memorise and Retrain cannot know: flipped forget labels, or shilling fake users who are then the forget set."""
 
     dataset: str
     data_dir: str | None = None
@@ -58,13 +63,19 @@ class PrepareConfig:
     holdout_fraction: float = HOLDOUT_FRACTION
     seed: int = 0
     reader_options: dict = field(default_factory=dict)
+    plant: str | None = None
 
     def __post_init__(self) -> None:
+        spec = parse_plant(self.plant) if self.plant is not None else None
         chosen = [self.forget_fraction is not None, self.forget_users is not None,
                   self.forget_interactions is not None]
-        if sum(chosen) > 1:
+        if spec is not None and spec.kind == "shilling":
+            if any(chosen):  # the fakes and only they are forgotten, so no default forget fraction either
+                raise E2URecError("--plant shilling makes the fake users the forget set; drop --forget-fraction, "
+                                  "--forget-users and --forget-interactions")
+        elif sum(chosen) > 1:
             raise E2URecError("give only one of --forget-fraction, --forget-users, --forget-interactions")
-        if sum(chosen) == 0:
+        elif sum(chosen) == 0:
             self.forget_fraction = 0.2
         if self.forget_fraction is not None and not 0.0 < self.forget_fraction < 1.0:
             raise E2URecError(f"--forget-fraction must be strictly between 0 and 1, got {self.forget_fraction}")
@@ -72,10 +83,19 @@ class PrepareConfig:
             raise E2URecError(f"--holdout-fraction must be in [0, 1), got {self.holdout_fraction}")
         if self.forget_users is not None and not self.forget_users:
             raise E2URecError("--forget-users is empty: name at least one user id")
-        for name, value, low in (("--last-n", self.last_n, 1), ("--history", self.history, 1),
-                                 ("--min-history", self.min_history, 0), ("--shards", self.shards, 1)):
+        # Upper bounds too: --history sizes (events × K) index arrays, so a typo of a few digits would ask for
+        # hundreds of GiB before failing; the caps are far above any intended value (e2urec.options).
+        bounds = (("--last-n", self.last_n, 1, MAX_ROWS), ("--history", self.history, 1, MAX_HISTORY),
+                  ("--min-history", self.min_history, 0, MAX_ROWS), ("--shards", self.shards, 1, MAX_SHARDS),
+                  ("--seed", self.seed, 0, MAX_SEED))
+        for name, value, low, high in bounds:
             if value < low:
                 raise E2URecError(f"{name} must be at least {low}, got {value}")
+            if value > high:
+                raise E2URecError(f"{name} must be at most {high}, got {value}")
+        if spec is not None and spec.kind == "shilling" and spec.fillers < self.min_history:
+            raise E2URecError(f"--plant shilling: fillers={spec.fillers} is below --min-history {self.min_history}; "
+                              "the target rating would have too short a history to be a sample")
 
 
 def cast_like(values: pd.Series, like: pd.Series, what: str) -> pd.Series:
@@ -191,30 +211,45 @@ class SampleBuilder:
         return built, count[rows] >= self.min_history
 
 
-def build_samples(raw: RawData, cfg: PrepareConfig) -> tuple[pd.DataFrame, dict]:
-    """The whole protocol on tidy tables; returns the samples table and facts for the manifest."""
+def build_samples(raw: RawData, cfg: PrepareConfig, planted: Planted | None = None) -> tuple[pd.DataFrame, dict]:
+    """The whole protocol on tidy tables; returns the samples table and facts for the manifest.
+
+    With `--plant shilling` the fakes are added to `raw` here, unless `planted` says `raw` holds them already
+    (`prepare` adds them first: the tables it writes must hold them too). The genuine window and its splits are
+    chosen among the genuine events alone, so they are exactly the un-planted protocol's."""
+    if planted is None:
+        raw, planted = plant_events(raw, cfg)
     events = order_events(raw.interactions)
+    fake = (events["user_id"].isin(planted.fakes).to_numpy() if planted is not None
+            else np.zeros(len(events), dtype=bool))
     forgotten = (
         match_interactions(read_interactions(Path(cfg.forget_interactions)), events, cfg.forget_interactions)
         if cfg.forget_interactions is not None
         else np.zeros(len(events), dtype=bool)
     )
     builder = SampleBuilder(events, raw.items, raw.users, cfg.dataset, cfg.history, cfg.min_history)
-    eligible = np.flatnonzero(builder.histories()[1] >= cfg.min_history)
+    long_enough = builder.histories()[1] >= cfg.min_history
+    eligible = np.flatnonzero(long_enough & ~fake)
     if len(eligible) == 0:
         raise E2URecError(
             f"no rating has at least {cfg.min_history} earlier ratings of the same user; lower --min-history"
         )
     rows = eligible[-cfg.last_n:]
+    split = temporal_split(len(rows))
+    if planted is not None:
+        rows, split = with_fakes(rows, split, np.flatnonzero(long_enough & fake))
     samples = events.iloc[rows].reset_index(drop=True)
     samples.insert(0, "sample_id", np.arange(len(samples), dtype=np.int64))
     samples["label"] = (samples["rating"] > cfg.label_threshold).astype(np.int8)
     samples["answer"] = np.asarray(ANSWERS, dtype=object)[samples["label"].to_numpy()]
-    samples["split"] = temporal_split(len(samples))
+    samples["split"] = split
     is_train = (samples["split"] == "train").to_numpy()
 
     facts: dict = {}
-    if cfg.forget_interactions is not None:
+    if planted is not None:  # shilling: the fakes, all of their samples train rows, are the forget set
+        forget = samples["user_id"].isin(planted.fakes).to_numpy()
+        facts.update(planted.facts, planted_fake_samples=int(forget.sum()))
+    elif cfg.forget_interactions is not None:
         forget = forgotten[rows] & is_train
         facts["forget_interactions_requested"] = int(forgotten.sum())
         facts["forget_interactions_history_only"] = int(forgotten.sum() - forget.sum())
@@ -238,8 +273,14 @@ def build_samples(raw: RawData, cfg: PrepareConfig) -> tuple[pd.DataFrame, dict]
     if not forget.any():
         raise E2URecError("the forget set is empty: no training sample matches the forget request")
     samples["forget"] = forget
+    spec = parse_plant(cfg.plant) if cfg.plant is not None else None
+    if spec is not None and spec.kind == "flip":  # after the forget set is chosen, before anything reads labels
+        samples, flipped = flip_labels(samples, forget, spec.share, cfg.seed)
+        facts.update(flipped)
     touched = samples.loc[forget, "user_id"].unique()
-    held = choose_holdout_users(samples.loc[is_train, "user_id"].to_numpy(), touched, cfg.holdout_fraction, cfg.seed)
+    # A share of the genuine train users: shilling fakes are forgotten, so they are never held out nor counted.
+    genuine = is_train if planted is None else is_train & ~forget
+    held = choose_holdout_users(samples.loc[genuine, "user_id"].to_numpy(), touched, cfg.holdout_fraction, cfg.seed)
     holdout = is_train & samples["user_id"].isin(held).to_numpy()
     samples.loc[holdout, "split"] = "holdout"
     is_train = is_train & ~holdout
@@ -299,8 +340,8 @@ def prepare(cfg: PrepareConfig, out: str | Path, overwrite: bool = False) -> dic
         data_path, served_by = Path(cfg.data_dir), "data-dir"
     if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
         raise E2URecError(f"{out}: already exists and is not empty; pass --overwrite to replace it")
-    raw = read_dataset(cfg.dataset, data_path, **cfg.reader_options)
-    samples, facts = build_samples(raw, cfg)
+    raw, planted = plant_events(read_dataset(cfg.dataset, data_path, **cfg.reader_options), cfg)
+    samples, facts = build_samples(raw, cfg, planted)
     manifest = {
         "e2urec_version": __version__,
         "config": asdict(cfg),

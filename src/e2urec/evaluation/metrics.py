@@ -10,13 +10,19 @@ from scipy.stats import rankdata
 from sklearn.metrics import log_loss, roc_auc_score
 from torch import Tensor
 
+from e2urec.errors import NonFinite
+
 EPS = 1e-7
 
 
 def utility_metrics(labels: np.ndarray, p_yes: np.ndarray) -> dict:
     """AUC (None when only one class is present), accuracy at 0.5, log-loss, and n."""
     labels = np.asarray(labels, dtype=int)
-    p = np.clip(np.asarray(p_yes, dtype=float), EPS, 1 - EPS)
+    p = np.asarray(p_yes, dtype=float)
+    if not np.isfinite(p).all():
+        raise NonFinite(f"{int((~np.isfinite(p)).sum())} of {len(p)} predictions are NaN or infinite; the model that "
+                        "made them diverged or was damaged")
+    p = np.clip(p, EPS, 1 - EPS)
     both = len(np.unique(labels)) == 2
     return {
         "auc": float(roc_auc_score(labels, p)) if both else None,

@@ -51,6 +51,11 @@ class Backbone:
     kind: Kind
     name: str
     answer_ids: tuple[int, int]  # (no_id, yes_id), indexed by label like ANSWERS
+    origin: str = ""  # what this model is, for messages: its folder, or e.g. "the e2urec student"
+
+    @property
+    def label(self) -> str:
+        return self.origin or f"backbone {self.name}"
 
     @property
     def device(self) -> torch.device:

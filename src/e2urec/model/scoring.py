@@ -6,6 +6,7 @@ models, first decoder step for seq2seq); training, scoring, distillation and JSD
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -18,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from e2urec.errors import E2URecError
+from e2urec.errors import E2URecError, NonFinite
 from e2urec.model.backbone import Backbone, Kind
 
 
@@ -157,21 +158,29 @@ def per_sample(
     model, device = backbone.model, backbone.device
     was_training = model.training
     model.eval()
-    positions: list[np.ndarray] = []
-    values: list[np.ndarray] = []
+    positions: list[Tensor] = []
+    values: list[Tensor] = []
+    # Under the accelerator's precision (bf16 autocast on a GPU, as in training); results stay on the device and
+    # come back in one copy at the end, so the GPU never waits for the host between batches.
+    precision = accelerator.autocast() if accelerator is not None else contextlib.nullcontext()
     try:
-        for batch in tqdm(loader, desc=desc, leave=False, disable=not (main and progress)):
-            if accelerator is None:
-                batch = {k: v.to(device) for k, v in batch.items()}
-            positions.append(batch["index"].cpu().numpy())
-            values.append(fn(batch).float().cpu().numpy())
+        with precision:
+            for batch in tqdm(loader, desc=desc, leave=False, disable=not (main and progress)):
+                if accelerator is None:
+                    batch = {k: v.to(device) for k, v in batch.items()}
+                positions.append(batch["index"])
+                values.append(fn(batch).float())
     finally:
         model.train(was_training)
+    index, stacked = torch.cat(positions).cpu().numpy(), torch.cat(values).cpu().numpy()
     if accelerator is not None and accelerator.num_processes > 1:
-        positions = [p for part in gather_object([positions]) for p in part]
-        values = [v for part in gather_object([values]) for v in part]
-    index = np.concatenate(positions)
-    stacked = np.concatenate(values)
+        parts = gather_object([(index, stacked)])
+        index, stacked = np.concatenate([i for i, _ in parts]), np.concatenate([v for _, v in parts])
+    bad = int((~np.isfinite(stacked)).reshape(len(stacked), -1).any(1).sum())
+    if bad:
+        raise NonFinite(f"{backbone.label}: {bad} of {len(stacked)} samples scored NaN or infinite ({desc}): the "
+                        "model's weights or its arithmetic have overflowed, so it cannot be scored. Retrain or "
+                        "restore it; a model trained in bf16 may score in full precision with E2UREC_PRECISION=fp32")
     first = np.unique(index, return_index=True)[1]
     if len(first) != len(data):
         raise RuntimeError(f"scored {len(first)} distinct samples of {len(data)}")

@@ -52,7 +52,7 @@ from e2urec.errors import E2URecError
 from e2urec.evaluation import allowed_drop, mia_features, paired_auc_change, utility_metrics
 from e2urec.model.backbone import Backbone
 from e2urec.model.scoring import PromptSet, per_sample_p_yes, prompt_set
-from e2urec.unlearning.base import check_fields, option
+from e2urec.options import MAX_SAMPLES, MAX_SEED, check_fields, option, parse_options
 
 VERDICTS = ("pass", "fail", "insufficient")
 ESCALATIONS = ("retry", "retrain", "keep")
@@ -83,17 +83,11 @@ class AuditConfig:
     audit_min_prompts: int = option(20, "fewer comparable forget prompts: verdict insufficient", 2, 100_000)
     audit_samples: int = option(500, "held-out non-members scored (at most; seeded sample)", 20, 1_000_000)
     test_samples: int | None = option(1000, "test prompts scored per request for the ledger's test metrics "
-                                       "(seeded sample; none: all)", 1, None)
-    audit_seed: int = option(0, "seed of the non-member and test samples", 0, 2**32 - 1)
+                                       "(seeded sample; none: all)", 1, MAX_SAMPLES)
+    audit_seed: int = option(0, "seed of the non-member and test samples", 0, MAX_SEED)
 
     def __post_init__(self) -> None:
-        check_fields(self)  # finite, in range, a known choice
-        for f in fields(self):  # and of the field's type: run.json may hold anything
-            value, whole = getattr(self, f.name), isinstance(f.default, int)
-            if f.metadata["choices"] or value is None:
-                continue
-            if isinstance(value, bool) or not isinstance(value, int if whole else int | float):
-                raise E2URecError(f"{f.name}={value!r}: must be a {'whole ' if whole else ''}number")
+        check_fields(self)  # of its type, finite, in range, a known choice: run.json may hold anything
 
     @classmethod
     def names(cls) -> set[str]:
@@ -115,14 +109,9 @@ class AuditConfig:
 
 
 def parse_settings(pairs: dict[str, str]) -> dict[str, Any]:
-    """`init --set` values for audit keys, typed and checked (a bad value is refused before anything is made)."""
-    typed: dict[str, Any] = {}
-    kinds = {f.name: type(f.default) if f.default is not None else int for f in fields(AuditConfig)}
-    for key, raw in pairs.items():
-        try:
-            typed[key] = None if raw.lower() == "none" else kinds[key](raw)
-        except ValueError:
-            raise E2URecError(f"init --set {key}={raw!r}: not a valid {kinds[key].__name__}") from None
+    """`init --set` values for audit keys, typed and checked by `e2urec.options` like every other option (a bad
+    value is refused before anything is made)."""
+    typed = parse_options(pairs, AuditConfig, "init --set")
     try:
         AuditConfig(**typed)
     except E2URecError as exc:

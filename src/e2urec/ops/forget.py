@@ -23,7 +23,7 @@ import pandas as pd
 from e2urec.checkpoint import load_model, save_model
 from e2urec.data.prepare import SampleBuilder, cast_known, match_interactions, read_interactions
 from e2urec.data.store import load_prepared, load_tables, write_prepared
-from e2urec.errors import E2URecError, UnknownIds
+from e2urec.errors import Diverged, E2URecError, NonFinite, UnknownIds
 from e2urec.evaluation import utility_metrics
 from e2urec.io import atomic_dir, write_json_atomic
 from e2urec.model.backbone import Backbone
@@ -227,8 +227,7 @@ def apply(run: Run, current: Path, samples: pd.DataFrame, manifest: dict, tables
     retained, new_tables, forget_rows, counts = rebuild(samples, tables, request, manifest["config"])
     settings = audit.AuditConfig.from_run(run.config)
     version = run.next_version()
-    work = run.work / rid
-    shutil.rmtree(work, ignore_errors=True)
+    work = run.scratch(rid)  # fresh, and owned: a later `forget` or service start sweeps it if this process dies
     before, parent = load_model(model_dir(current))
     reference = reference_for(current, before, retained, settings)
     with atomic_dir(version) as tmp:
@@ -301,13 +300,22 @@ def escalate(run: Run, current: Path, work: Path, before: Backbone, forget_rows:
         name, opts = plan[number]
         log(f"request {rid}: unlearning {len(forget_rows)} prompts with {name} (attempt {len(attempts) + 1})")
         out = work / f"student-{number}"
-        facts = unlearn(name, model_dir(current), work / "job-data", out, opts)
-        seconds += facts["unlearn_seconds"]
-        student, _ = load_model(out)
-        drifted = None if ref_data is None else audit.drift(
-            ref, origin, per_sample_p_yes(student, ref_data, 64, progress=False), settings)
-        verdict = audit.judge(was, audit.score(student, forget_rows, non_members, data=data), *labels, settings,
-                              drifted)
+        try:
+            facts = unlearn(name, model_dir(current), work / "job-data", out, opts)
+            seconds += facts["unlearn_seconds"]
+            student, _ = load_model(out)
+            drifted = None if ref_data is None else audit.drift(
+                ref, origin, per_sample_p_yes(student, ref_data, 64, progress=False), settings)
+            verdict = audit.judge(was, audit.score(student, forget_rows, non_members, data=data), *labels,
+                                  settings, drifted)
+        except (Diverged, NonFinite) as exc:  # a broken attempt is a failed one: the plan goes on to the next
+            if number == len(plan) - 1:
+                raise
+            log(f"request {rid}: attempt {len(attempts) + 1} with {name} broke ({type(exc).__name__}); escalating")
+            attempts.append({"method": name, "options": opts, "verdict": "broken", "error": str(exc)})
+            shutil.rmtree(out, ignore_errors=True)
+            number += 1
+            continue
         attempts.append({"method": name, "options": opts, "verdict": verdict["verdict"],
                          "mia_auc": verdict["after"]["mia_auc"], "seconds": facts["unlearn_seconds"]})
         if verdict["verdict"] != "fail" or number == len(plan) - 1:

@@ -11,8 +11,7 @@ import contextlib
 import hashlib
 import hmac
 import json
-import os
-import socket
+import re
 import sqlite3
 import time
 import uuid
@@ -21,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from e2urec.errors import E2URecError
+from e2urec.scratch import Owner
+from e2urec.scratch import owner_alive as _owner_alive
 
 SCHEME = "hmac-sha256-v1"
 SCHEMA = """
@@ -51,25 +52,28 @@ def key_id(key: bytes) -> str:
     return hmac.new(key, b"e2urec ledger key id", hashlib.sha256).hexdigest()[:16]
 
 
+ORPHANED = "the process running it stopped (crash or kill); submit the request again"
+
+
 def owner() -> str:
-    """This process, as recorded on the requests it queues or runs (to tell orphans after a crash)."""
-    return f"{socket.gethostname()}:{os.getpid()}"
+    """This process, as recorded on the requests it queues or runs (to tell orphans after a crash): host, pid and
+    the pid's start time, so a later process that reuses the pid is not taken for the owner."""
+    return Owner.me().token()
 
 
 def owner_alive(name: str | None) -> bool:
-    """Whether the process that owns a record still runs; one on another host is assumed alive."""
-    host, _, pid = (name or "").rpartition(":")
-    if host != socket.gethostname():
-        return True
-    if not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    """Whether the process that owns a record still runs; one on another host is assumed alive. Records made
+    before start times were kept (`host:pid`) are judged by the pid alone."""
+    return _owner_alive(name)
+
+
+def settled(record: dict | None) -> dict | None:
+    """A record as it really stands: `queued`/`running` under a process that is gone is `failed` with the reason,
+    exactly as the next recovery (`fail_orphans`) will write it. Reading changes nothing on disk, so `e2urec
+    ledger` and `/jobs` never show a dead process's request as running, even to a reader without write access."""
+    if record and record["status"] in ("queued", "running") and not owner_alive(record["owner"]):
+        return {**record, "status": "failed", "error": ORPHANED}
+    return record
 
 
 class Ledger:
@@ -181,8 +185,7 @@ class Ledger:
         orphans = [r["request_id"] for r in self.requests()
                    if r["status"] in ("queued", "running") and not owner_alive(r["owner"])]
         for request_id in orphans:
-            self.update(request_id, status="failed",
-                        error="the process running it stopped (crash or kill); submit the request again")
+            self.update(request_id, status="failed", error=ORPHANED)
         return orphans
 
     def forgotten(self, kind: str) -> set[str]:
@@ -205,4 +208,77 @@ def _decode(row: sqlite3.Row | None) -> dict | None:
     for key in ("id_hashes", "row_counts", "metrics"):
         if out.get(key) is not None:
             out[key] = json.loads(out[key])
+    return out
+
+
+# What a reader without the run's key sees of a request's sizes: nothing. Exact row counts single out 73% of
+# ML-100K's users, every count as its order of magnitude still 32 of them, and the order of magnitude of
+# `events_deleted` alone, next to what the audit's verdict says (no, too few or enough forget prompts), leaves
+# a group of 2 (benchmarks/ledger_counts.py, benchmarks/results/ledger-counts-2026-12-07.json). So `e2urec ledger`
+# and `/jobs` leave out the row counts and every figure computed from them (sample counts, standard errors, the
+# audit's threshold, the drift check's rows, the test sample's size); `ledger --exact` shows them to the key holder.
+AUDIT_KEPT = ("statistic", "verdict", "failed_on", "exact", "escalation", "remembered_before", "tolerance",
+              "utility_tolerance", "min_prompts", "z")
+
+
+def bucket(n: int | None) -> str | None:
+    """A count as its order of magnitude: "0", "1–10", "11–100", "101–1,000", ... (None stays None). `e2urec
+    ledger` shows the number of interactions a request names this way."""
+    if n is None or isinstance(n, bool) or not isinstance(n, int):
+        return n
+    if n <= 0:
+        return "0"
+    low, high = 1, 10
+    while n > high:
+        low, high = high + 1, high * 10
+    return f"{low:,}–{high:,}"
+
+
+def _rounded(value: object, digits: int = 3) -> object:
+    return round(value, digits) if isinstance(value, float) else value
+
+
+def coarse_reason(reason: str | None) -> str | None:
+    """The audit's reason without its prompt count and with its figures to 2 decimals: a threshold quoted to 3
+    decimals gives away the standard error, and with it the number of forget prompts."""
+    if not reason:
+        return reason
+    reason = re.sub(r"\b\d+( forget prompts? comparable)", r"too few\1", reason)
+    return re.sub(r"\d+\.\d+", lambda m: f"{float(m.group()):.2f}", reason)
+
+
+def coarse_audit(audit: dict | None) -> dict | None:
+    """An audit record as a reader without the key sees it: a whitelist, so a figure added later stays hidden
+    until someone decides it reveals nothing."""
+    if not audit:
+        return audit
+    out = {k: audit[k] for k in AUDIT_KEPT if k in audit}
+    for side in ("before", "after"):
+        if isinstance(audit.get(side), dict):
+            out[side] = {k: _rounded(audit[side].get(k)) for k in ("mia_auc", "forget_loss", "non_member_loss",
+                                                                   "valid_auc")}
+    if isinstance(audit.get("forgetting_effect"), dict):
+        out["forgetting_effect"] = {"effect": _rounded(audit["forgetting_effect"].get("effect"))}
+    if "valid_auc_drop" in audit:
+        out["valid_auc_drop"] = _rounded(audit["valid_auc_drop"])
+        out["valid_auc_drop_allowed"] = _rounded(audit.get("valid_auc_drop_allowed"))
+    if isinstance(audit.get("drift"), dict):
+        out["drift"] = {k: _rounded(audit["drift"].get(k)) for k in ("reference", "kind", "drop", "allowed")}
+    out["attempts"] = [{k: _rounded(a.get(k)) for k in ("method", "options", "verdict", "mia_auc", "seconds")
+                        if k in a} for a in audit.get("attempts", [])]
+    out["reason"] = coarse_reason(audit.get("reason"))
+    return out
+
+
+def coarse(record: dict | None) -> dict | None:
+    """A ledger record without its sizes (see above): what `e2urec ledger` shows without `--exact` and what `/jobs`
+    always returns. The exact record stays in the ledger for the run's operator (`ledger --exact`)."""
+    if record is None:
+        return None
+    out = {**record, "row_counts": None}
+    if record.get("metrics"):
+        metrics = {k: v for k, v in record["metrics"].items() if k != "test_n"}
+        if "audit" in metrics:
+            metrics["audit"] = coarse_audit(metrics["audit"])
+        out["metrics"] = metrics
     return out

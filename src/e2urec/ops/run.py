@@ -16,12 +16,12 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import secrets
 import shutil
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import torch
@@ -30,48 +30,19 @@ from e2urec import __version__
 from e2urec.checkpoint import load_model, save_model
 from e2urec.data.store import load_prepared, load_tables, write_prepared
 from e2urec.errors import E2URecError
-from e2urec.io import atomic_dir, cache_dir, read_json, sha256_file, write_json_atomic
+from e2urec.io import atomic_dir, read_json, sha256_file, write_json_atomic
 from e2urec.model.backbone import Backbone
 from e2urec.ops.audit import AuditConfig, reference_rows, reference_scores
-from e2urec.ops.ledger import Ledger, key_id
+from e2urec.ops.keys import KEY_ENV, check_key_file, check_replaceable, create_key, default_key_file, held_if_run
+from e2urec.ops.ledger import Ledger, key_id, settled
+from e2urec.options import check_lora_rank
+from e2urec.scratch import Owner, claim, read_owner, sweep
+from e2urec.scratch import log as scratch_log
 
 RUN_FILE = "run.json"
 VERSION_FILE = "version.json"
 REFERENCE_FILE = "reference.parquet"
 CURRENT = "current"
-KEY_ENV = "E2UREC_KEY_FILE"
-
-
-def default_key_file(run_id: str) -> Path:
-    """Where `init` puts a run's ledger key unless told otherwise: the e2urec cache, outside every run folder."""
-    return cache_dir() / "keys" / f"{run_id}.key"
-
-
-def check_key_file(path: Path, run_root: Path) -> Path:
-    """Where a new key may go: a new file outside the run folder (beside the ledger it would unlock nothing)."""
-    path = Path(path).expanduser().resolve()
-    if path.is_relative_to(Path(run_root).expanduser().resolve()):
-        raise E2URecError(f"--key-file: {path} lies inside the run folder; the key must be kept apart from the "
-                          f"ledger, or the ledger's hashes can be reversed")
-    if path.exists():
-        raise E2URecError(f"--key-file: {path} exists already; name a new file (keys are never reused)")
-    return path
-
-
-def create_key(path: Path, run_root: Path) -> bytes:
-    """A fresh 32-byte ledger key in a new file readable by its owner only (0600, never overwritten)."""
-    path = check_key_file(path, run_root)
-    key = secrets.token_bytes(32)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError as exc:
-        raise E2URecError(f"--key-file: {path} exists already; name a new file (keys are never reused)") from exc
-    except OSError as exc:
-        raise E2URecError(f"--key-file: cannot create {path} ({exc.strerror})") from exc
-    with os.fdopen(fd, "w") as fh:
-        fh.write(key.hex() + "\n")
-    return key
 
 
 def model_checksums(folder: Path) -> dict[str, str]:
@@ -206,15 +177,72 @@ class Run:
             finally:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
-    def sweep(self) -> None:
-        """Delete every version but the current one, and scratch space; called with the lock held."""
+    def sweep(self) -> int:
+        """Delete every version but the current one, and scratch space; called with the lock held, so no other
+        request is running and every scratch folder is this process's or a stopped one's (those are counted and
+        reported on stderr, without ids). Scratch whose owner still runs (on another host, where the lock may not
+        reach) is left alone. Returns how many orphaned scratch folders were removed."""
         keep = self.current()
         for path in self.versions.iterdir():
             if path.resolve() != keep:
                 shutil.rmtree(path, ignore_errors=True)
-        shutil.rmtree(self.work, ignore_errors=True)
+        orphans = 0
+        for folder in sorted(self.work.iterdir()) if self.work.is_dir() else []:
+            owner = Owner.parse(read_owner(folder).get("owner"))
+            if owner is not None and (owner.is_me() or owner.alive()):
+                if owner.is_me():
+                    sweep(folder, None)
+                continue
+            sweep(folder, None)
+            orphans += 1
+        if orphans:
+            scratch_log.warning("e2urec: removed %d scratch folder(s) of an interrupted deletion request, left by a "
+                                "stopped process, from %s", orphans, self.work)
+        with contextlib.suppress(OSError):
+            self.work.rmdir()  # gone when empty; kept while a live owner's scratch is in it
         for stray in self.root.glob(f".{CURRENT}.*"):
             stray.unlink(missing_ok=True)
+        return orphans
+
+    def scratch(self, request_id: str) -> Path:
+        """A fresh scratch folder for one request (`.work/<request id>`), owned by this process from the start, so
+        a later `forget` or service start can tell it from live scratch and sweep it if this process dies."""
+        folder = self.work / request_id
+        sweep(folder, None)
+        return claim(folder, "forget")
+
+    def settle(self, record: dict | None) -> dict | None:
+        """A ledger record as recovery will leave it, without writing: a request whose version is current is
+        finished (the process died after the swap), one whose process died otherwise is `failed`."""
+        if record is None or record["status"] not in ("queued", "running"):
+            return record
+        with contextlib.suppress(E2URecError, OSError):
+            meta = version_meta(self.current())
+            if meta.get("request_id") == record["request_id"]:
+                return {**record, "status": meta.get("status", "done"), "version": meta["version"],
+                        "metrics": meta.get("metrics"), "row_counts": meta.get("counts")}
+        return settled(record)
+
+    def records(self) -> list[dict]:
+        """Every ledger record as it really stands (`settle`); needs no key, writes nothing."""
+        return [self.settle(r) for r in self.ledger(keyed=False).requests()]
+
+
+def request_config(options: dict, audit: AuditConfig) -> Any:
+    """The E2URec config of the run's requests, and a check that every attempt a failed audit may escalate to
+    (`audit_retries` × three times the steps, then Retrain) is valid too: a request must not be refused midway."""
+    from e2urec.ops.forget import escalation_plan  # here: ops.forget imports this module
+    from e2urec.unlearning.base import REGISTRY
+
+    config = REGISTRY["e2urec"].Config.from_options(options)
+    for attempt, (name, tried) in enumerate(escalation_plan("e2urec", options, audit), start=2):
+        try:
+            REGISTRY[name].Config.from_options(tried)
+        except E2URecError as exc:
+            raise E2URecError(f"init --set: attempt {attempt} after a failed audit (on_unverified="
+                              f"{audit.on_unverified}, audit_retries={audit.audit_retries}) would be refused: {exc}; "
+                              f"lower that option or audit_retries") from None
+    return config
 
 
 def init_run(root: Path, data: Path, model: Path, options: dict | None = None, overwrite: bool = False,
@@ -225,11 +253,14 @@ def init_run(root: Path, data: Path, model: Path, options: dict | None = None, o
     root = Path(root)
     audit_config = AuditConfig(**(audit or {}))
     audit_settings = audit_config.as_dict()
+    request = request_config(options or {}, audit_config)
+    check_replaceable(root)  # before the work, not after it
     if key_file is not None:
-        check_key_file(key_file, root)  # before the work, not after it
+        check_key_file(key_file, root, (data, model))
     samples, manifest = load_prepared(data)
     tables = load_tables(data)
     backbone, meta = load_model(model)
+    check_lora_rank(request.lora_r, backbone.model, f"init --set lora_r={request.lora_r}")
     if meta.get("role") not in (None, "original", "version"):
         raise E2URecError(f"{model}: is a {meta.get('role')!r} model; a run starts from an Original (`e2urec train`)")
     trained_on = meta.get("data", {}).get("samples_sha256")
@@ -240,7 +271,8 @@ def init_run(root: Path, data: Path, model: Path, options: dict | None = None, o
     # The prepared forget set is not what a run forgets (requests are); its ids must not outlive a request.
     config = {**manifest["config"], "forget_users": None, "forget_interactions": None}
     run_id = uuid.uuid4().hex
-    with atomic_dir(root, overwrite=overwrite) as tmp:
+    key_path = Path(key_file) if key_file else default_key_file(run_id)
+    with held_if_run(root), atomic_dir(root, overwrite=overwrite) as tmp:
         version = tmp / "versions" / "v0000"
         write_prepared(version / "data", samples, tables, {**manifest, "config": config, "parent_samples_sha256":
                                                             manifest["samples_sha256"]})
@@ -252,7 +284,8 @@ def init_run(root: Path, data: Path, model: Path, options: dict | None = None, o
         write_json_atomic(version / VERSION_FILE, {"version": "v0000", "request_id": None, "parent": None,
                                                    "created": time.time(), "reference": reference,
                                                    "model_sha256": model_checksums(version / "model")})
-        key = create_key(Path(key_file) if key_file else default_key_file(run_id), root)
+        check_replaceable(root)  # again, under the old run's lock, last: a request may have come meanwhile
+        key = create_key(key_path, root, (data, model))
         write_json_atomic(tmp / RUN_FILE, {"e2urec_version": __version__, "created": time.time(), "run_id": run_id,
                                            "ledger_key": {"id": key_id(key),
                                                           "file": str(Path(key_file).expanduser().resolve())

@@ -34,6 +34,15 @@ def last_k_index(events: pd.DataFrame, k: int) -> tuple[pd.Index, np.ndarray]:
     return pd.Index(users), index
 
 
+def outside(values: Sequence, like: pd.Series) -> list:
+    """The values that cannot be ids of `like`'s integer type (beyond its range): ids that name no row, so the
+    service answers 404 as for any unknown id rather than 422 (the schema calls every integer an id)."""
+    if not pd.api.types.is_integer_dtype(like):
+        return []
+    info = np.iinfo(like.dtype)
+    return [v for v in values if isinstance(v, int) and not info.min <= v <= info.max]
+
+
 class Scorer:
     """One version of a run, loaded whole (model and tables); `score` is safe to call from many threads."""
 
@@ -63,12 +72,19 @@ class Scorer:
         return self.run.ledger(keyed=False).honoured_by(self.version)
 
     def cast(self, users: Sequence, items: Sequence) -> tuple[pd.Series, pd.Series]:
-        """Ids as the dataset types them (JSON gives strings or ints); unknown ones raise UnknownIds."""
-        user_ids, bad_users = cast_known(users, self._user_ids_like, "user_id", self.users)
-        item_ids, bad_items = cast_known(items, self._item_ids_like, "item_id", self.items)
+        """Ids as the dataset types them (the schema has typed them already); unknown ones raise UnknownIds."""
+        user_ids, bad_users = self._known(users, self._user_ids_like, "user_id", self.users)
+        item_ids, bad_items = self._known(items, self._item_ids_like, "item_id", self.items)
         if bad_users or bad_items:
             raise UnknownIds("score", users=bad_users, items=bad_items)
         return user_ids, item_ids
+
+    @staticmethod
+    def _known(values: Sequence, like: pd.Series, what: str, known: pd.Index) -> tuple[pd.Series, list]:
+        """`cast_known`, with ids beyond the column's range counted as unknown (it would call them malformed)."""
+        far = set(outside(values, like))
+        ids, unknown = cast_known([v for v in values if v not in far], like, what, known)
+        return ids, sorted(set(unknown) | far)
 
     def prompts(self, users: Sequence, items: Sequence) -> list[str]:
         """The prompt for each (user, item) pair, as training would render it after the user's last event."""

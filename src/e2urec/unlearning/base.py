@@ -4,7 +4,6 @@ choice of trainable parameters; the engine (`e2urec.engine.fit`) trains it like 
 
 from __future__ import annotations
 
-import math
 import shutil
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -23,6 +22,16 @@ from e2urec.engine import Batch, FitResult, Monitor, TrainConfig, fit
 from e2urec.errors import E2URecError
 from e2urec.model.backbone import Backbone
 from e2urec.model.scoring import PromptSet, answer_logits, per_sample, prompt_set
+from e2urec.options import (
+    MAX_BATCH,
+    MAX_EPOCHS,
+    MAX_LR,
+    MAX_SEED,
+    MAX_STEPS,
+    MAX_TOKENS,
+    check_fields,
+    option,
+)
 from e2urec.training import make_trainable
 from e2urec.unlearning.losses import compress
 
@@ -67,43 +76,17 @@ class Job:
             shutil.rmtree(self.work, ignore_errors=True)
 
 
-def option(default: Any, help: str, low: float | None = None, high: float | None = None,
-           choices: tuple[str, ...] | None = None, open_low: bool = False) -> Any:
-    """A config field with its help text and the range it is checked against (`e2urec methods` shows both)."""
-    return field(default=default, metadata={"help": help, "low": low, "high": high, "choices": choices,
-                                            "open_low": open_low})
-
-
-def check_fields(config: Any) -> None:
-    """Refuse non-finite numbers, values outside a field's range and unknown choices, before any work."""
-    name = type(config).__name__
-    for f in fields(config):
-        value, meta = getattr(config, f.name), f.metadata
-        if value is None:
-            continue
-        if isinstance(value, bool | str):
-            if meta.get("choices") and value not in meta["choices"]:
-                raise E2URecError(f"{name}: {f.name}={value!r} is not one of {', '.join(meta['choices'])}")
-            continue
-        if not isinstance(value, int | float) or not math.isfinite(value):
-            raise E2URecError(f"{name}: {f.name}={value!r} must be a finite number")
-        low, high = meta.get("low"), meta.get("high")
-        if low is not None and (value <= low if meta.get("open_low") else value < low):
-            raise E2URecError(f"{name}: {f.name}={value} must be {'>' if meta.get('open_low') else '≥'} {low}")
-        if high is not None and value > high:
-            raise E2URecError(f"{name}: {f.name}={value} must be ≤ {high}")
-
-
 @dataclass
 class MethodConfig:
     """Fields shared by the objective-based methods; each method overrides the defaults it needs."""
 
-    epochs: int = option(1, "passes over the forget set", low=1)
-    lr: float = option(5e-5, "learning rate (AdamW)", low=0, open_low=True)
-    batch_size: int = option(16, "samples per stream per step", low=1)
-    max_steps: int | None = option(None, "stop after this many optimiser steps", low=1)
-    max_length: int | None = option(None, "truncate prompts to this many tokens (from the left)", low=1)
-    seed: int = option(0, "seed of sampling, shuffling and initialisation", low=0)
+    epochs: int = option(1, "passes over the forget set", low=1, high=MAX_EPOCHS)
+    lr: float = option(5e-5, "learning rate (AdamW)", low=0, high=MAX_LR, open_low=True)
+    batch_size: int = option(16, "samples per stream per step", low=1, high=MAX_BATCH)
+    max_steps: int | None = option(None, "stop after this many optimiser steps", low=1, high=MAX_STEPS)
+    max_length: int | None = option(None, "truncate prompts to this many tokens (from the left)", low=1,
+                                    high=MAX_TOKENS)
+    seed: int = option(0, "seed of sampling, shuffling and initialisation", low=0, high=MAX_SEED)
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -114,25 +97,23 @@ class MethodConfig:
 
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> MethodConfig:
-        """The config for `--set` options: unknown keys and bad values are refused here, before any work."""
-        known = {f.name: f for f in fields(cls)}
-        unknown = sorted(set(options) - set(known))
+        """The config for options given as values (`--set` texts are typed by `e2urec.options.parse_options`):
+        unknown keys and bad values, of type or range, are refused here, before any work."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(options) - known)
         if unknown:
             raise E2URecError(f"{cls.__name__}: unknown options {unknown}; known: {sorted(known)}")
-        try:
-            return cls(**options)
-        except TypeError as exc:
-            raise E2URecError(f"{cls.__name__}: {exc}") from None
+        return cls(**options)
 
 
 @dataclass
 class RecipeOverrides(MethodConfig):
     """For methods that retrain with the trained model's own recipe; a field set here (not None) overrides it."""
 
-    epochs: int | None = option(None, "epochs (the trained model's recipe if unset)", low=1)
-    lr: float | None = option(None, "learning rate (the recipe's if unset)", low=0, open_low=True)
-    batch_size: int | None = option(None, "batch size (the recipe's if unset)", low=1)
-    seed: int | None = option(None, "seed (the recipe's if unset)", low=0)
+    epochs: int | None = option(None, "epochs (the trained model's recipe if unset)", low=1, high=MAX_EPOCHS)
+    lr: float | None = option(None, "learning rate (the recipe's if unset)", low=0, high=MAX_LR, open_low=True)
+    batch_size: int | None = option(None, "batch size (the recipe's if unset)", low=1, high=MAX_BATCH)
+    seed: int | None = option(None, "seed (the recipe's if unset)", low=0, high=MAX_SEED)
 
     def recipe(self, config: dict) -> TrainConfig:
         return TrainConfig(**{**config, **{k: v for k, v in asdict(self).items() if v is not None}})
@@ -192,6 +173,7 @@ class ObjectiveMethod(Method):
         backbone = job.load_original()
         make_trainable(backbone, self.lora_config())
         backbone.model.to(job.accelerator.device)
+        backbone.origin = f"the {self.name} student"
         return backbone
 
     def retain_needed(self, n_forget: int) -> int:
@@ -236,7 +218,8 @@ class ObjectiveMethod(Method):
         data = self.prompt_sets(job, student)
         self.attach_teachers(job, student, data)
         if self.nothing_to_unlearn():
-            return student, FitResult(epochs_run=0, steps=0, seconds=0.0, best_valid_loss=None)
+            return student, FitResult(epochs_run=0, steps=0, seconds=0.0, best_valid_loss=None, kept={
+                "epoch": 0, "step": 0, "why": "nothing to unlearn: the student was not trained and is the Original"})
         result = fit(student, self.objective(student), data, self.train_config(data),
                      checkpoint_dir=job.work / "resume", accelerator=job.accelerator,
                      fingerprint={"method": self.name, "config": vars(self.cfg),

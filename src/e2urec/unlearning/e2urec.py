@@ -15,7 +15,9 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from peft import LoraConfig
+from scipy.special import expit
 
+from e2urec import options as cap
 from e2urec.checkpoint import LORA_TARGETS, load_model, save_model
 from e2urec.checkpoint import lora_config as lora_recipe
 from e2urec.data.roles import rows_for, sample_rows
@@ -53,16 +55,19 @@ class E2URecConfig(MethodConfig):
 
     profile: str = option("default", "default | reference (the paper code's exact values)",
                           choices=("default", "reference"))
-    epochs: float = option(10.0, "forget-set passes that size the schedule", low=0, open_low=True)
-    min_steps: int = option(30, "at least this many student steps, whatever the forget set's size", low=1)
+    epochs: float = option(10.0, "forget-set passes that size the schedule", low=0, high=cap.MAX_EPOCHS, open_low=True)
+    min_steps: int = option(30, "at least this many student steps, whatever the forget set's size", low=1,
+                         high=cap.MAX_STEPS)
     forget_only: float = option(1.0, "share of the steps on the forgetting loss alone (then joint steps)",
                                 low=0, high=1)
-    lr: float = option(1e-3, "student learning rate", low=0, open_low=True)
-    alpha: float = option(2.0, "forgetting teacher: z_orig − α·ReLU(z_aug − z_orig) (alpha_rule=fixed)", low=0)
+    lr: float = option(1e-3, "student learning rate", low=0, high=cap.MAX_LR, open_low=True)
+    alpha: float = option(2.0, "forgetting teacher: z_orig − α·ReLU(z_aug − z_orig) (alpha_rule=fixed)", low=0,
+                          high=cap.MAX_WEIGHT)
     alpha_rule: str = option("nonmember", "nonmember: choose α so the teacher's forget-set misfit (see level) "
                              "equals the Original's on held-out non-members; fixed: use alpha",
                              choices=("nonmember", "fixed"))
-    alpha_max: float = option(50.0, "largest α the nonmember rule may choose", low=0, open_low=True)
+    alpha_max: float = option(50.0, "largest α the nonmember rule may choose", low=0, high=cap.MAX_WEIGHT,
+                              open_low=True)
     push: str = option("augmented", "what the forgetting teacher pushes down: augmented: what an augmented model "
                        "tuned on the forget set raised (the paper's); label: the true answer's two-token log-odds, "
                        "by α on every sample (no augmented model)", choices=("augmented", "label"))
@@ -76,32 +81,35 @@ class E2URecConfig(MethodConfig):
                              choices=("history", "none"))
     beta: float = option(0.4, "joint steps: β·L_FGT + (1−β)·L_REM", low=0, high=1)
     retain_ce: bool = option(True, "add the answer cross-entropy on retain to L_REM (the reference code's)")
-    lora_r: int = option(16, "LoRA rank", low=1)
-    lora_alpha: int = option(32, "LoRA scaling numerator", low=1)
+    lora_r: int = option(16, "LoRA rank (at most the backbone's hidden width)", low=1, high=cap.MAX_LORA_RANK)
+    lora_alpha: int = option(32, "LoRA scaling numerator", low=1, high=cap.MAX_LORA_ALPHA)
     lora_dropout: float = option(0.05, "LoRA dropout", low=0, high=0.99)
     lora_targets: str = option("all-linear+embeddings", "attention (q/v) | all-linear | all-linear+embeddings",
                                choices=LORA_TARGETS)
     distill: str = option("vocab", "distil the full vocabulary or the two answer tokens",
                           choices=("vocab", "answer"))
-    aug_epochs: float = option(1.5, "augmented model: passes over the forget set", low=0, open_low=True)
+    aug_epochs: float = option(1.5, "augmented model: passes over the forget set", low=0, high=cap.MAX_EPOCHS,
+                              open_low=True)
     aug_lr_scale: float = option(1.0, "augmented model lr as a multiple of the Original's lr (its meta.json)",
-                                 low=0, open_low=True)
-    aug_lr: float | None = option(None, "augmented model lr (overrides aug_lr_scale)", low=0, open_low=True)
-    aug_steps: int | None = option(None, "augmented model steps (overrides aug_epochs)", low=1)
-    aug_batch_size: int = option(16, "augmented model batch size", low=1)
+                                 low=0, high=cap.MAX_WEIGHT, open_low=True)
+    aug_lr: float | None = option(None, "augmented model lr (overrides aug_lr_scale)", low=0, high=cap.MAX_LR,
+                                 open_low=True)
+    aug_steps: int | None = option(None, "augmented model steps (overrides aug_epochs)", low=1, high=cap.MAX_STEPS)
+    aug_batch_size: int = option(16, "augmented model batch size", low=1, high=cap.MAX_BATCH)
     aug_contrast: str = option("items", "what the augmented model is compared with: none (the Original), or "
                                "items: a control model tuned the same way on other users' samples of the same "
                                "items, so the teacher pushes down only what is specific to the forgotten users",
                                choices=("none", "items"))
     stop: str = option("nonmember", "nonmember: stop once the forget set's misfit (see level) reaches held-out "
                        "non-members'; none: run the whole schedule", choices=("nonmember", "none"))
-    check_every: int = option(10, "steps between stopping-rule checks", low=1)
+    check_every: int = option(10, "steps between stopping-rule checks", low=1, high=cap.MAX_STEPS)
     stop_margin: float = option(0.0, "stop when the forget set's misfit ≥ the non-members' − margin (loss, or "
-                                "1 − AUC)", low=0)
+                                "1 − AUC)", low=0, high=cap.MAX_WEIGHT)
     utility_tolerance: float = option(0.01, "keep a state only while valid AUC ≥ the Original's − this (beyond "
                                       "the margin utility_z sets)", low=0, high=1)
     utility_z: float = option(1.645, "standard errors of the paired valid-AUC change added to utility_tolerance "
-                              "(0: the bare tolerance, however few valid samples there are)", low=0)
+                              "(0: the bare tolerance, however few valid samples there are)", low=0,
+                              high=cap.MAX_WEIGHT)
     utility_cap: float = option(0.1, "the most valid AUC a kept state may lose, whatever its standard error (the "
                                 "SE of a paired change grows with the damage itself)", low=0, high=1)
     retain_match: str = option("random", "retain samples for the remembering term: random, or items: retained "
@@ -109,7 +117,7 @@ class E2URecConfig(MethodConfig):
                                "specific to the forgotten users", choices=("random", "items"))
     monitor_samples: int = option(1024, "forget, non-member and utility samples scored per check (at most; and "
                                   f"at most {MONITOR_PER_FORGET} per forget prompt, at least {MONITOR_FLOOR})",
-                                  low=10)
+                                  low=10, high=cap.MAX_SAMPLES)
 
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> MethodConfig:
@@ -191,7 +199,7 @@ def calibrate_alpha(teacher: Callable[[float], np.ndarray], yes: np.ndarray, tar
 
     def worse(alpha: float) -> float:
         z = teacher(alpha)
-        return misfit(level, 1 / (1 + np.exp(z[:, 0] - z[:, 1])), yes)
+        return misfit(level, expit(z[:, 1].astype(np.float64) - z[:, 0]), yes)  # overflow-safe logistic
 
     if not worse(0.0) < target:
         return 0.0
@@ -310,6 +318,7 @@ class E2URec(ObjectiveMethod):
         self.facts[role] = {"lr": lr, "steps": steps}
         backbone = job.load_original()
         backbone.model.requires_grad_(True)
+        backbone.origin = f"the {role} model"
         cfg = TrainConfig(epochs=math.ceil(steps / per_pass), lr=lr, batch_size=self.cfg.aug_batch_size,
                           max_steps=steps, seed=self.cfg.seed)
         fit(backbone, AnswerCrossEntropy(backbone.kind, stream="forget"), {"forget": data}, cfg,

@@ -17,7 +17,8 @@ from e2urec.engine import Batch
 def forgetting_teacher_logits(z_orig: Tensor, z_aug: Tensor, alpha: float, z_ref: Tensor | None = None) -> Tensor:
     """z_fgt = z_orig − α·ReLU(z_aug − z_ref): push down whatever training on the forget set pushed up, beyond
     what the same training on other data (a control model, `z_ref`; default the Original itself) pushed up."""
-    return z_orig - alpha * F.relu(z_aug - (z_orig if z_ref is None else z_ref))
+    z_orig, z_aug = z_orig.float(), z_aug.float()  # bf16 logits would round the push away
+    return z_orig - alpha * F.relu(z_aug - (z_orig if z_ref is None else z_ref.float()))
 
 
 def label_push_logits(z_orig: Tensor, target: Tensor, answer_ids: tuple[int, int], alpha: float) -> Tensor:
@@ -25,8 +26,8 @@ def label_push_logits(z_orig: Tensor, target: Tensor, answer_ids: tuple[int, int
     the true answer fall by α on every sample, the rest of the vocabulary is the Original's. A uniform discount
     of what the Original fitted, with no augmented model to say where."""
     no_id, yes_id = answer_ids
-    sign = torch.where(target == yes_id, 1.0, -1.0).to(z_orig.device, z_orig.dtype)[:, None] * alpha / 2
-    z = z_orig.clone()
+    sign = torch.where(target == yes_id, 1.0, -1.0).to(z_orig.device, torch.float32)[:, None] * alpha / 2
+    z = z_orig.float().clone()
     z[:, yes_id:yes_id + 1] -= sign
     z[:, no_id:no_id + 1] += sign
     return z

@@ -12,6 +12,7 @@ from e2urec.checkpoint import unwrap
 from e2urec.engine import Batch
 from e2urec.model.backbone import Backbone
 from e2urec.model.scoring import PromptSet, answer_logits
+from e2urec.options import MAX_WEIGHT
 from e2urec.unlearning.base import (
     Job,
     MethodConfig,
@@ -49,7 +50,7 @@ class RetainForget:
 
 @dataclass
 class GammaConfig(MethodConfig):
-    gamma: float = option(0.2, "weight of the forget term", low=0)
+    gamma: float = option(0.2, "weight of the forget term", low=0, high=MAX_WEIGHT)
 
 
 class NegGradObjective(RetainForget):

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from e2urec.engine import Batch
 from e2urec.model.backbone import Backbone
 from e2urec.model.scoring import PromptSet, answer_logits, per_sample
+from e2urec.options import MAX_WEIGHT
 from e2urec.unlearning.base import Job, MethodConfig, ObjectiveMethod, option, register
 from e2urec.unlearning.methods import RetainForget
 
@@ -35,15 +36,15 @@ def simnpo_loss(log_p: torch.Tensor, beta: float, delta: float) -> torch.Tensor:
 
 @dataclass
 class NPOConfig(MethodConfig):
-    gamma: float = option(1.0, "weight of the forget term", low=0)
-    npo_beta: float = option(0.1, "NPO's β (inverse temperature)", low=0, open_low=True)
+    gamma: float = option(1.0, "weight of the forget term", low=0, high=MAX_WEIGHT)
+    npo_beta: float = option(0.1, "NPO's β (inverse temperature)", low=0, high=MAX_WEIGHT, open_low=True)
 
 
 @dataclass
 class SimNPOConfig(MethodConfig):
-    gamma: float = option(1.0, "weight of the forget term", low=0)
-    npo_beta: float = option(2.5, "SimNPO's β (inverse temperature)", low=0, open_low=True)
-    delta: float = option(0.0, "SimNPO's reward margin δ", low=0)
+    gamma: float = option(1.0, "weight of the forget term", low=0, high=MAX_WEIGHT)
+    npo_beta: float = option(2.5, "SimNPO's β (inverse temperature)", low=0, high=MAX_WEIGHT, open_low=True)
+    delta: float = option(0.0, "SimNPO's reward margin δ", low=0, high=MAX_WEIGHT)
 
 
 class NPOObjective(RetainForget):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -13,8 +15,11 @@ import torch
 from e2urec import __version__
 from e2urec.engine import count_parameters, make_accelerator
 from e2urec.errors import E2URecError
-from e2urec.io import atomic_dir
+from e2urec.io import atomic_dir, sha256_file
+from e2urec.scratch import orphaned, reclaim, sweep
 from e2urec.unlearning.base import REGISTRY, Job, Method, MethodConfig
+
+FORGET_DERIVED = "forget-derived scratch (augmented or control models, teacher caches, resume checkpoints)"
 
 
 class PeakMemory:
@@ -40,6 +45,31 @@ class PeakMemory:
                     self.bytes = int(line.split()[1]) * 1024
 
 
+def scratch_fingerprint(job: Job, method: str, cfg: MethodConfig) -> str:
+    """What an interrupted run's scratch must match to be resumed: the method and its options, the Original (its
+    path and meta.json, which a retrained model changes) and the data's checksum. An augmented model or a teacher
+    cache of other inputs must never be reused, so anything else is swept."""
+    meta = job.original / "meta.json"
+    key = {"method": method, "config": asdict(cfg), "original": str(job.original.resolve()),
+           "original_meta": sha256_file(meta) if meta.is_file() else None, "data": job.manifest["samples_sha256"]}
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def take_scratch(job: Job, method: str, cfg: MethodConfig) -> bool:
+    """Own `job.work` before anything is derived from the forget set there (see `e2urec.scratch`): scratch left by
+    a stopped `unlearn` with the same inputs is resumed, other scratch of a stopped process is swept, with the
+    half-written output folders it left (`.OUT.tmp-*`); scratch of a live process is refused, nothing changed.
+    Returns whether it resumes."""
+    stopped = job.work.exists() and orphaned(job.work)
+    resumed = reclaim(job.work, "unlearn", scratch_fingerprint(job, method, cfg), FORGET_DERIVED)
+    if stopped:
+        name, parent = job.out.name, job.out.parent
+        for pattern in (f".{name}.tmp-*", f".{name}.old-*", f".{name}.work.claim-*"):
+            for half in parent.glob(pattern):
+                sweep(half, "a half-written folder")
+    return resumed
+
+
 def unlearn(method: str, original: Path, data: Path, out: Path, options: dict[str, Any] | None = None,
             keep_intermediates: bool = False, overwrite: bool = False) -> dict:
     """Unlearn the forget set of `data` from `original` with `method`; write `out` and return its meta."""
@@ -53,9 +83,16 @@ def unlearn(method: str, original: Path, data: Path, out: Path, options: dict[st
     accelerator = make_accelerator()
     job = Job(original, Path(data), out, out.parent / f".{out.name}.work", accelerator, keep_intermediates)
     instance = cls(cfg)
+    if accelerator.is_main_process:  # one owner per job: the other processes of a multi-process run wait for it
+        take_scratch(job, method, cfg)
+    accelerator.wait_for_everyone()
     with PeakMemory() as peak:
         started = time.perf_counter()
-        model, result = instance.run(job)
+        try:
+            model, result = instance.run(job)
+        except E2URecError:
+            job.purge()  # a refused or diverged run leaves nothing derived from the forget set behind
+            raise
         seconds = time.perf_counter() - started
     trainable, total = count_parameters(model.model)
     meta = {

@@ -30,7 +30,7 @@ from e2urec.checkpoint import (
 from e2urec.data.roles import prompts_seen_by_original, rows_for
 from e2urec.data.store import load_prepared
 from e2urec.engine import FitResult, TrainConfig, make_accelerator
-from e2urec.errors import E2URecError
+from e2urec.errors import Diverged, E2URecError
 from e2urec.io import atomic_dir
 from e2urec.model.backbone import Backbone, load_backbone
 from e2urec.model.ensemble import AttentionAggregator
@@ -74,8 +74,12 @@ def learn_aggregator(shards: list[Backbone], samples: pd.DataFrame, accelerator:
     optimizer = torch.optim.Adam(aggregator.parameters(), lr=0.01)
     for _ in range(steps):
         optimizer.zero_grad()
-        F.cross_entropy((aggregator(features) * features).sum(0), labels).backward()
+        loss = F.cross_entropy((aggregator(features) * features).sum(0), labels)
+        loss.backward()
         optimizer.step()
+    if not (torch.isfinite(loss) and all(torch.isfinite(p).all() for p in aggregator.parameters())):
+        raise Diverged(f"RecEraser's aggregator: training on the valid split diverged (loss {float(loss):g}); the "
+                       "shards' answer logits are too large or damaged. Check the shard models with e2urec evaluate")
     return aggregator.eval()
 
 
