@@ -151,9 +151,8 @@ PREP, SRV = "prepare --dataset ml-100k --out {N}", "serve --run {R} --port 18765
 
 def each(template: str, needle: str, *values: str) -> list[tuple[str, str, str]]:
     """A refusal per value, `{v}` in the template replaced by it; a needle `{v}` is the option the value names."""
-    def named(v: str) -> str:
-        return v.split("=")[0] if "=" in v else ([w for w in v.split() if w.startswith("--")] or [v])[-1]
-    return [(template.replace("{v}", v), "refuse", named(v) if needle == "{v}" else needle) for v in values]
+    return [(template.replace("{v}", v), "refuse", needle if needle != "{v}" else v.split("=")[0] if "=" in v else
+             ([w for w in v.split() if w.startswith("--")] or [v])[-1]) for v in values]
 
 
 CLI_CASES: list[tuple[str, str, str]] = [  # (argv template, expectation, text the output should hold)
@@ -207,7 +206,7 @@ CLI_CASES: list[tuple[str, str, str]] = [  # (argv template, expectation, text t
     # damaged models: NaN tensor, 4 KB of 0xFF, 4 KB flipped in the header, truncated, a planted pickle
     *each("evaluate --model {W}/model-{v} --data {D} --out {N}", "", "nan", "ff-mid", "flip-head", "truncated",
           "pickled"),
-    ("evaluate --model {W}/model-flip-mid --data {D} --out {N}", "either", ""),  # finite: no checksum can tell
+    ("evaluate --model {W}/model-flip-mid --data {D} --out {N}", "refuse", ""),  # finite garbage, a damaged file
     # wrong kinds of --out: an input, inside one, another kind of artifact, a run, a file, unwritable, foreign
     *each("train --data {D} --out {v}", "--out", "{D}", "{D}/original", "{M}", "{R} --overwrite",
           "{R}/current/model --overwrite", "{W}/plainfile"),
@@ -322,14 +321,14 @@ def run_http(ph: dict[str, str], aux: Path, root: Path, calls: int) -> tuple[lis
                 kwargs = {"content": body[0]} if isinstance(body, tuple) else {} if body is None else {"json": body}
                 before, mark, start = tree(run), log.stat().st_size, time.perf_counter()
                 response = client.request(method, path.format(job=job, write=write), headers=headers, **kwargs)
-                seconds, logged = time.perf_counter() - start, log.read_bytes()[mark:].decode(errors="replace")
+                seconds, logged = time.perf_counter() - start, b"Traceback" in log.read_bytes()[mark:]
                 raw = f"{body[0][:40]!r}... as {body[1]}" if isinstance(body, tuple) else body
                 shown = "" if body is None else json.dumps(raw)[:100]
                 name = f"{request.replace('{write}', 'WRITE-TOKEN')} auth={who} {shown}"
                 rows.append(record({"kind": "http", "case": name.strip(), "expect": sorted(allowed), "status":
                                     response.status_code, "seconds": round(seconds, 3), "changed":
                                     changes(before, tree(run))}, response.status_code, allowed, min(allowed) >= 400,
-                                   response.text + "Traceback" * ("Traceback" in logged), root))
+                                   response.text + "Traceback" * logged, root))
                 print(f"[http] {rows[-1]['result']:<16} {response.status_code}  {name}", flush=True)
             pair, before, mark, start = {"user_id": int(ph["K"]), "item_id": int(ph["I"])}, tree(run), \
                 log.stat().st_size, time.perf_counter()  # concurrent valid /score calls
@@ -340,7 +339,7 @@ def run_http(ph: dict[str, str], aux: Path, root: Path, calls: int) -> tuple[lis
             rows.append(record({"kind": "http", "case": f"{calls} concurrent valid /score calls (8 threads)",
                                 "expect": [200], "status": bad[0], "non_200": len(codes) - codes.count(200),
                                 "changed": changes(before, tree(run)), "seconds": seconds},
-                               bad[0], {200}, False, "Traceback" * ("Traceback" in log.read_bytes()[mark:].decode()), root))
+                               bad[0], {200}, False, "Traceback" * (b"Traceback" in log.read_bytes()[mark:]), root))
     finally:
         proc.terminate()  # the one process this probe started
         try:
@@ -359,10 +358,8 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=5000, help="concurrent valid /score calls")
     parser.add_argument("--keep", action="store_true", help="keep the temporary workspace (its path is printed)")
     args = parser.parse_args()
-    git = ["git", "-C", str(REPO)]
-    commit = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
-    dirty = bool(subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                                text=True).stdout.strip())
+    commit, status = (subprocess.run(["git", "-C", str(REPO), *command], capture_output=True, text=True).stdout.strip()
+                      for command in (["rev-parse", "HEAD"], ["status", "--porcelain", "--untracked-files=no"]))
     root, started = Path(tempfile.mkdtemp(prefix="hostile-probe-")), time.perf_counter()
     try:
         (root / "ws").mkdir(), (root / "aux").mkdir()
@@ -388,7 +385,7 @@ def main() -> None:
         "failures": [{k: r.get(k) for k in ("kind", "case", "result", "exit_code", "status", "changed", "output_tail")}
                      for r in rows if r["result"] != "ok"]}
     report = {"command": " ".join(["python", *sys.argv]), "date": datetime.date.today().isoformat(),
-              "git_commit": commit, "working_tree_dirty": dirty, "python": sys.version.split()[0],
+              "git_commit": commit, "working_tree_dirty": bool(status), "python": sys.version.split()[0],
               "setup_seconds": round(setup_seconds, 1), "seconds": round(time.perf_counter() - started, 1),
               "summary": summary, "rows": rows}
     args.out.write_text(json.dumps(report, indent=1) + "\n")

@@ -21,7 +21,7 @@ from e2urec.data.roles import rows_for
 from e2urec.data.store import load_prepared
 from e2urec.engine import TrainConfig
 from e2urec.errors import Diverged, E2URecError, NonFinite
-from e2urec.evaluation import EvalConfig, evaluate, jsd_yes_no
+from e2urec.evaluation import EvalConfig, evaluate, jsd_yes_no, planted_row
 from e2urec.io import read_json, write_json_atomic
 from e2urec.training import train
 from e2urec.unlearning.base import REGISTRY
@@ -60,6 +60,7 @@ class Preset:
     eval_batch_size: int = 64
     skip_rows: tuple[str, ...] = ()  # rows left out unless asked for with `rows`
     holdout_fraction: float = 0.0  # prepare's held-out users (E2URec's non-members); 0: the paper's split
+    plant: str | None = None  # prepare's planted memorisation (`--plant`); None: the paper's protocol untouched
 
 
 PRESETS: dict[str, Preset] = {
@@ -141,9 +142,10 @@ def run_seed(root: Path, dataset: str, data_dir: Path | None, backbone: str, pre
     """The stages `rows` need for one seed; returns {row: metrics} for the report."""
     data, tag = root / "data", f"[seed {seed}]"
     cfg = PrepareConfig(dataset=dataset, data_dir=str(data_dir) if data_dir else None, last_n=preset.last_n,
-                        seed=seed, holdout_fraction=preset.holdout_fraction)
+                        seed=seed, holdout_fraction=preset.holdout_fraction, plant=preset.plant)
     base = {"dataset": dataset, "data_dir": str(data_dir) if data_dir else None, "last_n": preset.last_n,
-            "seed": seed, **({"holdout_fraction": cfg.holdout_fraction} if cfg.holdout_fraction else {})}
+            "seed": seed, **({"holdout_fraction": cfg.holdout_fraction} if cfg.holdout_fraction else {}),
+            **({"plant": preset.plant} if preset.plant else {})}
     stage(f"{tag} prepare", data / MANIFEST_FILE, lambda: prepare(cfg, data, overwrite=True), base)
     recipe = TrainConfig(**{**preset.train, "seed": seed, "max_length": preset.max_length})
     trained = {**base, "backbone": backbone, "recipe": asdict(recipe)}
@@ -216,7 +218,7 @@ def run_seed(root: Path, dataset: str, data_dir: Path | None, backbone: str, pre
             "unlearn_seconds": meta.get("unlearn_seconds"),
             "loop_seconds": (meta.get("fit") or {}).get("loop_seconds") if "unlearn_seconds" in meta else None,
             "trainable_params": meta.get("trainable_params"), "total_params": meta.get("total_params"),
-            "peak_memory_bytes": meta.get("peak_memory_bytes"), "failed": None,
+            "peak_memory_bytes": meta.get("peak_memory_bytes"), **planted_row(test, forget), "failed": None,
         }
         if row == "e2urec" and meta.get("teacher"):
             results[TEACHER_ROW] = {"forget_auc": meta["teacher"]["auc"],
@@ -237,6 +239,9 @@ def run_seed(root: Path, dataset: str, data_dir: Path | None, backbone: str, pre
         values["jsd_yesno_excess"] = None if others is None else values["jsd_yesno"] - others
         values["closure_logloss"] = closure(original["forget_logloss"], values["forget_logloss"],
                                             retrain["forget_logloss"])
+        # Shilling: the share of the Original→Retrain gap in the target's hit rate a method closes.
+        values["closure_promotion"] = closure(original.get("promotion_hr10"), values.get("promotion_hr10"),
+                                              retrain.get("promotion_hr10"))
     return results
 
 

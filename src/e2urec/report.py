@@ -22,12 +22,26 @@ COLUMNS = [
     ("auc", "test AUC", 4), ("logloss", "test LogLoss", 4),
     ("forget_auc", "forget AUC", 4), ("forget_within_user_auc", "forget AUC within user", 3),
     ("forget_logloss", "forget LogLoss", 4), ("closure_auc", "gap closure (AUC)", 2),
-    ("closure_logloss", "gap closure (LogLoss)", 2),
+    ("closure_logloss", "gap closure (LogLoss)", 2), ("ks_forget_quality", "KS forget quality ↑", ".2g"),
     ("jsd", "JSD ↓", 4), ("sym_kl", "sym. KL (paper's \"JSD\") ↓", 4), ("jsd_yesno", "JSD yes/no ↓", 5),
     ("jsd_yesno_others", "JSD yes/no, others' test ↓", 5), ("jsd_yesno_excess", "JSD yes/no, forget − others ↓", 5),
     ("mia_auc", "MIA AUC", 3), ("unlearn_seconds", "whole run s", 1), ("loop_seconds", "training loop s", 1),
     ("time_vs_retrain", "× Retrain time (whole run)", 3),
 ]
+# Shown only when the bench's data is planted with shilling fakes (or a row reports promotion): the attack target's
+# hit rate at 10 among it and the control items on genuine test prompts, and the share of its gap closed.
+PROMOTION_COLUMNS = [("promotion_hr10", "promotion HR@10", 3), ("closure_promotion", "gap closure (promotion)", 2)]
+
+
+def shilling(config: dict, rows: list[dict]) -> bool:
+    """Whether the bench's data holds shilling fakes: its plant option says so, or a row reports promotion."""
+    plant = str(config.get("plant") or "").partition(":")[0].strip()
+    return plant == "shilling" or any(r.get("promotion_hr10") is not None for r in rows)
+
+
+def columns(config: dict, rows: list[dict]) -> list[tuple]:
+    """The report's columns: COLUMNS, and the promotion ones on shilling-planted data."""
+    return COLUMNS + PROMOTION_COLUMNS if shilling(config, rows) else list(COLUMNS)
 
 
 def summarise(per_seed: dict[int, dict[str, dict]]) -> list[dict]:
@@ -53,21 +67,26 @@ def summarise(per_seed: dict[int, dict[str, dict]]) -> list[dict]:
     return rows
 
 
-def cell(row: dict, key: str, digits: int) -> str:
+def cell(row: dict, key: str, digits: int | str) -> str:
+    """`value ± std` (the std only over several seeds); `digits`: decimals, or a format spec such as ".2g" for
+    values spanning orders of magnitude (p-values)."""
     value = row.get(key)
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "—"
+    spec = digits if isinstance(digits, str) else f".{digits}f"
     std = row.get(f"{key}_std") or 0.0
-    return f"{value:.{digits}f} ± {std:.{digits}f}" if row["seeds"] > 1 else f"{value:.{digits}f}"
+    return f"{value:{spec}} ± {std:{spec}}" if row["seeds"] > 1 else f"{value:{spec}}"
 
 
-def markdown_table(rows: list[dict]) -> str:
-    header = ["method", *[label for _, label, _ in COLUMNS], "trainable params"]
+def markdown_table(rows: list[dict], shown: list[tuple] | None = None) -> str:
+    """One line per method over the `shown` columns (default COLUMNS), and the trainable parameters."""
+    shown = COLUMNS if shown is None else shown
+    header = ["method", *[label for _, label, _ in shown], "trainable params"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         share = row.get("trainable_share")
         params = f"{row['trainable_params']:,.0f} ({share:.2%})" if share is not None else "—"
-        lines.append("| " + " | ".join([row["method"], *[cell(row, k, d) for k, _, d in COLUMNS], params]) + " |")
+        lines.append("| " + " | ".join([row["method"], *[cell(row, k, d) for k, _, d in shown], params]) + " |")
     return "\n".join(lines)
 
 
@@ -98,6 +117,13 @@ def plot(rows: list[dict], out: Path) -> list[str]:
     return ["utility_vs_forgetting.png", "time_per_method.png"]
 
 
+PROMOTION_TEXT = (
+    "Promotion (shilling-planted data): on genuine test users' prompts the candidate item is swapped for the "
+    "attack's target and for seeded control items; promotion HR@10 is the share of prompts ranking the target "
+    "within the top 10 of them (results.json also has its mean rank and per-prompt z-score against the controls); "
+    "gap closure (promotion) = (Original − method) / (Original − Retrain) on that hit rate.")
+
+
 def write_report(out: Path, per_seed: dict[int, dict[str, dict]], config: dict, machine: dict) -> dict:
     rows = summarise(per_seed)
     plots = plot(rows, out)
@@ -125,9 +151,12 @@ def write_report(out: Path, per_seed: dict[int, dict[str, dict]], config: dict, 
         "teacher row is E2URec's forgetting teacher itself on the forget set. Sym. KL is ½KL(p‖q) + ½KL(q‖p), "
         "what the paper's code reports as \"JSD\". Times: whole run (ours: augmented model, teacher caches, "
         "checks and validation included) and training loop only (the reference's accounting); × Retrain time "
-        "uses the whole run.",
+        "uses the whole run. KS forget quality: the p-value of a two-sample Kolmogorov–Smirnov test between the "
+        "method's and Retrain's P(yes) on the forget set (TOFU's forget quality; high = indistinguishable from "
+        "Retrain).",
+        *(["", PROMOTION_TEXT] if shilling(config, rows) else []),
         "",
-        markdown_table(rows),
+        markdown_table(rows, columns(config, rows)),
         "",
         f"Retrain's own MIA AUC on the forget set (the value to match): {cell(retrain, 'mia_auc_retrain', 3)}",
         "",

@@ -13,7 +13,7 @@ from accelerate import Accelerator
 
 from e2urec.checkpoint import load_model
 from e2urec.data.roles import rows_for, sample_rows
-from e2urec.data.store import load_prepared
+from e2urec.data.store import load_prepared, load_tables
 from e2urec.engine import Batch, make_accelerator
 from e2urec.errors import E2URecError
 from e2urec.evaluation.metrics import (
@@ -25,6 +25,7 @@ from e2urec.evaluation.metrics import (
     utility_metrics,
     within_user_auc,
 )
+from e2urec.evaluation.planted import PROMOTION_FILE, check_promotion_options, is_shilling, ks_forget_quality, promotion
 from e2urec.io import atomic_dir, write_json_atomic
 from e2urec.model.backbone import Backbone
 from e2urec.model.scoring import PromptSet, answer_logits, p_yes_from_logits, per_sample, per_sample_p_yes, prompt_set
@@ -93,12 +94,19 @@ class EvalConfig:
     mia_samples: int = 1000
     seed: int = 0
     reference_mia: bool = True  # also attack the reference; a bench that evaluates Retrain itself skips it
+    promotion_prompts: int = 1000  # shilling-planted data: genuine test prompts the target's promotion is scored on
+    controls: int = 20  # ... and the control items it is ranked against on each
+
+    def __post_init__(self) -> None:
+        check_promotion_options(self.promotion_prompts, self.controls)
 
 
 def evaluate(model_dir: Path, data_dir: Path, split: str, out: Path, cfg: EvalConfig | None = None,
              reference: Path | None = None) -> dict:
     """Score a split: P(yes), AUC/ACC/LogLoss; with a reference (Retrain) also JSD/L2 to it; on the forget
-    split also the membership-inference AUC (and the reference's own, the value to match)."""
+    split also the membership-inference AUC (and the reference's own, the value to match) and, with a reference,
+    the KS forget quality; on the test split of shilling-planted data also the target's promotion
+    (`e2urec.evaluation.planted`), its per-prompt values in promotion.parquet."""
     cfg = cfg or EvalConfig()
     accelerator = make_accelerator()
     samples, manifest = load_prepared(data_dir)
@@ -126,10 +134,19 @@ def evaluate(model_dir: Path, data_dir: Path, split: str, out: Path, cfg: EvalCo
         metrics["mia_auc"] = membership_auc(backbone, samples, rows, p, cfg, accelerator)
         if ref is not None and cfg.reference_mia:
             metrics["mia_auc_reference"] = membership_auc(ref, samples, rows, p_ref, cfg, accelerator)
+        if ref is not None:
+            metrics.update(ks_forget_quality(p, p_ref))
+    promoted = None
+    if split == "test" and is_shilling(manifest):
+        found, promoted = promotion(backbone, samples, load_tables(data_dir), manifest, cfg.promotion_prompts,
+                                    cfg.controls, cfg.seed, cfg.batch_size, cfg.max_length, accelerator)
+        metrics.update(found)
     if accelerator.is_main_process:
         with atomic_dir(out, overwrite=True) as tmp:
             pd.DataFrame({"sample_id": rows["sample_id"].to_numpy(), "p_yes": p,
                           "label": rows["label"].to_numpy()}).to_parquet(tmp / "predictions.parquet", index=False)
+            if promoted is not None:
+                promoted.to_parquet(tmp / PROMOTION_FILE, index=False)
             write_json_atomic(tmp / "metrics.json", metrics)
     accelerator.wait_for_everyone()
     return metrics
