@@ -19,7 +19,7 @@ from e2urec.cli import app
 from e2urec.engine import TrainConfig, fit
 from e2urec.errors import Diverged, NonFinite
 from e2urec.evaluation import utility_metrics
-from e2urec.io import write_json_atomic
+from e2urec.io import sha256_file, write_json_atomic
 from e2urec.model.backbone import load_backbone
 from e2urec.model.scoring import PromptSet, answer_logits, per_sample
 from e2urec.ops.forget import forget, read_request
@@ -105,6 +105,9 @@ def test_a_nan_weight_is_named_when_scored(workspace: Path) -> None:
     name = next(k for k, v in weights.items() if v.dtype.is_floating_point and v.ndim == 2)
     weights[name][0, 0] = float("nan")
     save_file(weights, str(broken / "model.safetensors"), metadata={"format": "pt"})
+    meta = json.loads((broken / "meta.json").read_text())  # as if it had been written so (checksums: below)
+    meta["weights_sha256"]["model.safetensors"] = sha256_file(broken / "model.safetensors")
+    (broken / "meta.json").write_text(json.dumps(meta))
     out = workspace / "eval-nan"
     result = runner.invoke(app, ["evaluate", "--model", str(broken), "--data", str(workspace / "data"),
                                  "--split", "test", "--out", str(out)])
@@ -168,3 +171,39 @@ def test_nan_outputs_are_named_not_a_traceback(tiny) -> None:
         per_sample(tiny, data, lambda b: torch.full((len(b["index"]),), float("nan")), 4, desc="probe", progress=False)
     with pytest.raises(NonFinite, match="1 of 2 predictions are NaN"):
         utility_metrics(np.array([0, 1]), np.array([0.2, float("nan")]))
+
+
+def test_changed_weight_bytes_are_refused_by_their_checksum(workspace: Path) -> None:
+    damaged = workspace / "flipped-weights"
+    shutil.copytree(workspace / "original", damaged)
+    weights = damaged / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 4096] = bytes(b ^ 0xFF for b in data[middle:middle + 4096])
+    weights.write_bytes(bytes(data))
+    out = workspace / "eval-flipped"
+    result = runner.invoke(app, ["evaluate", "--model", str(damaged), "--data", str(workspace / "data"),
+                                 "--split", "test", "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    assert "model.safetensors: does not match the sha256 meta.json recorded" in " ".join(result.output.split())
+    assert not out.exists()
+
+
+def test_a_degenerate_unlearning_is_named_and_not_written(workspace: Path) -> None:
+    """NegGrad at lr 1000: Adam moves every weight by ~1000 a step; after 5 steps every P(yes) is exactly 0.5,
+    which every forget metric would read as perfect forgetting."""
+    out = workspace / "neggrad-degenerate"
+    result = runner.invoke(app, ["unlearn", "--method", "neggrad", "--model", str(workspace / "original"),
+                                 "--data", str(workspace / "data"), "--out", str(out), "--lr", "1000",
+                                 "--max-steps", "5"])
+    assert result.exit_code == 2, result.output
+    assert "neggrad: the unlearned model is degenerate" in " ".join(result.output.split())
+    assert not out.exists() and not (workspace / f".{out.name}.work").exists()
+
+
+def test_evaluate_flags_a_degenerate_model(tiny) -> None:
+    from e2urec.evaluation.metrics import degenerate
+
+    assert degenerate(np.full(10, 0.5), 3.0).startswith("constant predictions")
+    assert degenerate(np.linspace(0.1, 0.9, 10), 2e4).startswith("exploded weights")
+    assert degenerate(np.linspace(0.1, 0.9, 10), 3.0) is None

@@ -287,3 +287,20 @@ def test_ledger_and_jobs_leave_out_counts_exact_only_with_the_key(trained: Path,
     monkeypatch.setenv("E2UREC_KEY_FILE", str(tmp_path / "away.key"))
     assert runner.invoke(app, ["ledger", "--run", str(run), "--exact"]).exit_code == 0
     assert all(r["status"] in FINAL for r in Run(run).records())
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_id(tmp_path: Path) -> None:
+    from e2urec.cli.common import parse_ids
+
+    ids = tmp_path / "ids.txt"
+    ids.write_bytes("\ufeff42\n77\n".encode())
+    assert parse_ids(f"@{ids}") == ["42", "77"]
+
+
+def test_a_bad_timestamp_is_not_called_an_id() -> None:
+    import pandas as pd
+
+    from e2urec.data.prepare import cast_like
+
+    with pytest.raises(E2URecError, match="1 of 1 values are not integers"):
+        cast_like(pd.Series(["8.8e8"]), pd.Series([1], dtype="int64"), "gone.csv column timestamp")

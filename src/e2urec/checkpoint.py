@@ -17,7 +17,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from e2urec.errors import E2URecError, NonFinite
-from e2urec.io import read_json, write_json_atomic
+from e2urec.io import read_json, sha256_file, write_json_atomic
 from e2urec.model.backbone import Backbone, load_backbone
 from e2urec.model.ensemble import AttentionAggregator, ShardEnsemble
 
@@ -153,12 +153,37 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return getattr(model, "module", model)
 
 
+WEIGHTS_KEY = "weights_sha256"
+
+
+def weight_checksums(folder: Path) -> dict[str, str]:
+    """sha256 of each weight file of a model folder (its top-level *.safetensors)."""
+    return {p.name: sha256_file(p) for p in sorted(Path(folder).glob("*.safetensors"))}
+
+
+def verify_weights(folder: Path, meta: dict) -> None:
+    """Refuse weight files that differ from what meta.json recorded when they were written (a flipped block, a
+    truncated copy, a swapped file): their scores would be silently wrong. Folders written before the record
+    existed are read as they are."""
+    recorded = meta.get(WEIGHTS_KEY)
+    if recorded is None:
+        return
+    found = weight_checksums(folder)
+    for name in sorted(set(recorded) | set(found)):
+        if found.get(name) != recorded.get(name):
+            what = ("is missing" if name not in found else "was not written with this model" if name not in recorded
+                    else "does not match the sha256 meta.json recorded when it was written")
+            raise E2URecError(f"{folder / name}: {what}; the file was changed or damaged. Restore the folder from a "
+                              "copy or retrain the model")
+
+
 def save_model(backbone: Backbone, folder: Path, meta: dict) -> None:
-    """Write weights (adapter only, for a PEFT model), tokenizer and meta.json into `folder`."""
+    """Write weights (adapter only, for a PEFT model), tokenizer and meta.json (with the weights' sha256) into
+    `folder`."""
     model = unwrap(backbone.model)
     model.save_pretrained(folder, safe_serialization=True)
     backbone.tokenizer.save_pretrained(folder)
-    write_meta(folder, meta, kind=backbone.kind)
+    write_meta(folder, {**meta, WEIGHTS_KEY: weight_checksums(folder)}, kind=backbone.kind)
 
 
 def refuse_pickles(folder: Path) -> None:
@@ -182,6 +207,7 @@ def load_model(folder: str | Path, trainable: bool = False) -> tuple[Backbone, d
         raise E2URecError(f"{folder}: model directory not found")
     refuse_pickles(folder)
     meta = read_meta(folder)
+    verify_weights(folder, meta)
     if (folder / SYSTEM_FILE).is_file():
         system = _load_system(folder)
         system.origin = str(folder)
@@ -233,7 +259,7 @@ def write_system(folder: Path, shard_dirs: list[str], aggregation: str, aggregat
                                              **({"type": meta["role"]} if "role" in meta else {})})
     if aggregator is not None:
         save_file({k: v.contiguous() for k, v in aggregator.state_dict().items()}, str(folder / AGGREGATOR_FILE))
-    write_meta(folder, meta)
+    write_meta(folder, {**meta, WEIGHTS_KEY: weight_checksums(folder)})
 
 
 def _load_system(folder: Path) -> Backbone:

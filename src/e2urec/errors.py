@@ -15,6 +15,11 @@ class NonFinite(E2URecError):
     anything. The message names the model."""
 
 
+class Degenerate(E2URecError):
+    """A model that runs but no longer ranks anything: constant predictions or exploded weights. It would look
+    perfectly forgotten (every forget metric at chance), so it is named and never reported as an unlearning."""
+
+
 class UnknownIds(E2URecError):
     """Ids that are not in the data (never seen, or forgotten already): the service answers 404 for these. The
     message gives counts; the ids stay on the object for the caller that sent them."""

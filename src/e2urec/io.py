@@ -106,7 +106,7 @@ def read_text(path: str | Path, what: str) -> str:
     if path.is_dir():
         raise E2URecError(f"{what} {path}: is a folder; give a text file")
     try:
-        text = path.read_bytes().decode("utf-8")
+        text = path.read_bytes().decode("utf-8-sig")  # a leading byte-order mark (as Excel writes) is not text
     except FileNotFoundError as exc:
         raise E2URecError(f"{what} {path}: file not found") from exc
     except UnicodeDecodeError as exc:
@@ -148,7 +148,8 @@ def enclosing_artifact(path: Path) -> tuple[str, Path] | None:
     return None
 
 
-def guard_output(out: str | Path, kind: str, inputs: list[str | Path | None], overwrite: bool = False) -> None:
+def guard_output(out: str | Path, kind: str, inputs: list[str | Path | None], overwrite: bool = False,
+                 option: str = "--out") -> None:
     """Refuse (before any work) an output folder whose writing could destroy something: one that is an input,
     contains one or lies inside one; one inside another artifact (a run's version, a model folder); an
     existing artifact of another kind, or a non-empty folder that is no artifact, `--overwrite` or not; an
@@ -162,27 +163,28 @@ def guard_output(out: str | Path, kind: str, inputs: list[str | Path | None], ov
         relation = ("is" if target == source else "contains" if source.is_relative_to(target)
                     else "lies inside" if target.is_relative_to(source) else None)
         if relation:
-            raise E2URecError(f"--out {given}: {relation} the input {item}; writing there would destroy it. "
-                              f"Choose another --out (nothing was changed)")
+            raise E2URecError(f"{option} {given}: {relation} the input {item}; writing there would destroy it. "
+                              f"Choose another {option} (nothing was changed)")
     enclosing = enclosing_artifact(target)
     if enclosing is not None:
-        raise E2URecError(f"--out {given}: lies inside the {enclosing[0]} folder {enclosing[1]}; writing there "
+        raise E2URecError(f"{option} {given}: lies inside the {enclosing[0]} folder {enclosing[1]}; writing there "
                           f"would damage it. Choose a folder outside it (nothing was changed)")
     if target.exists():
         existing = artifact_kind(target)
         if not target.is_dir():
-            raise E2URecError(f"--out {given}: is a file, not a folder; choose another --out (nothing was changed)")
+            raise E2URecError(f"{option} {given}: is a file, not a folder; choose another {option} (nothing was "
+                              "changed)")
         if existing is None and any(target.iterdir()):
-            raise E2URecError(f"--out {given}: a non-empty folder that e2urec did not write; --overwrite replaces "
+            raise E2URecError(f"{option} {given}: a non-empty folder that e2urec did not write; --overwrite replaces "
                               f"only an e2urec {kind} folder. Choose an empty or new folder (nothing was changed)")
         if existing is not None and existing != kind:
-            raise E2URecError(f"--out {given}: holds a {existing}, not a {kind}; --overwrite replaces only a {kind}. "
-                              f"Choose another --out (nothing was changed)")
+            raise E2URecError(f"{option} {given}: holds a {existing}, not a {kind}; --overwrite replaces only a "
+                              f"{kind}. Choose another {option} (nothing was changed)")
         if existing == kind and not overwrite and kind != "bench":
-            raise E2URecError(f"--out {given}: already holds a {kind}; pass --overwrite to replace it")
+            raise E2URecError(f"{option} {given}: already holds a {kind}; pass --overwrite to replace it")
     existing_parent = next(p for p in target.parents if p.exists())
     if not existing_parent.is_dir():
-        raise E2URecError(f"--out {given}: {existing_parent} is a file, so no folder can be made below it")
+        raise E2URecError(f"{option} {given}: {existing_parent} is a file, so no folder can be made below it")
     if not os.access(existing_parent, os.W_OK | os.X_OK):
-        raise E2URecError(f"--out {given}: cannot write in {existing_parent} (permission denied); choose a "
+        raise E2URecError(f"{option} {given}: cannot write in {existing_parent} (permission denied); choose a "
                           f"writable place")

@@ -50,7 +50,7 @@ def init(
                             if sep and key.strip().replace("-", "_") in audit_keys})
     rest = [pair for pair, key, _, _ in pairs if key.strip().replace("-", "_") not in audit_keys]
     options = method_options("e2urec", parse_options(rest, REGISTRY["e2urec"].Config), "init --set")
-    guard_output(run, "run", [data, model], overwrite)
+    guard_output(run, "run", [data, model], overwrite, option="--run")
     check_replaceable(run)  # a run that honoured requests is never replaced: its users would come back
     if key_file is not None:
         check_key_file(key_file, run, (data, model))

@@ -107,8 +107,9 @@ def cast_like(values: pd.Series, like: pd.Series, what: str) -> pd.Series:
         numbers = [int(t) if INTEGER.fullmatch(t) else None for t in text]
         bad = sum(n is None or not info.min <= n <= info.max for n in numbers)
         if bad:
-            raise E2URecError(f"{what}: {bad} of {len(numbers)} ids are not integers in this dataset's id range "
-                              f"({info.min}..{info.max}); write ids as plain digits (1e2 and 13.0 are refused)")
+            noun = "values" if "timestamp" in what else "ids"
+            raise E2URecError(f"{what}: {bad} of {len(numbers)} {noun} are not integers in this dataset's range "
+                              f"({info.min}..{info.max}); write them as plain digits (1e2 and 13.0 are refused)")
         return pd.Series(numbers, index=values.index, dtype=like.dtype)
     return values.astype(str).str.strip()
 
@@ -123,7 +124,7 @@ def cast_known(values, like: pd.Series, what: str, known: pd.Series | pd.Index |
 def read_interactions(path: Path) -> pd.DataFrame:
     """A CSV of interactions (user_id, item_id[, timestamp]) as strings, checked for shape."""
     try:
-        wanted = pd.read_csv(path, dtype=str)
+        wanted = pd.read_csv(path, dtype=str, encoding="utf-8-sig")  # a leading byte-order mark is not a column name
     except FileNotFoundError as exc:
         raise E2URecError(f"{path}: interactions file not found") from exc
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:

@@ -17,8 +17,10 @@ from e2urec.data.store import load_prepared, load_tables
 from e2urec.engine import Batch, make_accelerator
 from e2urec.errors import E2URecError
 from e2urec.evaluation.metrics import (
+    degenerate,
     jsd,
     l2,
+    max_abs_weight,
     membership_inference_auc,
     mia_features,
     symmetric_kl,
@@ -126,6 +128,7 @@ def evaluate(model_dir: Path, data_dir: Path, split: str, out: Path, cfg: EvalCo
         p, p_ref, near = split_scores(backbone, ref, data, cfg, accelerator)
     within, users = within_user_auc(rows["user_id"].to_numpy(), rows["label"].to_numpy(), p)
     metrics = {**utility_metrics(rows["label"].to_numpy(), p), "within_user_auc": within, "within_user_n": users,
+               "degenerate": degenerate(p, max_abs_weight(backbone.model)),
                "split": split, "model": str(model_dir), "data_samples_sha256": manifest["samples_sha256"]}
     if ref is not None:
         metrics.update(near)

@@ -32,6 +32,27 @@ def utility_metrics(labels: np.ndarray, p_yes: np.ndarray) -> dict:
     }
 
 
+# A model is degenerate when its P(yes) barely varies over the samples scored, or a weight grew past MAX_WEIGHT
+# (trained LLM weights sit far below it; NegGrad at lr 1000 took the tiny backbone's weights to 1,001 in 5 steps
+# and every P(yes) to exactly 0.5).
+MIN_SPREAD, MAX_WEIGHT = 1e-6, 1e4
+
+
+def max_abs_weight(model: torch.nn.Module) -> float:
+    with torch.no_grad():
+        return max((float(p.detach().abs().max()) for p in model.parameters() if p.numel()), default=0.0)
+
+
+def degenerate(p_yes: np.ndarray, max_weight: float) -> str | None:
+    """Why a model's outputs mean nothing (constant predictions, exploded weights), or None."""
+    spread = float(np.max(p_yes) - np.min(p_yes)) if len(p_yes) > 1 else 1.0
+    if spread < MIN_SPREAD:
+        return f"constant predictions (P(yes) spread {spread:.1e} over {len(p_yes)} samples)"
+    if max_weight > MAX_WEIGHT:
+        return f"exploded weights (largest |w| {max_weight:.3g} > {MAX_WEIGHT:g})"
+    return None
+
+
 def within_user_auc(users: np.ndarray, labels: np.ndarray, p_yes: np.ndarray) -> tuple[float | None, int]:
     """Mean AUC inside each user having both labels, and how many users that is.
 

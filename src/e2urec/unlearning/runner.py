@@ -13,9 +13,13 @@ from typing import Any
 import torch
 
 from e2urec import __version__
+from e2urec.data.roles import rows_for, sample_rows
 from e2urec.engine import count_parameters, make_accelerator
-from e2urec.errors import E2URecError
+from e2urec.errors import Degenerate, E2URecError
+from e2urec.evaluation.metrics import degenerate, max_abs_weight
 from e2urec.io import atomic_dir, sha256_file
+from e2urec.model.backbone import Backbone
+from e2urec.model.scoring import per_sample_p_yes, prompt_set
 from e2urec.scratch import orphaned, reclaim, sweep
 from e2urec.unlearning.base import REGISTRY, Job, Method, MethodConfig
 
@@ -70,6 +74,17 @@ def take_scratch(job: Job, method: str, cfg: MethodConfig) -> bool:
     return resumed
 
 
+DEGENERATE_SAMPLES = 256  # forget prompts scored to tell a working model from a degenerate one
+
+
+def degenerate_result(job: Job, model: Backbone) -> str | None:
+    """Why the unlearned model is degenerate (see `e2urec.evaluation.degenerate`), from its P(yes) on a seeded
+    sample of the forget prompts and its largest weight; None for a working model."""
+    rows = sample_rows(rows_for(job.samples, "forget"), DEGENERATE_SAMPLES, 0, 41)
+    p = per_sample_p_yes(model, prompt_set(model, rows), 64, job.accelerator, progress=False)
+    return degenerate(p, max_abs_weight(model.model))
+
+
 def unlearn(method: str, original: Path, data: Path, out: Path, options: dict[str, Any] | None = None,
             keep_intermediates: bool = False, overwrite: bool = False) -> dict:
     """Unlearn the forget set of `data` from `original` with `method`; write `out` and return its meta."""
@@ -90,8 +105,13 @@ def unlearn(method: str, original: Path, data: Path, out: Path, options: dict[st
         started = time.perf_counter()
         try:
             model, result = instance.run(job)
+            broken = degenerate_result(job, model)
+            if broken:
+                raise Degenerate(f"{method}: the unlearned model is degenerate: {broken}, so every forget metric "
+                                 f"would read as perfect forgetting; it was not written. Try a lower learning rate "
+                                 f"(or fewer steps)")
         except E2URecError:
-            job.purge()  # a refused or diverged run leaves nothing derived from the forget set behind
+            job.purge()  # a refused, diverged or degenerate run leaves nothing derived from the forget set behind
             raise
         seconds = time.perf_counter() - started
     trainable, total = count_parameters(model.model)
