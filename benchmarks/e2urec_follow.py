@@ -28,7 +28,8 @@ from e2urec.evaluation import utility_metrics
 from e2urec.io import write_json_atomic
 from e2urec.model.scoring import per_sample_p_yes
 from e2urec.unlearning.base import Job
-from e2urec.unlearning.e2urec import E2URec, E2URecObjective, answer_losses
+from e2urec.unlearning.e2urec import E2URec, E2URecObjective
+from e2urec.unlearning.e2urec_rules import answer_losses
 
 
 def follow(seed_dir: Path, options: dict, steps: int, every: int) -> dict:

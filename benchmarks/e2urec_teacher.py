@@ -35,7 +35,8 @@ from e2urec.evaluation import jsd_yes_no, utility_metrics
 from e2urec.io import write_json_atomic
 from e2urec.model.scoring import answer_logits, per_sample, prompt_set
 from e2urec.unlearning.base import Job
-from e2urec.unlearning.e2urec import E2URec, answer_losses, misfit, teacher_pairs
+from e2urec.unlearning.e2urec import E2URec
+from e2urec.unlearning.e2urec_rules import answer_losses, misfit, teacher_pairs
 
 
 def log_odds(p: np.ndarray) -> np.ndarray:

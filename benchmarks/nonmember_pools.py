@@ -28,7 +28,8 @@ from e2urec.engine import make_accelerator
 from e2urec.io import write_json_atomic
 from e2urec.model.scoring import prompt_set
 from e2urec.unlearning.difficulty import DifficultyReference
-from e2urec.unlearning.e2urec import answer_losses, misfit, non_member_pools
+from e2urec.unlearning.e2urec import non_member_pools
+from e2urec.unlearning.e2urec_rules import answer_losses, misfit
 
 LEVELS = ("loss", "auc")
 

@@ -25,7 +25,7 @@ from e2urec.model.scoring import PromptSet, answer_logits, per_sample
 from e2urec.ops.forget import forget, read_request
 from e2urec.ops.run import init_run
 from e2urec.training import AnswerCrossEntropy, train
-from e2urec.unlearning.e2urec import calibrate_alpha, teacher_pairs
+from e2urec.unlearning.e2urec_rules import calibrate_alpha, teacher_pairs
 from e2urec.unlearning.losses import forgetting_teacher_logits, label_push_logits
 
 runner = CliRunner()

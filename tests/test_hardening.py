@@ -304,3 +304,23 @@ def test_a_bad_timestamp_is_not_called_an_id() -> None:
 
     with pytest.raises(E2URecError, match="1 of 1 values are not integers"):
         cast_like(pd.Series(["8.8e8"]), pd.Series([1], dtype="int64"), "gone.csv column timestamp")
+
+
+def test_wrong_messages_name_the_right_thing(workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """#31 item 9: every role `train` takes is listed; a short token from the environment names the variable; an
+    unknown backbone fails at once when the hub cannot be reached."""
+    result = CliRunner().invoke(app, ["train", "--data", str(workspace / "data"), "--out", str(workspace / "r"),
+                                      "--role", "bogus"])
+    assert result.exit_code == 2 and "original, retrain, sisa, receraser" in result.output
+    from e2urec.ops.access import load_tokens
+
+    monkeypatch.setenv("E2UREC_API_TOKEN", "short")
+    with pytest.raises(E2URecError, match="^E2UREC_API_TOKEN: the token must be at least 16"):
+        load_tokens()
+    import e2urec.model.backbone as backbone
+
+    monkeypatch.setattr(backbone, "_hub_reachable", lambda timeout=3.0: False)
+    started = time.perf_counter()
+    with pytest.raises(E2URecError, match="hub cannot be reached from here"):
+        backbone.load_backbone("nobody/no-such-model-e2urec")
+    assert time.perf_counter() - started < 5

@@ -6,10 +6,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import e2urec.unlearning.e2urec as e2urec_module
+import e2urec.unlearning.e2urec_rules as e2urec_module
 from e2urec.evaluation import paired_auc_change
 from e2urec.model.scoring import PromptSet
-from e2urec.unlearning.e2urec import E2URec, E2URecConfig, NonMemberStop
+from e2urec.unlearning.e2urec import E2URec, E2URecConfig
+from e2urec.unlearning.e2urec_rules import NonMemberStop
 
 
 def test_paired_auc_change_by_hand() -> None:

@@ -20,6 +20,7 @@ from e2urec.cli.common import (
     SEED,
     STEPS,
     TOKENS,
+    console,
     friendly,
     method_options,
     not_empty,
@@ -155,10 +156,13 @@ def train(
     overwrite: Annotated[bool, typer.Option(help="replace an existing model folder")] = False,
 ) -> None:
     """Instruction-tune a backbone: the Original (all train samples) or Retrain (without the forget set)."""
+    from e2urec.data.roles import ROLES
     from e2urec.training import lora_config
     from e2urec.training import train as run_train
     from e2urec.unlearning.sharded import SYSTEMS, train_system
 
+    if role not in (*ROLES, *SYSTEMS):  # before any work: every role train takes, not only the single-model ones
+        raise E2URecError(f"unknown role {role!r}; choose one of {', '.join((*ROLES, *SYSTEMS))}")
     guard_output(out, "model", [data], overwrite)
     cfg = train_config(epochs, lr, batch_size, grad_accum, patience, max_steps, max_length, seed, max_grad_norm)
     recipe = lora_config(lora_r, lora_alpha, lora_dropout) if lora else None
@@ -202,6 +206,10 @@ def evaluate(
              "mia_auc_reference", "n")
     print_counts(f"{split} metrics → {out}", {k: metrics[k] if isinstance(metrics[k], int) else round(metrics[k], 4)
                                               for k in shown if metrics.get(k) is not None})
+    if metrics.get("degenerate"):  # its forget metrics would read as perfect forgetting: say so, and fail
+        console.print(f"[bold red]degenerate model:[/] {metrics['degenerate']}; these metrics do not measure "
+                      "forgetting (recorded as `degenerate` in metrics.json)")
+        raise typer.Exit(3)
 
 
 @friendly

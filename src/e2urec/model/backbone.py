@@ -166,6 +166,9 @@ def _from_pretrained(name: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBas
     if not local and (name.startswith(("/", ".", "~")) or name.count("/") > 1 or "\\" in name):
         raise E2URecError(f"backbone {name!r}: no such folder; built-in choices are {', '.join(BACKBONES)}")
     source = str(path) if local else name
+    if not local and not _in_hub_cache(name) and not _hub_reachable():
+        raise E2URecError(f"backbone {name!r} could not be fetched: the Hugging Face hub cannot be reached from "
+                          f"here and it is not in the local hub cache; offline choices: {OFFLINE_CHOICES}")
     try:
         config = AutoConfig.from_pretrained(source)
     except (OSError, ValueError) as exc:
@@ -180,6 +183,34 @@ def _from_pretrained(name: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBas
     except (OSError, ValueError) as exc:
         raise E2URecError(f"backbone {name!r}: could not load it as a {kind} language model ({exc})") from exc
     return model, tokenizer, kind
+
+
+def _in_hub_cache(name: str) -> bool:
+    """Whether a hub id's config is in the local hub cache (then no network is needed)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return isinstance(try_to_load_from_cache(name, "config.json"), str)
+    except ValueError:  # not a valid repository id: the hub call below says so
+        return True
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """One TCP connection to the hub's endpoint, so an unknown name fails in seconds offline rather than after the
+    hub client's retries (20 s and more). With HF_HUB_OFFLINE set the client fails at once by itself."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return True
+    endpoint = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((endpoint.hostname, endpoint.port or 443), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
 
 
 def _hub_failure(name: str, exc: BaseException) -> str:

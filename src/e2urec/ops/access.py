@@ -46,7 +46,8 @@ def load_token(path: Path | None, env: str, what: str) -> tuple[bytes, ...]:
             raise E2URecError(f"{what} {path}: empty; write a random token in it (e.g. `openssl rand -hex 32`)")
         return ()
     if len(token) < MIN_TOKEN_CHARS or not token.isascii() or not token.isprintable():
-        raise E2URecError(f"{what}: the token must be at least {MIN_TOKEN_CHARS} printable ASCII characters "
+        source = f"{what} {path}" if path is not None else env  # where the short token came from
+        raise E2URecError(f"{source}: the token must be at least {MIN_TOKEN_CHARS} printable ASCII characters "
                           f"(e.g. `openssl rand -hex 32`)")
     return (token.encode(),)
 
