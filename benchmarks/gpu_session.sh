@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The GPU measurements of README "GPU and several GPUs", for a lent GPU machine prepared as in
-# ../shared/gpu/README.md (`../shared/gpu/pack.sh` here first). Two device calls, the second within 30 s:
+# The GPU measurements of README "GPU and several GPUs", for a lent GPU machine given a GPU pack (the SmolLM2
+# weights and data as .gpu/a and .gpu/b beside the checkout). Two device calls, the second within 30 s:
 #   1. carry [".gpu/a"]:  bash .gpu/a/stage1.sh && source /tmp/e2/env.sh && bash benchmarks/gpu_session.sh speed
 #      (≈ 3-4 min after stage1: engine vs plain loop, evaluation speed and torch.compile, on a random model
 #      of SmolLM2-135M's shape — speed does not depend on the weights, which are not there yet)

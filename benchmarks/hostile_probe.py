@@ -288,7 +288,7 @@ def http_cases(ph: dict[str, str]) -> list[tuple]:
 
 def run_http(ph: dict[str, str], aux: Path, root: Path, calls: int) -> tuple[list[dict], dict]:
     """The HTTP cases against a real `e2urec serve` (write and read tokens, --max-pairs 50), then `calls`
-    concurrent valid /score calls; returns the rows and what the server logged over the session."""
+    concurrent valid /score calls; returns the rows and what the server logged meanwhile."""
     run, log, rows = Path(ph["R"]), aux / "serve.log", []
     write, read = hashlib.sha256(b"probe-write").hexdigest(), hashlib.sha256(b"probe-read").hexdigest()
     (aux / "write.token").write_text(write + "\n"), (aux / "read.token").write_text(read + "\n")
