@@ -20,7 +20,7 @@ from e2urec.data.prepare import MANIFEST_FILE, PrepareConfig, prepare
 from e2urec.data.roles import rows_for
 from e2urec.data.store import load_prepared
 from e2urec.engine import TrainConfig
-from e2urec.errors import Degenerate, Diverged, E2URecError, NonFinite
+from e2urec.errors import BROKEN_MODEL, E2URecError
 from e2urec.evaluation import EvalConfig, evaluate, jsd_yes_no, planted_row
 from e2urec.io import read_json, write_json_atomic
 from e2urec.training import train
@@ -200,7 +200,7 @@ def run_seed(root: Path, dataset: str, data_dir: Path | None, backbone: str, pre
             stage(f"{tag} evaluate {row} forget", forget_dir / "metrics.json",
                   lambda model=model, forget_dir=forget_dir: evaluate(model, data, "forget", forget_dir, evals,
                                                                       reference=root / EXACT), evaluated)
-        except (Degenerate, Diverged, NonFinite) as exc:  # one broken method is a result; the other rows still run
+        except BROKEN_MODEL as exc:  # one broken method is a result; the other rows still run
             if row in ("original", EXACT):
                 raise
             stage.log(f"{tag} {row}: FAILED: {exc}")

@@ -20,6 +20,10 @@ class Degenerate(E2URecError):
     perfectly forgotten (every forget metric at chance), so it is named and never reported as an unlearning."""
 
 
+# A model that cannot be used as a result: a bench row fails, a deletion request moves on to its next attempt.
+BROKEN_MODEL = (Degenerate, Diverged, NonFinite)
+
+
 class UnknownIds(E2URecError):
     """Ids that are not in the data (never seen, or forgotten already): the service answers 404 for these. The
     message gives counts; the ids stay on the object for the caller that sent them."""

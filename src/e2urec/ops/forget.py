@@ -23,7 +23,7 @@ import pandas as pd
 from e2urec.checkpoint import load_model, save_model
 from e2urec.data.prepare import SampleBuilder, cast_known, match_interactions, read_interactions
 from e2urec.data.store import load_prepared, load_tables, write_prepared
-from e2urec.errors import Degenerate, Diverged, E2URecError, NonFinite, UnknownIds
+from e2urec.errors import BROKEN_MODEL, E2URecError, UnknownIds
 from e2urec.evaluation import utility_metrics
 from e2urec.io import atomic_dir, write_json_atomic
 from e2urec.model.backbone import Backbone
@@ -308,7 +308,7 @@ def escalate(run: Run, current: Path, work: Path, before: Backbone, forget_rows:
                 ref, origin, per_sample_p_yes(student, ref_data, 64, progress=False), settings)
             verdict = audit.judge(was, audit.score(student, forget_rows, non_members, data=data), *labels,
                                   settings, drifted)
-        except (Degenerate, Diverged, NonFinite) as exc:  # a broken attempt is a failed one: on to the next
+        except BROKEN_MODEL as exc:  # a broken attempt is a failed one: on to the next
             if number == len(plan) - 1:
                 raise
             log(f"request {rid}: attempt {len(attempts) + 1} with {name} broke ({type(exc).__name__}); escalating")
