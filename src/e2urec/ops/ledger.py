@@ -20,8 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from e2urec.errors import E2URecError
-from e2urec.scratch import Owner
-from e2urec.scratch import owner_alive as _owner_alive
+from e2urec.scratch import Owner, owner_alive
 
 SCHEME = "hmac-sha256-v1"
 SCHEMA = """
@@ -59,12 +58,6 @@ def owner() -> str:
     """This process, as recorded on the requests it queues or runs (to tell orphans after a crash): host, pid and
     the pid's start time, so a later process that reuses the pid is not taken for the owner."""
     return Owner.me().token()
-
-
-def owner_alive(name: str | None) -> bool:
-    """Whether the process that owns a record still runs; one on another host is assumed alive. Records made
-    before start times were kept (`host:pid`) are judged by the pid alone."""
-    return _owner_alive(name)
 
 
 def settled(record: dict | None) -> dict | None:
