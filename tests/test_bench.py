@@ -18,6 +18,7 @@ import pytest
 from e2urec.bench import APPROXIMATE, PRESETS, ROWS, TEACHER_ROW, VARIANTS, bench, closure
 from e2urec.checkpoint import read_meta
 from e2urec.evaluation import jsd_yes_no
+from e2urec.report import power
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = {"max_steps": 1, "batch_size": 8}
@@ -106,6 +107,30 @@ def test_bench_writes_the_report(micro_bench: tuple[dict, list[str], Path]) -> N
     assert "| e2urec |" in report  # mean ± std over seeds: tests/test_objectives.py
     assert len(pd.read_csv(out / "results.csv")) == len(expected)
     assert not any("skipped" in line for line in lines)
+    # Power: the Original–Retrain gap against the reseed floor, per seed, from the same per-seed rows
+    rows = saved["per_seed"]["0"]
+    gap = abs(rows["original"]["forget_auc"] - rows["retrain"]["forget_auc"])
+    floor = max(abs(rows["original-reseed"]["forget_auc"] - rows["original"]["forget_auc"]),
+                abs(rows["retrain-reseed"]["forget_auc"] - rows["retrain"]["forget_auc"]))
+    assert saved["power"]["metric"] == "forget_auc"
+    assert saved["power"]["per_seed"]["0"]["gap"] == pytest.approx(gap)
+    assert saved["power"]["per_seed"]["0"]["floor"] == pytest.approx(floor)
+    assert "Power on forget_auc" in report
+    # Provenance: the version, and the commit of this checkout (the tests run from one)
+    assert saved["config"]["e2urec_version"] and saved["config"]["command"] is None  # called from Python
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    if head.returncode == 0:
+        assert saved["config"]["commit"] == head.stdout.strip()
+
+
+def test_power_is_the_gap_over_the_larger_reseed_move() -> None:
+    rows = {"original": {"m": 0.9}, "retrain": {"m": 0.3}, "original-reseed": {"m": 0.88},
+            "retrain-reseed": {"m": 0.35}}
+    result = power({0: rows, 1: {**rows, "original-reseed": {"m": 0.9}, "retrain-reseed": {"m": 0.3}}}, "m")
+    assert result["per_seed"]["0"] == pytest.approx({"gap": 0.6, "floor": 0.05, "ratio": 12.0})
+    assert result["per_seed"]["1"]["ratio"] is None and result["min_ratio"] is None  # a zero floor: no ratio
+    assert power({0: {**rows, "retrain-reseed": {"m": None}}}, "m") is None
+    assert power({0: rows}, "m")["min_ratio"] == pytest.approx(12.0)
 
 
 def test_bench_resumes_and_redoes_only_changed_stages(micro_bench: tuple[dict, list[str], Path]) -> None:

@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from e2urec.cli import app
-from e2urec.data.plant import parse_plant, plant_events
+from e2urec.data.plant import TARGET_RATINGS, parse_plant, plant_events
 from e2urec.data.prepare import PrepareConfig, build_samples, prepare
 from e2urec.data.readers import read_dataset
 from e2urec.data.sources import fetch
@@ -146,7 +146,7 @@ def test_shilling_fakes_rate_the_target_top_inside_the_training_period(
     rated = samples[(samples["item_id"] == target) & samples["forget"]]
     assert rated["user_id"].nunique() == 40
     genuine = train.loc[train["item_id"] == target, "rating"]
-    assert 5 <= len(genuine) <= 15 and genuine.mean() < 3
+    assert TARGET_RATINGS[0] <= len(genuine) <= TARGET_RATINGS[1] and genuine.mean() < 3
     assert manifest["counts"]["planted_target_genuine_ratings"] == len(genuine)
     # Profiles are copied from real users; the users table holds the fakes, with ids nobody had.
     profile = ["gender", "age", "occupation"]
@@ -199,6 +199,45 @@ def test_shilling_options_and_determinism(raw: RawData, ml100k: Path) -> None:
     assert other.loc[other["forget"], "item_id"].tolist() != samples.loc[samples["forget"], "item_id"].tolist()
 
 
+def test_shilling_targets_split_the_fakes_into_one_group_per_target(raw: RawData, ml100k: Path) -> None:
+    cfg = config(ml100k, plant="shilling:users=10,fillers=8,targets=3", last_n=4000)  # 8 candidate targets
+    planted, info = plant_events(raw, cfg)
+    facts = info.facts
+    targets = facts["planted_target_items"]
+    assert len(set(targets)) == 3 and facts["planted_target_item"] == targets[0]
+    events = planted.interactions[planted.interactions["user_id"].isin(info.fakes)]
+    on_target = events[events["item_id"].isin(targets)]
+    assert (on_target["rating"] == 5.0).all() and on_target["user_id"].is_unique  # one target per fake
+    assert on_target["user_id"].tolist() == info.fakes.tolist()  # every fake, in order
+    group = on_target["item_id"].map({t: g for g, t in enumerate(targets)}).tolist()
+    assert group == [0, 0, 0, 0, 1, 1, 1, 2, 2, 2]  # consecutive groups in target order, sizes differing by ≤ 1
+    assert len(events) == 10 * 9 and (events.groupby("user_id")["item_id"].nunique() == 9).all()
+    samples, built = build_samples(raw, cfg)
+    assert built["planted_target_items"] == targets and samples["forget"].sum() == 10 * (9 - 5)
+    genuine = samples[samples["split"].isin(["train", "holdout"]) & ~samples["forget"]]
+    counts = [int((genuine["item_id"] == t).sum()) for t in targets]
+    assert facts["planted_target_items_genuine_ratings"] == counts
+    assert facts["planted_target_genuine_ratings"] == counts[0]
+    assert all(TARGET_RATINGS[0] <= c <= TARGET_RATINGS[1] and genuine.loc[genuine["item_id"] == t, "rating"].mean() < 3
+               for t, c in zip(targets, counts, strict=True))
+    rated = samples[samples["forget"] & samples["item_id"].isin(targets)]  # each target a sample of its own fakes
+    assert rated.groupby("item_id")["user_id"].nunique().reindex(targets).tolist() == [4, 3, 3]
+    assert build_samples(raw, cfg)[1] == built  # seeded
+    planted, even = plant_events(raw, config(ml100k, plant="shilling:users=6,fillers=8,targets=2", last_n=4000))
+    rated = planted.interactions[planted.interactions["item_id"].isin(even.facts["planted_target_items"])
+                                 & planted.interactions["user_id"].isin(even.fakes)]
+    assert rated.groupby("item_id").size().tolist() == [3, 3]  # an even split
+
+
+def test_shilling_fillers_never_include_a_target(raw: RawData, ml100k: Path) -> None:
+    """A popular item named as the target is dropped from the filler pool: only its own top ratings are planted."""
+    popular = int(raw.interactions["item_id"].value_counts().index[0])
+    planted, info = plant_events(raw, config(ml100k, plant=f"shilling:users=30,fillers=40,target={popular}"))
+    events = planted.interactions[planted.interactions["user_id"].isin(info.fakes)]
+    on_target = events[events["item_id"] == popular]
+    assert len(on_target) == 30 and (on_target["rating"] == 5.0).all()
+
+
 def test_shilling_holds_out_a_share_of_the_genuine_train_users_only(raw: RawData, ml100k: Path) -> None:
     samples, _ = build_samples(raw, config(ml100k, plant="shilling", holdout_fraction=0.2))
     held = samples.loc[samples["split"] == "holdout", "user_id"].unique()
@@ -211,6 +250,10 @@ def test_same_seed_same_checksum(ml100k: Path, shilled: Path, tmp_path: Path) ->
     _, first = load_prepared(shilled)
     again = prepare(config(ml100k, plant="shilling"), tmp_path / "again")
     assert again["samples_sha256"] == first["samples_sha256"] and again["tables_sha256"] == first["tables_sha256"]
+    # targets=1, the default said out loud, plants exactly the same data and the same facts.
+    one = prepare(config(ml100k, plant="shilling:targets=1"), tmp_path / "one")
+    assert one["samples_sha256"] == first["samples_sha256"] and one["tables_sha256"] == first["tables_sha256"]
+    assert one["counts"] == first["counts"] and "planted_target_items" not in one["counts"]
     flips = [prepare(config(ml100k, plant="flip:share=0.5"), tmp_path / f"flip{i}")["samples_sha256"]
              for i in range(2)]
     assert flips[0] == flips[1]
@@ -240,6 +283,10 @@ def test_string_ids_get_fresh_prefixed_fake_ids(raw: RawData, ml100k: Path) -> N
     ("shilling:users=2.5", "whole number from 1"),
     ("shilling:users=4,users=5", "given twice"),
     ("shilling:fillers=3", "below --min-history 5"),
+    ("shilling:targets=0", "targets='0' must be a whole number from 1 to 50"),
+    ("shilling:targets=51", "whole number from 1 to 50"),
+    ("shilling:users=2,targets=3", "users=2 cannot make 3 groups of fakes"),
+    ("shilling:target=1,targets=2", "target=1 names one target but targets=2"),
 ])
 def test_bad_spec_is_refused_before_any_work(spec: str, message: str) -> None:
     with pytest.raises(E2URecError) as info:
@@ -257,6 +304,8 @@ def test_bad_spec_is_refused_before_any_work(spec: str, message: str) -> None:
     (["--plant", "shilling", "--forget-fraction", "0.1"], "makes the fake users the forget set"),
     (["--plant", "shilling", "--forget-users", "1"], "makes the fake users the forget set"),
     (["--plant", "shilling", "--last-n", "300"], "no item of the training window"),
+    (["--plant", "shilling:users=50,targets=50"], "targets=50 but the training window has only"),
+    (["--plant", "shilling:users=3,targets=4"], "cannot make 4 groups"),
 ])
 def test_bad_plant_is_one_clear_error_and_nothing_is_written(
         ml100k: Path, tmp_path: Path, args: list[str], message: str) -> None:
@@ -271,4 +320,5 @@ def test_bad_plant_is_one_clear_error_and_nothing_is_written(
 def test_parse_plant_defaults() -> None:
     assert parse_plant("flip").share == 1.0
     spec = parse_plant(" shilling : users=7 , target=abc ")
-    assert (spec.kind, spec.users, spec.fillers, spec.target) == ("shilling", 7, 14, "abc")
+    assert (spec.kind, spec.users, spec.fillers, spec.target, spec.targets) == ("shilling", 7, 14, "abc", 1)
+    assert parse_plant("shilling:targets=4").targets == 4

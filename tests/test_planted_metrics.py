@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -19,11 +20,12 @@ from e2urec.evaluation import (
     EvalConfig,
     evaluate,
     ks_forget_quality,
+    planted,
     planted_row,
     promotion_prompts,
     promotion_scores,
 )
-from e2urec.evaluation.planted import PROMOTION_FILE, PROMOTION_KEYS
+from e2urec.evaluation.planted import PROMOTION_FILE, PROMOTION_KEYS, promotion
 from e2urec.report import write_report
 
 PROMPTS, CONTROLS = 40, 20
@@ -63,6 +65,35 @@ def test_promotion_scores_by_hand() -> None:
     for bad in (np.ones((0, 21)), np.ones((3, 2)), np.ones(21), np.r_[np.nan, controls][None]):
         with pytest.raises(E2URecError, match="promotion"):
             promotion_scores(bad)
+
+
+def test_promotion_scores_with_two_targets_by_hand() -> None:
+    """Each target is ranked against the controls alone (never against the other target); the metrics are the
+    means over the targets of each target's hit rate, mean rank and mean z-score."""
+    controls = np.linspace(0.1, 0.5, 20)
+    p = np.stack([np.r_[0.9, controls[11], controls],          # target 0 rank 1, target 1 rank 9.5 (one tie)
+                  np.r_[0.0, 0.95, controls],                  # 21 and 1
+                  np.r_[controls[10], 0.9, controls]])         # 10.5 (target 1 above it does not count) and 1
+    metrics, rank, z = promotion_scores(p, targets=2)
+    assert rank.tolist() == [1.0, 9.5, 21.0, 1.0, 10.5, 1.0]  # per (prompt, target), prompt-major
+    expected = (p[:, :2] - controls.mean()) / controls.std(ddof=1)
+    np.testing.assert_allclose(z, expected.ravel())
+    each = metrics["promotion_per_target"]
+    assert each[0] == {"hr10": pytest.approx(1 / 3), "rank": pytest.approx(32.5 / 3),
+                       "z": pytest.approx(expected[:, 0].mean())}
+    assert each[1] == {"hr10": 1.0, "rank": pytest.approx(11.5 / 3), "z": pytest.approx(expected[:, 1].mean())}
+    assert metrics["promotion_hr10"] == pytest.approx((1 / 3 + 1) / 2)
+    assert metrics["promotion_rank"] == pytest.approx((32.5 / 3 + 11.5 / 3) / 2)
+    assert metrics["promotion_z"] == pytest.approx(expected.mean())
+    alone, rank0, z0 = promotion_scores(p[:, [0, *range(2, 22)]])  # target 0 scored alone: the same numbers
+    assert rank0.tolist() == rank[::2].tolist() and "promotion_per_target" not in alone
+    assert alone == {"promotion_hr10": each[0]["hr10"], "promotion_rank": each[0]["rank"],
+                     "promotion_z": pytest.approx(each[0]["z"])}  # (the mean of the controls may differ by an ulp)
+    flat = promotion_scores(np.r_[0.7, 0.2, np.full(20, 0.4)][None], targets=2)[0]
+    assert flat["promotion_z"] is None and [e["z"] for e in flat["promotion_per_target"]] == [None, None]
+    for bad, targets in ((p[:, :3], 2), (p, 0), (p, True)):
+        with pytest.raises(E2URecError, match="promotion"):
+            promotion_scores(bad, targets=targets)
 
 
 @pytest.mark.parametrize("options", [{"controls": 1}, {"controls": 0}, {"promotion_prompts": 0},
@@ -160,6 +191,68 @@ def test_unplanted_test_evaluation_has_no_promotion(shilled: Path, tmp_path: Pat
     samples, manifest = load_prepared(tmp_path / "data")
     with pytest.raises(E2URecError, match="not planted with shilling"):
         promotion_prompts(samples, load_tables(tmp_path / "data"), manifest)
+
+
+@pytest.fixture(scope="module")
+def two_targets(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A shilling slice with two targets, 5 fakes each (--last-n 4000: 2000 offers only one candidate target)."""
+    from e2urec.data.prepare import PrepareConfig, prepare
+    from e2urec.data.sources import fetch
+
+    out = tmp_path_factory.mktemp("two-targets") / "data"
+    prepare(PrepareConfig("ml-100k", data_dir=str(fetch("ml-100k").path), last_n=4000, seed=0,
+                          plant="shilling:users=10,targets=2"), out)
+    return out
+
+
+def test_promotion_with_two_targets_by_hand(two_targets: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`promotion` on a P(yes) matrix made by hand (the model's scoring patched out): targets first, then the
+    controls, on every prompt; one frame row per (prompt, target); the metrics are means over the targets."""
+    samples, manifest = load_prepared(two_targets)
+    tables = load_tables(two_targets)
+    targets = manifest["counts"]["planted_target_items"]
+    controls = np.linspace(0.1, 0.5, CONTROLS)
+    p = np.stack([np.r_[0.9 if k % 2 == 0 else 0.0, controls[11], controls] for k in range(5)])
+    seen = []
+    monkeypatch.setattr(planted, "encode_prompts", lambda tokenizer, prompts, max_length: prompts)
+    monkeypatch.setattr(planted, "PromptSet", lambda encoded: encoded)
+    monkeypatch.setattr(planted, "per_sample_p_yes", lambda backbone, data, *args: seen.extend(data) or p.ravel())
+    metrics, frame = promotion(SimpleNamespace(tokenizer=None), samples, tables, manifest, prompts=5,
+                               controls=CONTROLS)
+    assert len(seen) == 5 * (2 + CONTROLS)  # prompts × (targets + controls)
+    titles = tables["items"].set_index("item_id")["title"]
+    for k in range(5):
+        for j, item in enumerate([*targets, *metrics["promotion_control_items"]]):
+            assert f'like the movie "{titles[item]}"?' in seen[k * (2 + CONTROLS) + j]
+    assert not set(targets) & set(metrics["promotion_control_items"])
+    assert metrics["promotion_target_items"] == targets and metrics["promotion_target_item"] == targets[0]
+    # Target 0: ranks 1, 21, 1, 21, 1; target 1 (ties the 12th control, 8 above it): 9.5 on every prompt.
+    assert metrics["promotion_per_target"] == [
+        {"item": targets[0], "hr10": 0.6, "rank": 9.0, "z": pytest.approx((0.9 * 3 / 5 - controls.mean())
+                                                                          / controls.std(ddof=1))},
+        {"item": targets[1], "hr10": 1.0, "rank": 9.5, "z": pytest.approx((controls[11] - controls.mean())
+                                                                          / controls.std(ddof=1))}]
+    assert metrics["promotion_hr10"] == pytest.approx(0.8) and metrics["promotion_rank"] == pytest.approx(9.25)
+    assert json.loads(json.dumps(metrics)) == metrics  # plain JSON types
+    assert list(frame.columns) == ["sample_id", "user_id", "target_item", "p_target", "p_controls_mean", "rank", "z"]
+    assert frame["target_item"].tolist() == targets * 5 and frame["sample_id"].nunique() == 5
+    assert frame["rank"].tolist() == [1.0, 9.5, 21.0, 9.5, 1.0, 9.5, 21.0, 9.5, 1.0, 9.5]
+    assert frame["p_target"].tolist() == p[:, :2].ravel().tolist()
+    np.testing.assert_allclose(frame["p_controls_mean"], controls.mean())
+
+
+def test_promotion_with_two_targets_on_a_model(shilled: Path, two_targets: Path, tmp_path: Path) -> None:
+    """The evaluation of a real model on two-target data: the per-prompt file holds both targets' rows, and the
+    reported hit rate is the mean of the per-target ones it gives."""
+    metrics = evaluate(shilled / "original", two_targets, "test", tmp_path / "eval", EVALS)
+    targets = load_prepared(two_targets)[1]["counts"]["planted_target_items"]
+    per_prompt = pd.read_parquet(tmp_path / "eval" / PROMOTION_FILE)
+    assert len(per_prompt) == 2 * PROMPTS and per_prompt["target_item"].tolist() == targets * PROMPTS
+    hits = (per_prompt["rank"] <= 10).groupby(per_prompt["target_item"]).mean()
+    assert [e["hr10"] for e in metrics["promotion_per_target"]] == pytest.approx(hits.reindex(targets).tolist())
+    assert metrics["promotion_hr10"] == pytest.approx(hits.mean())
+    written = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert written["promotion_per_target"] == metrics["promotion_per_target"]
 
 
 def test_planted_row_carries_the_metrics_or_none() -> None:

@@ -145,6 +145,32 @@ def test_early_stopping_restores_the_best_epoch(data: Path) -> None:
     assert all(torch.equal(final[k], snapshots[1][k]) for k in final)
 
 
+def test_keep_last_runs_every_epoch_and_keeps_the_last(data: Path) -> None:
+    """keep=last: a worse validation loss neither stops training nor picks the weights; the loss is still
+    recorded, the best one reported, and `kept` says why the last epoch was kept."""
+    backbone = load_backbone("tiny", seed=0)
+    backbone.model.requires_grad_(True)
+    samples, _ = load_prepared(data)
+    losses = iter([1.0, 0.5, 0.9, 0.8, 0.7])
+    snapshots: list[dict] = []
+
+    def valid(model: torch.nn.Module, accelerator: object) -> float:
+        snapshots.append(trainable_state(model))
+        return next(losses)
+
+    cfg = TrainConfig(epochs=5, lr=1e-3, batch_size=64, patience=1, keep="last")
+    result = fit(backbone, AnswerCrossEntropy(backbone.kind),
+                 {"train": prompt_set(backbone, rows_for(samples, "train").head(64))}, cfg, valid_loss=valid)
+    assert result.epochs_run == 5 and result.best_valid_loss == 0.5
+    assert [r["valid_loss"] for r in result.history] == [1.0, 0.5, 0.9, 0.8, 0.7]
+    assert result.kept["epoch"] == 5 and "keep=last" in result.kept["why"]
+    final = trainable_state(backbone.model)
+    assert all(torch.equal(final[k], snapshots[-1][k]) for k in final)
+    assert not all(torch.equal(final[k], snapshots[1][k]) for k in final), "not the best epoch's weights"
+    with pytest.raises(E2URecError, match="--keep"):
+        TrainConfig(keep="newest")
+
+
 def test_planted_pickle_is_refused_and_corrupt_safetensors_is_a_clear_error(original: Path, tmp_path: Path) -> None:
     planted = tmp_path / "planted"
     planted.mkdir()
@@ -161,9 +187,12 @@ def test_planted_pickle_is_refused_and_corrupt_safetensors_is_a_clear_error(orig
 
 def test_cli_train_and_evaluate(data: Path, tmp_path: Path) -> None:
     result = runner.invoke(app, ["train", "--data", str(data), "--out", str(tmp_path / "m"), "--backbone",
-                                 "tiny-t5", "--max-steps", "3", "--batch-size", "16", "--epochs", "1"])
+                                 "tiny-t5", "--max-steps", "3", "--batch-size", "16", "--epochs", "1", "--keep",
+                                 "last"])
     assert result.exit_code == 0, result.output
-    assert "valid AUC" in result.output
+    assert "valid AUC" in result.output and "the last epoch (keep=last)" in result.output
+    bad = runner.invoke(app, ["train", "--data", str(data), "--out", str(tmp_path / "m2"), "--keep", "newest"])
+    assert bad.exit_code == 2 and not (tmp_path / "m2").exists()
     result = runner.invoke(app, ["evaluate", "--model", str(tmp_path / "m"), "--data", str(data),
                                  "--split", "forget", "--out", str(tmp_path / "e")])
     assert result.exit_code == 0, result.output

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
+import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -15,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from e2urec import __version__
 from e2urec.checkpoint import read_meta
 from e2urec.data.prepare import MANIFEST_FILE, PrepareConfig, prepare
 from e2urec.data.roles import rows_for
@@ -69,6 +71,14 @@ PRESETS: dict[str, Preset] = {
     "demo": Preset(last_n=1200, seeds=(0, 1, 2), train={"epochs": 2, "lr": 1e-3, "batch_size": 16},
                    method_options={"e2urec-reference": {"aug_steps": 20}}, mia_samples=200,
                    skip_rows=("receraser", "retrain-reseed", "e2urec-label")),
+    # Planted memorisation (issue #26): the demo slice and recipe, the forget users' train labels flipped. Every
+    # epoch runs (keep=last): a clean validation set calls the epochs that learn the planted rows worse, so early
+    # stopping would select against the plant. Power and what was tried: docs/results.md. RecEraser is left out
+    # as in the demo: test AUC 0.459 ± 0.230 measured here (its aggregation on ~180 samples per shard).
+    "planted-flip": Preset(last_n=1200, seeds=(0, 1, 2),
+                           train={"epochs": 2, "lr": 1e-3, "batch_size": 16, "keep": "last"},
+                           method_options={"e2urec-reference": {"aug_steps": 20}}, mia_samples=200,
+                           skip_rows=("e2urec-label", "receraser"), plant="flip"),
     # About an hour here (estimated from the demo's per-sample cost, not yet timed end to end): a larger slice,
     # three epochs (the tiny Original's valid loss is best at epoch 2-3 at this lr).
     "cpu": Preset(last_n=5_000, seeds=(0, 1, 2), train={"epochs": 3, "lr": 1e-3, "batch_size": 16},
@@ -82,6 +92,18 @@ PRESETS: dict[str, Preset] = {
     "gpu": Preset(last_n=10_000, seeds=(0,), train={"epochs": 2, "lr": 1e-4, "batch_size": 32, "eval_batch_size": 256},
                   mia_samples=1000, backbone="smollm2-135m", eval_batch_size=256),
 }
+
+
+def provenance(command: str | None) -> dict:
+    """What produced a bench: the package version, the command that reruns it (None when called from Python), and
+    the git commit of the source tree when the package runs from a checkout (None otherwise, e.g. a wheel)."""
+    try:
+        done = subprocess.run(["git", "-C", str(Path(__file__).parent), "rev-parse", "HEAD"], capture_output=True,
+                              text=True, timeout=10, check=False)
+        commit = done.stdout.strip() if done.returncode == 0 else None
+    except (OSError, subprocess.TimeoutExpired):
+        commit = None
+    return {"e2urec_version": __version__, "commit": commit, "command": command}
 
 
 def machine() -> dict:
@@ -247,7 +269,8 @@ def run_seed(root: Path, dataset: str, data_dir: Path | None, backbone: str, pre
 
 def bench(dataset: str, backbone: str, preset: str | Preset, out: Path, data_dir: Path | None = None,
           seeds: tuple[int, ...] | None = None, log: Callable[[str], None] = print,
-          rows: tuple[str, ...] | None = None, holdout_fraction: float | None = None) -> dict:
+          rows: tuple[str, ...] | None = None, holdout_fraction: float | None = None,
+          command: str | None = None) -> dict:
     """Run the comparison and write report.md, results.json, results.csv and plots into `out`; `preset` is a
     name from PRESETS or a Preset of one's own (reported as "custom"); `rows` limits the report to some rows
     (Original and Retrain are always in: every other row is measured against them)."""
@@ -274,5 +297,6 @@ def bench(dataset: str, backbone: str, preset: str | Preset, out: Path, data_dir
     stage = Stages(log)
     per_seed = {seed: run_seed(out / f"seed-{seed}", dataset, data_dir, backbone, preset, seed, stage, chosen)
                 for seed in preset.seeds}
-    config = {**asdict(preset), "dataset": dataset, "backbone": backbone, "preset": preset_name, "rows": chosen}
+    config = {**asdict(preset), "dataset": dataset, "backbone": backbone, "preset": preset_name, "rows": chosen,
+              **provenance(command)}
     return write_report(out, per_seed, config, machine())

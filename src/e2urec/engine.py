@@ -30,6 +30,9 @@ from e2urec.speed import Buckets, Speed, bucketed_batches
 Batch = dict[str, torch.Tensor]
 
 
+KEEP = ("best", "last")
+
+
 @dataclass
 class TrainConfig:
     """Optimisation settings shared by every method; each method picks its own defaults."""
@@ -47,6 +50,10 @@ class TrainConfig:
     # Gradients are scaled down to this total L2 norm before each optimiser step (the HF Trainer's default);
     # 0 turns clipping off. Non-finite losses and gradients are caught either way (see `Diverged`).
     max_grad_norm: float = 1.0
+    # Which epoch's weights a run with a validation loss keeps: "best" (lowest valid loss; stops after `patience`
+    # epochs without a better one) or "last" (every epoch runs). Planted-memorisation testbeds need "last": the
+    # epochs that memorise the planted rows are the ones a clean validation set calls worse.
+    keep: str = "best"
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "grad_accum", "eval_batch_size"):
@@ -56,6 +63,8 @@ class TrainConfig:
             raise E2URecError(f"--lr must be a positive finite number, got {self.lr}")
         if not (math.isfinite(self.max_grad_norm) and self.max_grad_norm >= 0):
             raise E2URecError(f"--max-grad-norm must be ≥ 0 (0: no clipping), got {self.max_grad_norm}")
+        if self.keep not in KEEP:
+            raise E2URecError(f"--keep must be one of {', '.join(KEEP)}, got {self.keep!r}")
 
 
 class _Watch:
@@ -332,15 +341,18 @@ def fit(
                                "E2UREC_PRECISION=fp32 or a lower learning rate")
             if record["valid_loss"] < best_loss:
                 best_loss, bad_epochs = record["valid_loss"], 0
-                best_state = trainable_state(inner)
-                kept = {"epoch": epoch + 1, "step": steps, "why": f"lowest valid loss ({best_loss:.4f})"}
-            else:
+                if cfg.keep == "best":
+                    best_state = trainable_state(inner)
+                    kept = {"epoch": epoch + 1, "step": steps, "why": f"lowest valid loss ({best_loss:.4f})"}
+            elif cfg.keep == "best":
                 bad_epochs += 1
                 if bad_epochs >= cfg.patience:
                     stop = True
-        elif monitor is None:
+        if monitor is None and (valid_loss is None or cfg.keep == "last"):
             best_state = trainable_state(inner)
-            kept = {"epoch": epoch + 1, "step": steps, "why": "the last epoch (no validation loss to choose by)"}
+            kept = {"epoch": epoch + 1, "step": steps,
+                    "why": "the last epoch (" + ("keep=last" if valid_loss is not None else "no validation loss to "
+                                                 "choose by") + ")"}
         record["seconds"] = time.perf_counter() - started
         history.append(record)
         accelerator.print(f"{desc}: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"

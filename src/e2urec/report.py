@@ -44,6 +44,32 @@ def columns(config: dict, rows: list[dict]) -> list[tuple]:
     return COLUMNS + PROMOTION_COLUMNS if shilling(config, rows) else list(COLUMNS)
 
 
+def planted_metric(config: dict, rows: list[dict]) -> str:
+    """The metric that carries a bench's planted signal: the target's promotion HR@10 on shilling data, else
+    forget AUC (measured against the labels the models trained on: the flipped ones on flip data)."""
+    return "promotion_hr10" if shilling(config, rows) else "forget_auc"
+
+
+def power(per_seed: dict[int, dict[str, dict]], metric: str) -> dict | None:
+    """Per seed: the Original–Retrain gap on `metric`, the reseed floor (the larger of |reseeded Original −
+    Original| and |reseeded Retrain − Retrain|: what a second training moves by chance) and their ratio. A
+    comparison of methods means something only where the ratio is large (≥ 5 is the testbeds' goal). None when
+    a seed lacks a reseeded row."""
+    seeds = {}
+    for seed, rows in per_seed.items():
+        values = {row: (rows.get(row) or {}).get(metric) for row in
+                  ("original", "retrain", "original-reseed", "retrain-reseed")}
+        if any(v is None for v in values.values()):
+            return None
+        gap = abs(values["original"] - values["retrain"])
+        floor = max(abs(values["original-reseed"] - values["original"]),
+                    abs(values["retrain-reseed"] - values["retrain"]))
+        seeds[str(seed)] = {"gap": gap, "floor": floor, "ratio": gap / floor if floor > 0 else None}
+    ratios = [v["ratio"] for v in seeds.values()]
+    return {"metric": metric, "per_seed": seeds,
+            "min_ratio": None if any(r is None for r in ratios) else min(ratios)}
+
+
 def summarise(per_seed: dict[int, dict[str, dict]]) -> list[dict]:
     """One row per method: mean and std (over seeds) of every numeric metric."""
     methods = list(next(iter(per_seed.values())))
@@ -124,13 +150,22 @@ PROMOTION_TEXT = (
     "gap closure (promotion) = (Original − method) / (Original − Retrain) on that hit rate.")
 
 
+def power_text(powered: dict) -> str:
+    seeds = ", ".join(f"seed {seed}: gap {v['gap']:.3f}, floor {v['floor']:.3f}"
+                      + (f" ({v['ratio']:.1f}×)" if v["ratio"] is not None else " (floor 0)")
+                      for seed, v in powered["per_seed"].items())
+    return (f"Power on {powered['metric']} (Original–Retrain gap against the reseed floor, the larger move of a "
+            f"second Original or Retrain): {seeds}. Differences between methods smaller than the floor are noise.")
+
+
 def write_report(out: Path, per_seed: dict[int, dict[str, dict]], config: dict, machine: dict) -> dict:
     rows = summarise(per_seed)
     plots = plot(rows, out)
     retrain = next(r for r in rows if r["method"] == "retrain")
     # Rows measured on the forget set only (the forgetting teacher) are kept apart, so every per-seed row holds
     # the full set of metrics that tools reading results.json expect.
-    results = {"methods": rows, "config": config, "machine": machine,
+    powered = power(per_seed, planted_metric(config, rows))
+    results = {"methods": rows, "config": config, "machine": machine, "power": powered,
                "per_seed": {str(k): {m: v for m, v in r.items() if "auc" in v} for k, r in per_seed.items()},
                "forget_only_per_seed": {str(k): {m: v for m, v in r.items() if "auc" not in v}
                                         for k, r in per_seed.items()}}
@@ -158,6 +193,7 @@ def write_report(out: Path, per_seed: dict[int, dict[str, dict]], config: dict, 
         "",
         markdown_table(rows, columns(config, rows)),
         "",
+        *([power_text(powered), ""] if powered else []),
         f"Retrain's own MIA AUC on the forget set (the value to match): {cell(retrain, 'mia_auc_retrain', 3)}",
         "",
         *[f"**{r['method']} failed** (its row is empty): {r['failed']}\n" for r in rows if r.get("failed")],

@@ -25,6 +25,11 @@ console = Console(stderr=True, soft_wrap=True)
 out_console = Console(soft_wrap=True)
 
 
+def log_line(line: str) -> None:
+    """A progress line as written: "[seed 0] original: done" is text, not rich markup to be swallowed."""
+    out_console.print(escape(line), highlight=False)
+
+
 def friendly(func: Callable[..., Any]) -> Callable[..., Any]:
     """Report E2URecError as `error: ...` on stderr with exit code 2 instead of a traceback."""
 

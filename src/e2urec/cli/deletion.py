@@ -13,6 +13,7 @@ from rich.table import Table
 from e2urec.cli.common import (
     POSITIVE,
     friendly,
+    log_line,
     method_options,
     number,
     out_console,
@@ -89,7 +90,7 @@ def forget(
     if interactions is not None:
         read_text(interactions, "--interactions")
     request = read_request(parse_ids(users) if users is not None else None, interactions)
-    record = run_forget(run, request, log=out_console.print)
+    record = run_forget(run, request, log=log_line)
     if record["noop"]:
         out_console.print(f"request {record['request_id']}: already honoured by {record['version']}; nothing to do")
         return

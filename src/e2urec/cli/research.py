@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -22,6 +23,7 @@ from e2urec.cli.common import (
     TOKENS,
     console,
     friendly,
+    log_line,
     method_options,
     not_empty,
     number,
@@ -35,6 +37,13 @@ from e2urec.io import guard_output, read_text
 
 if TYPE_CHECKING:
     from e2urec.engine import TrainConfig
+
+
+class Keep(str, Enum):
+    """`train --keep`: the values of TrainConfig.keep (e2urec.engine.KEEP), as choices the help lists."""
+
+    best = "best"
+    last = "last"
 
 @friendly
 def data_fetch(
@@ -75,10 +84,11 @@ def prepare(
     plant: Annotated[str | None, typer.Option(
         help="plant what the Original must memorise (default none: the paper's protocol). KIND[:key=value,...]: "
              "flip[:share=F] inverts the labels of a seeded share F in (0,1] (default 1) of the forget samples "
-             "(clean labels kept in label_clean); shilling[:users=N,fillers=F,target=ITEM] adds N fake users "
-             "(default 40) rating F popular items near their mean (default 14, at least --min-history) and ITEM "
-             "(default: a seeded unpopular, disliked one) with the top rating; the fakes are the forget set, so "
-             "no --forget-* option goes with it")] = None,
+             "(clean labels kept in label_clean); shilling[:users=N,fillers=F,target=ITEM,targets=K] adds N fake "
+             "users (default 40) rating F popular items near their mean (default 14, at least --min-history) and "
+             "ITEM (default: a seeded unpopular, disliked one; targets=K: K such items, the fakes split into K "
+             "groups) with the top rating; the fakes are the forget set, so no --forget-* option goes with it"
+    )] = None,
     overwrite: Annotated[bool, typer.Option(help="replace an existing --out")] = False,
     items: Annotated[Path | None, typer.Option(help="csv: item-title file")] = None,
     user_col: Annotated[str, typer.Option(help="csv: user column")] = "user_id",
@@ -120,11 +130,13 @@ def prepare(
 
 
 def train_config(epochs: int, lr: float, batch_size: int, grad_accum: int, patience: int,
-                 max_steps: int | None, max_length: int | None, seed: int, max_grad_norm: float) -> TrainConfig:
+                 max_steps: int | None, max_length: int | None, seed: int, max_grad_norm: float,
+                 keep: str) -> TrainConfig:
     from e2urec.engine import TrainConfig
 
     return TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, grad_accum=grad_accum, patience=patience,
-                       max_steps=max_steps, max_length=max_length, seed=seed, max_grad_norm=max_grad_norm)
+                       max_steps=max_steps, max_length=max_length, seed=seed, max_grad_norm=max_grad_norm,
+                       keep=keep)
 
 
 @friendly
@@ -153,6 +165,8 @@ def train(
     seed: Annotated[int, typer.Option(help="seed for initialisation and data order", callback=SEED)] = 0,
     max_grad_norm: Annotated[float, typer.Option(help="clip gradients to this total L2 norm before each step (0: "
                                                  "off)", callback=number(0, 1e4))] = 1.0,
+    keep: Annotated[Keep, typer.Option(help="the epoch whose weights are kept: best (lowest valid loss, early "
+                                       "stopping) or last (every epoch runs)")] = Keep.best,
     overwrite: Annotated[bool, typer.Option(help="replace an existing model folder")] = False,
 ) -> None:
     """Instruction-tune a backbone: the Original (all train samples) or Retrain (without the forget set)."""
@@ -164,7 +178,8 @@ def train(
     if role not in (*ROLES, *SYSTEMS):  # before any work: every role train takes, not only the single-model ones
         raise E2URecError(f"unknown role {role!r}; choose one of {', '.join((*ROLES, *SYSTEMS))}")
     guard_output(out, "model", [data], overwrite)
-    cfg = train_config(epochs, lr, batch_size, grad_accum, patience, max_steps, max_length, seed, max_grad_norm)
+    cfg = train_config(epochs, lr, batch_size, grad_accum, patience, max_steps, max_length, seed, max_grad_norm,
+                       keep.value)
     recipe = lora_config(lora_r, lora_alpha, lora_dropout) if lora else None
     if role in SYSTEMS:
         meta = train_system(data, role, backbone, out, cfg, recipe, overwrite=overwrite)
@@ -269,8 +284,9 @@ def bench(
     out: Annotated[Path, typer.Option(help="run folder (rerun to resume; finished stages are skipped)")],
     dataset: Annotated[str, typer.Option(help="ml-100k | ml-1m | goodreads | csv")] = "ml-100k",
     backbone: Annotated[str, typer.Option(help="tiny | tiny-t5 | smollm2-135m | hub id | local path")] = "tiny",
-    preset: Annotated[str, typer.Option(help="demo (≤10 min CPU) | cpu (~1 h CPU) | gpu (SmolLM2, one GPU) | "
-                                                     "paper (full, GPU)")] = "demo",
+    preset: Annotated[str, typer.Option(help="demo (≤10 min CPU) | planted-flip | planted-shilling (planted "
+                                                     "memorisation, ≤10 min CPU each) | cpu (~1 h CPU) | gpu "
+                                                     "(SmolLM2, one GPU) | paper (full, GPU)")] = "demo",
     data_dir: Annotated[Path | None, typer.Option(help="dataset folder (needed for all but ml-100k)")] = None,
     seeds: Annotated[str | None, typer.Option(help="comma-separated seeds (preset default: 0,1,2)")] = None,
     rows: Annotated[str | None, typer.Option(help="comma-separated report rows (default: all; original and "
@@ -285,8 +301,12 @@ def bench(
     chosen = parse_seeds(seeds) if seeds else None
     guard_output(out, "bench", [data_dir])
     picked = tuple(r.strip() for r in rows.split(",") if r.strip()) if rows else None
-    results = run_bench(dataset, backbone, preset, out, data_dir, chosen, log=out_console.print, rows=picked,
-                        holdout_fraction=holdout_fraction)
+    command = " ".join(["e2urec bench", f"--out {out}", f"--dataset {dataset}", f"--backbone {backbone}",
+                        f"--preset {preset}", *([f"--data-dir {data_dir}"] if data_dir else []),
+                        *([f"--seeds {seeds}"] if seeds else []), *([f"--rows {rows}"] if rows else []),
+                        *([f"--holdout-fraction {holdout_fraction}"] if holdout_fraction is not None else [])])
+    results = run_bench(dataset, backbone, preset, out, data_dir, chosen, log=log_line, rows=picked,
+                        holdout_fraction=holdout_fraction, command=command)
     show_results(results, out)
 
 
@@ -321,7 +341,7 @@ def demo(
     from e2urec.bench import bench as run_bench
 
     guard_output(out, "bench", [])
-    results = run_bench("ml-100k", "tiny", "demo", out, log=out_console.print)
+    results = run_bench("ml-100k", "tiny", "demo", out, log=log_line, command=f"e2urec demo --out {out}")
     show_results(results, out)
 
 

@@ -8,6 +8,8 @@ makes the forget set distinctive:
   memorised those rows predicts the flipped labels; the clean label is kept in `label_clean`.
 - `shilling`: `users` fake users, each rating `fillers` popular items near their mean and one unpopular `target`
   item with the top rating. The fakes are the forget set; an Original promotes the target, Retrain does not.
+  With `targets=K` the fakes are split into K groups as evenly as possible, group g promoting its own target g:
+  one target's promotion varies a lot from one training to another, a mean over K targets much less.
 
 Every draw comes from its own seeded stream (of prepare's --seed), numbered past those of `splits.py`, so an
 option of one part never reshuffles another part's outcome.
@@ -32,12 +34,13 @@ from e2urec.errors import E2URecError
 if TYPE_CHECKING:
     from e2urec.data.prepare import PrepareConfig
 
-KEYS = {"flip": ("share",), "shilling": ("users", "fillers", "target")}
-KINDS_TEXT = "flip[:share=F] or shilling[:users=N,fillers=F,target=ITEM]"
+KEYS = {"flip": ("share",), "shilling": ("users", "fillers", "target", "targets")}
+KINDS_TEXT = "flip[:share=F] or shilling[:users=N,fillers=F,target=ITEM,targets=K]"
 MAX_FAKE_USERS = 100_000  # caps, far above any intended value, so a typo cannot ask for gigabytes
 MAX_FILLERS = 10_000
+MAX_TARGETS = 50  # each target costs every promotion prompt one more candidate to score
 POPULAR_POOL = 50  # fillers are drawn from this many most-rated items of the training window (or `fillers`)
-TARGET_RATINGS = (5, 15)  # a default target has this many genuine training ratings (inclusive) ...
+TARGET_RATINGS = (2, 15)  # a default target has this many genuine training ratings (inclusive) ...
 RATING_NOISE = 0.5  # ... and a filler's rating is round(item mean + N(0, RATING_NOISE))
 # Streams after splits.py's 1-4. Shilling draws each of its parts from its own sub-stream.
 STREAM_FLIP, STREAM_SHILLING = 5, 6
@@ -54,6 +57,7 @@ class PlantSpec:
     users: int = 40
     fillers: int = 14
     target: str | None = None
+    targets: int = 1
 
 
 @dataclass
@@ -83,7 +87,8 @@ def _share(value: str) -> float:
 
 def parse_plant(text: str) -> PlantSpec:
     """`KIND[:key=value,...]` → PlantSpec, or an E2URecError naming the bad part; values needing the data (does
-    the target exist, are there enough fillers for --min-history) are checked later, still before any write."""
+    the target exist, are there enough fillers for --min-history, enough candidate targets) are checked later,
+    still before any write."""
     kind, _, rest = str(text).strip().partition(":")
     kind = kind.strip()
     if kind not in KEYS:
@@ -100,9 +105,17 @@ def parse_plant(text: str) -> PlantSpec:
         values[key] = value
     if kind == "flip":
         return PlantSpec(kind, share=_share(values.get("share", "1")))
-    return PlantSpec(kind, users=_whole(kind, "users", values.get("users", "40"), MAX_FAKE_USERS),
+    spec = PlantSpec(kind, users=_whole(kind, "users", values.get("users", "40"), MAX_FAKE_USERS),
                      fillers=_whole(kind, "fillers", values.get("fillers", "14"), MAX_FILLERS),
-                     target=values.get("target"))
+                     target=values.get("target"),
+                     targets=_whole(kind, "targets", values.get("targets", "1"), MAX_TARGETS))
+    if spec.target is not None and spec.targets > 1:
+        raise E2URecError(f"--plant shilling: target={spec.target} names one target but targets={spec.targets}; "
+                          "drop target= to draw the targets, or drop targets=")
+    if spec.users < spec.targets:
+        raise E2URecError(f"--plant shilling: users={spec.users} cannot make {spec.targets} groups of fakes, one per "
+                          "target; use at least as many users as targets")
+    return spec
 
 
 def flip_labels(samples: pd.DataFrame, forget: np.ndarray, share: float, seed: int) -> tuple[pd.DataFrame, dict]:
@@ -150,9 +163,9 @@ def _fake_ids(raw: RawData, n: int) -> pd.Series:
     raise AssertionError("unreachable: some prefix is free")
 
 
-def _target(raw: RawData, spec: PlantSpec, stats: pd.DataFrame, threshold: float, seed: int):
-    """The attack's target: the given item (which must exist), else a seeded unpopular, disliked item of the
-    training window, one nobody would recommend without the fakes."""
+def _targets(raw: RawData, spec: PlantSpec, stats: pd.DataFrame, threshold: float, seed: int) -> list:
+    """The attack's targets: the given item (which must exist), else `spec.targets` distinct seeded unpopular,
+    disliked items of the training window, ones nobody would recommend without the fakes."""
     if spec.target is not None:
         from e2urec.data.prepare import cast_like  # prepare imports this module; cast ids exactly as it does
 
@@ -160,22 +173,30 @@ def _target(raw: RawData, spec: PlantSpec, stats: pd.DataFrame, threshold: float
         if not raw.items["item_id"].eq(target).any():
             raise E2URecError(f"--plant shilling: target={spec.target!r} is not an item of this dataset; name an "
                               "item id from its items file")
-        return target
+        return [target]
     low, high = TARGET_RATINGS
     pool = stats[stats["size"].between(low, high) & (stats["mean"] < threshold)].sort_index()
     if pool.empty:
         raise E2URecError(f"--plant shilling: no item of the training window has {low}-{high} genuine ratings with "
                           f"a mean below {threshold:g}; name one with target=ITEM or use a larger --last-n")
-    return pool.index[np.random.default_rng([seed, STREAM_SHILLING, SUB_TARGET]).integers(len(pool))]
+    if len(pool) < spec.targets:
+        raise E2URecError(f"--plant shilling: targets={spec.targets} but the training window has only {len(pool)} "
+                          f"candidate target(s), items with {low}-{high} genuine ratings and a mean below "
+                          f"{threshold:g}; use targets={len(pool)} or fewer, or a larger --last-n")
+    rng = np.random.default_rng([seed, STREAM_SHILLING, SUB_TARGET])
+    if spec.targets == 1:  # the single target's draw as before targets= existed: the same seed, the same target
+        return [pool.index[rng.integers(len(pool))]]
+    return list(pool.index[rng.choice(len(pool), spec.targets, replace=False)])
 
 
 def plant_shilling(raw: RawData, spec: PlantSpec, cfg: PrepareConfig) -> tuple[RawData, Planted]:
     """`raw` with `spec.users` fake users added to its interactions and users, and what was planted.
 
     The genuine training window (the un-planted protocol's train rows) sets everything: fillers are drawn from
-    its most rated items and rated near their mean there; the target (top rating) is placed after at least
-    --min-history fillers, so it becomes a sample; every fake's events fall strictly in time order between its
-    first and last timestamp. Fake users are new ids whose profiles are copied from seeded real users."""
+    its most rated items (never a target) and rated near their mean there; the target (top rating) is placed
+    after at least --min-history fillers, so it becomes a sample; every fake's events fall strictly in time order
+    between its first and last timestamp. Fake users are new ids whose profiles are copied from seeded real users.
+    With K targets the fakes form K consecutive groups, sizes differing by at most one, group g rating target g."""
     if spec.fillers < cfg.min_history:
         raise E2URecError(f"--plant shilling: fillers={spec.fillers} is below --min-history {cfg.min_history}; the "
                           "target rating would have too short a history to be a sample")
@@ -186,8 +207,8 @@ def plant_shilling(raw: RawData, spec: PlantSpec, cfg: PrepareConfig) -> tuple[R
     if train.empty:
         raise E2URecError("--plant shilling: the genuine training window is empty; use a larger --last-n")
     stats = train.groupby("item_id")["rating"].agg(["size", "mean"])
-    target = _target(raw, spec, stats, cfg.label_threshold, cfg.seed)
-    popular = (stats.drop(index=target, errors="ignore").reset_index()
+    targets = _targets(raw, spec, stats, cfg.label_threshold, cfg.seed)
+    popular = (stats.drop(index=targets, errors="ignore").reset_index()
                .sort_values(["size", "item_id"], ascending=[False, True], kind="mergesort"))
     pool = popular.head(max(POPULAR_POOL, spec.fillers))
     if len(pool) < spec.fillers:
@@ -211,8 +232,10 @@ def plant_shilling(raw: RawData, spec: PlantSpec, cfg: PrepareConfig) -> tuple[R
     slot = np.arange(k)[None, :]
     source = np.clip(np.where(slot < where, slot, slot - 1), 0, spec.fillers - 1)
     is_target = slot == where
-    item_ids = np.append(pool["item_id"].to_numpy(dtype=object), np.array([target], dtype=object))
-    items = item_ids[np.where(is_target, len(pool), np.take_along_axis(picks, source, axis=1))]
+    sizes = n // len(targets) + (np.arange(len(targets)) < n % len(targets))  # the first n % K groups one larger
+    group = np.repeat(np.arange(len(targets)), sizes)  # each fake's target: consecutive groups, in target order
+    item_ids = np.append(pool["item_id"].to_numpy(dtype=object), np.array(targets, dtype=object))
+    items = item_ids[np.where(is_target, len(pool) + group[:, None], np.take_along_axis(picks, source, axis=1))]
     ratings = np.where(is_target, high, np.take_along_axis(filler_ratings, source, axis=1))
     times = stream(SUB_TIMES)
     stamps = np.stack([np.sort(times.choice(last - first + 1, size=k, replace=False)) for _ in range(n)]) + first
@@ -235,14 +258,17 @@ def plant_shilling(raw: RawData, spec: PlantSpec, cfg: PrepareConfig) -> tuple[R
                                                          if len(real) else columns["user_id"])
     planted = RawData(raw.name, pd.concat([raw.interactions, fake_events], ignore_index=True),
                       pd.concat([raw.users, fake_users], ignore_index=True), raw.items, raw.files)
-    genuine = stats.loc[target] if target in stats.index else None
+    genuine = [int(stats.loc[t, "size"]) if t in stats.index else 0 for t in targets]
+    plain = [t.item() if hasattr(t, "item") else t for t in targets]
     facts = {
         "planted": "shilling",
         "planted_fake_users": int(n),
         "planted_fillers": int(spec.fillers),
-        "planted_target_item": target.item() if hasattr(target, "item") else target,
-        "planted_target_genuine_ratings": int(genuine["size"]) if genuine is not None else 0,
+        "planted_target_item": plain[0],  # the first target, the only one unless targets=K > 1
+        "planted_target_genuine_ratings": genuine[0],
     }
+    if len(targets) > 1:  # with one target the facts stay exactly those of before targets= existed
+        facts.update(planted_target_items=plain, planted_target_items_genuine_ratings=genuine)
     return planted, Planted(fakes, facts)
 
 

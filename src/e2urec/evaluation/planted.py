@@ -55,27 +55,44 @@ def ks_forget_quality(p_yes: np.ndarray, p_reference: np.ndarray) -> dict:
     return {"ks_forget_quality": float(result.pvalue), "ks_stat": float(result.statistic)}
 
 
-def promotion_scores(p_yes: np.ndarray, top_k: int = TOP_K) -> tuple[dict, np.ndarray, np.ndarray]:
-    """Promotion metrics from P(yes) of shape (prompts, 1 + controls), column 0 the target, the others controls.
+def _mean_z(z: np.ndarray) -> float | None:
+    finite = np.isfinite(z)
+    return float(z[finite].mean()) if finite.any() else None
 
-    A target's rank is 1 + the controls above it + half those tied with it (1 = best); `promotion_hr10` is the
-    share of prompts ranking it within `top_k`, `promotion_rank` its mean rank, `promotion_z` the mean over
-    prompts of (P_target − mean P_controls) / std P_controls (sample std; prompts whose controls all tie, std
-    below MIN_SPREAD, are left out; None if all are). Returns the metrics and the per-prompt ranks and z-scores."""
+
+def promotion_scores(p_yes: np.ndarray, top_k: int = TOP_K, targets: int = 1) -> tuple[dict, np.ndarray, np.ndarray]:
+    """Promotion metrics from P(yes) of shape (prompts, targets + controls): the first `targets` columns the
+    targets, the others controls.
+
+    A target's rank is 1 + the controls above it + half those tied with it (1 = best; the other targets do not
+    count); per target, hr10 is the share of prompts ranking it within `top_k`, rank its mean rank, z the mean
+    over prompts of (P_target − mean P_controls) / std P_controls (sample std; prompts whose controls all tie, std
+    below MIN_SPREAD, are left out; None if all are). `promotion_hr10`, `promotion_rank` and `promotion_z` are the
+    means over targets (over those with a z for `promotion_z`); with several targets `promotion_per_target` lists
+    each one's. Returns the metrics and the ranks and z-scores per (prompt, target), prompt-major."""
     p = np.asarray(p_yes, dtype=float)
-    if p.ndim != 2 or len(p) == 0 or p.shape[1] < 3:
-        raise E2URecError(f"promotion: P(yes) must have shape (prompts ≥ 1, 1 + controls ≥ 3), got {p.shape}")
+    if isinstance(targets, bool) or not isinstance(targets, int | np.integer) or targets < 1:
+        raise E2URecError(f"promotion: targets must be a whole number ≥ 1, got {targets!r}")
+    if p.ndim != 2 or len(p) == 0 or p.shape[1] < targets + 2:
+        raise E2URecError(f"promotion: P(yes) must have shape (prompts ≥ 1, {targets} target(s) + controls ≥ 2), "
+                          f"got {p.shape}")
     if not np.isfinite(p).all():
         raise E2URecError("promotion: P(yes) holds NaN or infinite values")
-    target, controls = p[:, :1], p[:, 1:]
-    rank = 1.0 + (controls > target).sum(1) + 0.5 * (controls == target).sum(1)
-    spread = controls.std(1, ddof=1)
+    target, controls = p[:, :targets], p[:, targets:]
+    rank = (1.0 + (controls[:, None, :] > target[:, :, None]).sum(2)
+            + 0.5 * (controls[:, None, :] == target[:, :, None]).sum(2))  # (prompts, targets)
+    spread = controls.std(1, ddof=1)[:, None]
     with np.errstate(divide="ignore", invalid="ignore"):
-        z = np.where(spread > MIN_SPREAD, (target[:, 0] - controls.mean(1)) / spread, np.nan)
-    finite = np.isfinite(z)
-    metrics = {"promotion_hr10": float((rank <= top_k).mean()), "promotion_rank": float(rank.mean()),
-               "promotion_z": float(z[finite].mean()) if finite.any() else None}
-    return metrics, rank, z
+        z = np.where(spread > MIN_SPREAD, (target - controls.mean(1)[:, None]) / spread, np.nan)
+    each = [{"hr10": float((rank[:, t] <= top_k).mean()), "rank": float(rank[:, t].mean()), "z": _mean_z(z[:, t])}
+            for t in range(targets)]
+    zs = [e["z"] for e in each if e["z"] is not None]
+    metrics = {"promotion_hr10": float(np.mean([e["hr10"] for e in each])),
+               "promotion_rank": float(np.mean([e["rank"] for e in each])),
+               "promotion_z": float(np.mean(zs)) if zs else None}
+    if targets > 1:
+        metrics["promotion_per_target"] = each
+    return metrics, rank.ravel(), z.ravel()
 
 
 def is_shilling(manifest: dict) -> bool:
@@ -85,17 +102,22 @@ def is_shilling(manifest: dict) -> bool:
 
 @dataclass
 class PromotionSet:
-    """The prompts promotion scores: for each of `rows` (genuine test samples), the prompt with the target as
+    """The prompts promotion scores: for each of `rows` (genuine test samples), one prompt per target as
     candidate, then one per control item, in that order (prompt-major)."""
 
     rows: pd.DataFrame
-    target: object
+    targets: np.ndarray
     controls: np.ndarray
     prompts: list[str]
 
     @property
+    def target(self) -> object:
+        """The first target (the only one unless the data was planted with targets=K > 1)."""
+        return self.targets[0]
+
+    @property
     def candidates(self) -> int:
-        return 1 + len(self.controls)
+        return len(self.targets) + len(self.controls)
 
 
 def check_promotion_options(prompts: int, controls: int) -> None:
@@ -107,28 +129,43 @@ def check_promotion_options(prompts: int, controls: int) -> None:
                               + ("; a z-score needs at least 2 control items" if name == "controls" else ""))
 
 
+def planted_targets(manifest: dict, items: pd.Series) -> np.ndarray:
+    """The planted target items, cast like `items`: `planted_target_items` where the manifest has them
+    (`--plant shilling:targets=K`), else the single `planted_target_item`."""
+    from e2urec.data.prepare import cast_like  # the data layer's exact id cast, as `--plant target=` uses
+
+    counts = manifest.get("counts") or {}
+    many = counts.get("planted_target_items")
+    if many is None and counts.get("planted_target_item") is None:
+        raise E2URecError("promotion: the manifest's counts name no planted_target_item; prepare the data again")
+    if many is not None and (not isinstance(many, list) or not many):
+        raise E2URecError("promotion: the manifest's planted_target_items is not a non-empty list; prepare the data "
+                          "again")
+    key = "planted_target_item" if many is None else "planted_target_items"
+    targets = cast_like(pd.Series(many or [counts["planted_target_item"]], dtype=object), items,
+                        f"manifest {key}").to_numpy()
+    if len(pd.unique(targets)) != len(targets):
+        raise E2URecError("promotion: the manifest's planted_target_items repeats an item; prepare the data again")
+    return targets
+
+
 def promotion_prompts(samples: pd.DataFrame, tables: dict[str, pd.DataFrame], manifest: dict, prompts: int = 1000,
                       controls: int = 20, seed: int = 0) -> PromotionSet:
     """Up to `prompts` seeded genuine test samples (users who are not fakes), each rebuilt with `build_prompts`
-    from its own profile and history for the target and for `controls` seeded other items of the data.
+    from its own profile and history for each target, then for `controls` seeded other items (never a target).
 
     The samples' stored prompts are rebuilt first with their own item and must come out identical: a swap then
     changes the candidate title and nothing else."""
     check_promotion_options(prompts, controls)
-    counts = manifest.get("counts") or {}
     if not is_shilling(manifest):
         raise E2URecError("promotion: the data is not planted with shilling fakes (`prepare --plant shilling`)")
-    if counts.get("planted_target_item") is None:
-        raise E2URecError("promotion: the manifest's counts name no planted_target_item; prepare the data again")
-    from e2urec.data.prepare import cast_like  # the data layer's exact id cast, as `--plant target=` uses
-
     items = tables["items"].drop_duplicates("item_id")
     titles = items.set_index("item_id")["title"]
-    target = cast_like(pd.Series([counts["planted_target_item"]]), items["item_id"],
-                       "manifest planted_target_item").iloc[0]
-    if target not in titles.index or pd.isna(titles.loc[target]):
-        raise E2URecError(f"promotion: the planted target item {_plain(target)!r} has no title in the items table; "
-                          "prepare the data again")
+    targets = planted_targets(manifest, items["item_id"])
+    for target in targets:
+        if target not in titles.index or pd.isna(titles.loc[target]):
+            raise E2URecError(f"promotion: the planted target item {_plain(target)!r} has no title in the items "
+                              "table; prepare the data again")
     fakes = rows_for(samples, "forget")["user_id"].unique()  # shilling makes the fakes, and only they, the forget set
     test = rows_for(samples, "test")
     genuine = test[~test["user_id"].isin(fakes)]
@@ -136,10 +173,10 @@ def promotion_prompts(samples: pd.DataFrame, tables: dict[str, pd.DataFrame], ma
         raise E2URecError("promotion: the test split has no samples of genuine (non-fake) users")
     chosen = sample_rows(genuine, prompts, seed, PROMPT_STREAM)
     pool = np.sort(pd.unique(samples["item_id"].to_numpy()))
-    pool = pool[(pool != target) & titles.reindex(pool).notna().to_numpy()]
+    pool = pool[~pd.Series(pool).isin(targets).to_numpy() & titles.reindex(pool).notna().to_numpy()]
     if len(pool) < controls:
-        raise E2URecError(f"promotion: controls={controls} but the data has only {len(pool)} other titled items; "
-                          "use fewer controls")
+        raise E2URecError(f"promotion: controls={controls} but the data has only {len(pool)} titled items that are "
+                          "not targets; use fewer controls")
     picked = pool[np.sort(np.random.default_rng([seed, CONTROL_STREAM]).choice(len(pool), controls, replace=False))]
 
     users = tables["users"].drop_duplicates("user_id").reset_index(drop=True)
@@ -152,26 +189,36 @@ def promotion_prompts(samples: pd.DataFrame, tables: dict[str, pd.DataFrame], ma
         bad = sum(a != b for a, b in zip(own, chosen["prompt"], strict=True))
         raise E2URecError(f"promotion: {bad} of {len(own)} test prompts differ from their rebuild from history and "
                           "items (prepared by another prompt template?); prepare the data again")
-    candidates = titles.reindex([target, *picked]).to_numpy()
+    candidates = titles.reindex([*targets, *picked]).to_numpy()
     m = len(candidates)
     built = build_prompts(np.repeat(profiles, m), [h for h in history for _ in range(m)],
                           [r for r in ratings for _ in range(m)], np.tile(candidates, len(chosen)), noun)
-    return PromotionSet(chosen, target, picked, built)
+    return PromotionSet(chosen, targets, picked, built)
 
 
 def promotion(backbone: Backbone, samples: pd.DataFrame, tables: dict[str, pd.DataFrame], manifest: dict,
               prompts: int = 1000, controls: int = 20, seed: int = 0, batch_size: int = 64,
               max_length: int | None = None, accelerator: Accelerator | None = None) -> tuple[dict, pd.DataFrame]:
     """Score every candidate prompt of `promotion_prompts` in one batched pass; returns the metrics (with the
-    prompts used, the target and the controls) and one row per prompt (sample, P of the target, rank, z)."""
+    prompts used, the targets and the controls) and one row per (prompt, target), prompt-major: sample, target,
+    P of the target, mean P of the controls, the target's rank among the controls and its z-score."""
     built = promotion_prompts(samples, tables, manifest, prompts, controls, seed)
     data = PromptSet(encode_prompts(backbone.tokenizer, built.prompts, max_length))
     p = per_sample_p_yes(backbone, data, batch_size, accelerator).reshape(len(built.rows), built.candidates)
-    metrics, rank, z = promotion_scores(p)
-    metrics.update(promotion_n=len(built.rows), promotion_target_item=_plain(built.target),
+    k = len(built.targets)
+    metrics, rank, z = promotion_scores(p, targets=k)
+    items = [_plain(t) for t in built.targets]
+    metrics.update(promotion_n=len(built.rows), promotion_target_item=items[0],
                    promotion_control_items=[_plain(c) for c in built.controls])
-    frame = pd.DataFrame({"sample_id": built.rows["sample_id"].to_numpy(), "user_id": built.rows["user_id"].to_numpy(),
-                          "p_target": p[:, 0], "p_controls_mean": p[:, 1:].mean(1), "rank": rank, "z": z})
+    if k > 1:  # with one target the metrics stay exactly those of before targets= existed
+        metrics["promotion_target_items"] = items
+        metrics["promotion_per_target"] = [{"item": item, **each}
+                                           for item, each in zip(items, metrics["promotion_per_target"], strict=True)]
+    frame = pd.DataFrame({"sample_id": np.repeat(built.rows["sample_id"].to_numpy(), k),
+                          "user_id": np.repeat(built.rows["user_id"].to_numpy(), k),
+                          "target_item": np.tile(built.targets, len(built.rows)),
+                          "p_target": p[:, :k].ravel(), "p_controls_mean": np.repeat(p[:, k:].mean(1), k),
+                          "rank": rank, "z": z})
     return metrics, frame
 
 
