@@ -120,7 +120,7 @@ def test_bench_writes_the_report(micro_bench: tuple[dict, list[str], Path]) -> N
     assert saved["config"]["e2urec_version"] and saved["config"]["command"] is None  # called from Python
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
     if head.returncode == 0:
-        assert saved["config"]["commit"] == head.stdout.strip()
+        assert saved["config"]["commit"] == head.stdout.strip() and isinstance(saved["config"]["dirty"], bool)
 
 
 def test_power_is_the_gap_over_the_larger_reseed_move() -> None:

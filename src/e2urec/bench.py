@@ -96,14 +96,21 @@ PRESETS: dict[str, Preset] = {
 
 def provenance(command: str | None) -> dict:
     """What produced a bench: the package version, the command that reruns it (None when called from Python), and
-    the git commit of the source tree when the package runs from a checkout (None otherwise, e.g. a wheel)."""
-    try:
-        done = subprocess.run(["git", "-C", str(Path(__file__).parent), "rev-parse", "HEAD"], capture_output=True,
-                              text=True, timeout=10, check=False)
-        commit = done.stdout.strip() if done.returncode == 0 else None
-    except (OSError, subprocess.TimeoutExpired):
-        commit = None
-    return {"e2urec_version": __version__, "commit": commit, "command": command}
+    the git commit of the source tree when the package runs from a checkout (None otherwise, e.g. a wheel), with
+    `dirty` true when tracked files differed from that commit."""
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", "-C", str(Path(__file__).parent), *args], capture_output=True, text=True,
+                                  timeout=10, check=False)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    changes = git("status", "--porcelain", "--untracked-files=no") if commit else None
+    return {"e2urec_version": __version__, "commit": commit, "dirty": None if changes is None else bool(changes),
+            "command": command}
 
 
 def machine() -> dict:
