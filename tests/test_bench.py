@@ -128,9 +128,13 @@ def test_power_is_the_gap_over_the_larger_reseed_move() -> None:
             "retrain-reseed": {"m": 0.35}}
     result = power({0: rows, 1: {**rows, "original-reseed": {"m": 0.9}, "retrain-reseed": {"m": 0.3}}}, "m")
     assert result["per_seed"]["0"] == pytest.approx({"gap": 0.6, "floor": 0.05, "ratio": 12.0})
-    assert result["per_seed"]["1"]["ratio"] is None and result["min_ratio"] is None  # a zero floor: no ratio
+    assert result["per_seed"]["1"]["ratio"] is None  # a zero floor: no ratio, and enough under a nonzero gap
+    assert result["min_ratio"] == pytest.approx(12.0) and result["powered"]
     assert power({0: {**rows, "retrain-reseed": {"m": None}}}, "m") is None
-    assert power({0: rows}, "m")["min_ratio"] == pytest.approx(12.0)
+    weak = power({0: {**rows, "retrain-reseed": {"m": 0.45}}}, "m")  # floor 0.15 under a 0.6 gap: 4×
+    assert weak["min_ratio"] == pytest.approx(4.0) and not weak["powered"]
+    assert not power({0: {**rows, "retrain": {"m": 0.9}, "retrain-reseed": {"m": 0.9},
+                          "original-reseed": {"m": 0.9}}}, "m")["powered"]  # no gap at all
 
 
 def test_bench_resumes_and_redoes_only_changed_stages(micro_bench: tuple[dict, list[str], Path]) -> None:

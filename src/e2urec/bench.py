@@ -63,6 +63,7 @@ class Preset:
     skip_rows: tuple[str, ...] = ()  # rows left out unless asked for with `rows`
     holdout_fraction: float = 0.0  # prepare's held-out users (E2URec's non-members); 0: the paper's split
     plant: str | None = None  # prepare's planted memorisation (`--plant`); None: the paper's protocol untouched
+    promotion_prompts: int = 1000  # shilling: genuine test prompts the targets' promotion is scored on, per row
 
 
 PRESETS: dict[str, Preset] = {
@@ -209,7 +210,7 @@ def run_seed(root: Path, dataset: str, data_dir: Path | None, backbone: str, pre
 
     # Retrain's own attack score comes from its own row, so no other row repeats that attack.
     evals = EvalConfig(batch_size=preset.eval_batch_size, mia_samples=preset.mia_samples, seed=seed,
-                       max_length=preset.max_length, reference_mia=False)
+                       max_length=preset.max_length, reference_mia=False, promotion_prompts=preset.promotion_prompts)
     results: dict[str, dict] = {}
     # Each row is evaluated as soon as its model exists (Retrain first: the forget metrics compare with it), so
     # a run stopped part-way, e.g. by a time limit, has finished rows; the extra trainings come last.
@@ -248,6 +249,8 @@ def run_seed(root: Path, dataset: str, data_dir: Path | None, backbone: str, pre
             "loop_seconds": (meta.get("fit") or {}).get("loop_seconds") if "unlearn_seconds" in meta else None,
             "trainable_params": meta.get("trainable_params"), "total_params": meta.get("total_params"),
             "peak_memory_bytes": meta.get("peak_memory_bytes"), **planted_row(test, forget), "failed": None,
+            # an unlearning that ended where it started (rolled back, nothing to unlearn) forgot nothing: say so
+            "unchanged": bool(meta.get("unchanged")) if "unlearn_seconds" in meta else None,
         }
         if row == "e2urec" and meta.get("teacher"):
             results[TEACHER_ROW] = {"forget_auc": meta["teacher"]["auc"],

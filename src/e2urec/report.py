@@ -44,6 +44,9 @@ def columns(config: dict, rows: list[dict]) -> list[tuple]:
     return COLUMNS + PROMOTION_COLUMNS if shilling(config, rows) else list(COLUMNS)
 
 
+POWER_GOAL = 5.0  # a testbed ranks methods where the Original–Retrain gap is this many reseed floors, every seed
+
+
 def planted_metric(config: dict, rows: list[dict]) -> str:
     """The metric that carries a bench's planted signal: the target's promotion HR@10 on shilling data, else
     forget AUC (measured against the labels the models trained on: the flipped ones on flip data)."""
@@ -53,8 +56,8 @@ def planted_metric(config: dict, rows: list[dict]) -> str:
 def power(per_seed: dict[int, dict[str, dict]], metric: str) -> dict | None:
     """Per seed: the Original–Retrain gap on `metric`, the reseed floor (the larger of |reseeded Original −
     Original| and |reseeded Retrain − Retrain|: what a second training moves by chance) and their ratio. A
-    comparison of methods means something only where the ratio is large (≥ 5 is the testbeds' goal). None when
-    a seed lacks a reseeded row."""
+    comparison of methods means something only where the ratio is large (POWER_GOAL); `min_ratio` is over the
+    seeds with a nonzero floor. None when a seed lacks a reseeded row."""
     seeds = {}
     for seed, rows in per_seed.items():
         values = {row: (rows.get(row) or {}).get(metric) for row in
@@ -65,9 +68,10 @@ def power(per_seed: dict[int, dict[str, dict]], metric: str) -> dict | None:
         floor = max(abs(values["original-reseed"] - values["original"]),
                     abs(values["retrain-reseed"] - values["retrain"]))
         seeds[str(seed)] = {"gap": gap, "floor": floor, "ratio": gap / floor if floor > 0 else None}
-    ratios = [v["ratio"] for v in seeds.values()]
-    return {"metric": metric, "per_seed": seeds,
-            "min_ratio": None if any(r is None for r in ratios) else min(ratios)}
+    ratios = [v["ratio"] for v in seeds.values() if v["ratio"] is not None]
+    return {"metric": metric, "per_seed": seeds, "min_ratio": min(ratios) if ratios else None,
+            # every seed's gap at least POWER_GOAL floors (a zero floor under a nonzero gap counts as enough)
+            "powered": all(v["gap"] > 0 and (v["ratio"] is None or v["ratio"] >= POWER_GOAL) for v in seeds.values())}
 
 
 def summarise(per_seed: dict[int, dict[str, dict]]) -> list[dict]:
@@ -150,12 +154,24 @@ PROMOTION_TEXT = (
     "gap closure (promotion) = (Original − method) / (Original − Retrain) on that hit rate.")
 
 
+def unchanged_seeds(per_seed: dict[int, dict[str, dict]]) -> dict[str, list[str]]:
+    """{method: seeds on which its unlearning ended where it started}."""
+    found: dict[str, list[str]] = {}
+    for seed, rows in per_seed.items():
+        for method, values in rows.items():
+            if values.get("unchanged"):
+                found.setdefault(method, []).append(str(seed))
+    return found
+
+
 def power_text(powered: dict) -> str:
     seeds = ", ".join(f"seed {seed}: gap {v['gap']:.3f}, floor {v['floor']:.3f}"
                       + (f" ({v['ratio']:.1f}×)" if v["ratio"] is not None else " (floor 0)")
                       for seed, v in powered["per_seed"].items())
     return (f"Power on {powered['metric']} (Original–Retrain gap against the reseed floor, the larger move of a "
-            f"second Original or Retrain): {seeds}. Differences between methods smaller than the floor are noise.")
+            f"second Original or Retrain): {seeds}; "
+            + ("enough to rank methods" if powered["powered"] else f"below the {POWER_GOAL:g}× goal on some seed")
+            + ". Differences between methods smaller than the floor are noise.")
 
 
 def write_report(out: Path, per_seed: dict[int, dict[str, dict]], config: dict, machine: dict) -> dict:
@@ -197,6 +213,8 @@ def write_report(out: Path, per_seed: dict[int, dict[str, dict]], config: dict, 
         f"Retrain's own MIA AUC on the forget set (the value to match): {cell(retrain, 'mia_auc_retrain', 3)}",
         "",
         *[f"**{r['method']} failed** (its row is empty): {r['failed']}\n" for r in rows if r.get("failed")],
+        *[f"**{method} ended where it started** (its result is the Original: nothing forgotten) on seed(s) "
+          f"{', '.join(seeds)}\n" for method, seeds in unchanged_seeds(per_seed).items()],
         *[f"![{p}]({p})" for p in plots],
         "",
         f"Machine: {machine}",

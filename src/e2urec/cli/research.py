@@ -262,6 +262,10 @@ def unlearn(
     share = meta["trainable_params"] / max(meta["total_params"], 1)
     out_console.print(f"{method} → {out}: {meta['unlearn_seconds']:.1f} s, {meta['steps']} steps, "
                       f"{meta['trainable_params']:,} trainable parameters ({share:.2%})")
+    if meta.get("unchanged"):
+        console.print(f"[bold yellow]warning:[/] {escape(method)} ended where it started, so nothing was "
+                      f"forgotten ({escape(meta['unchanged'])}); its meta.json says so under `unchanged`",
+                      highlight=False)
 
 
 @friendly

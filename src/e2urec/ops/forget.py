@@ -306,8 +306,9 @@ def escalate(run: Run, current: Path, work: Path, before: Backbone, forget_rows:
             student, _ = load_model(out)
             drifted = None if ref_data is None else audit.drift(
                 ref, origin, per_sample_p_yes(student, ref_data, 64, progress=False), settings)
-            verdict = audit.judge(was, audit.score(student, forget_rows, non_members, data=data), *labels,
-                                  settings, drifted)
+            verdict = unchanged_is_not_done(audit.judge(was, audit.score(student, forget_rows, non_members,
+                                                                         data=data), *labels, settings, drifted),
+                                            facts)
         except BROKEN_MODEL as exc:  # a broken attempt is a failed one: on to the next
             if number == len(plan) - 1:
                 raise
@@ -327,6 +328,16 @@ def escalate(run: Run, current: Path, work: Path, before: Backbone, forget_rows:
     exact = name == "retrain"  # a Retrain never saw the forgotten rows: exact, whatever the audit says
     return student, facts, {**verdict, "attempts": attempts, "exact": exact, "escalation": settings.on_unverified,
                             "unlearn_seconds": round(seconds, 3)}
+
+
+def unchanged_is_not_done(verdict: dict, facts: dict) -> dict:
+    """An unlearning that ended where it started (its result is the Original) is not a done request unless the
+    audit passes it: an `insufficient` verdict becomes a failure, so the request escalates like any other."""
+    if not facts.get("unchanged") or verdict["verdict"] != "insufficient":
+        return verdict
+    return {**verdict, "verdict": "fail", "failed_on": [*verdict["failed_on"], "unchanged"],
+            "reason": f"{verdict['reason']}; and the unlearning ended where it started ({facts['unchanged']}), so "
+                      "nothing shows the request was honoured"}
 
 
 def escalation_plan(method: str, options: dict, settings: audit.AuditConfig, can_retrain: bool = True

@@ -14,7 +14,7 @@ import torch
 
 from e2urec import __version__
 from e2urec.data.roles import rows_for, sample_rows
-from e2urec.engine import count_parameters, make_accelerator
+from e2urec.engine import FitResult, count_parameters, make_accelerator
 from e2urec.errors import Degenerate, E2URecError
 from e2urec.evaluation.metrics import degenerate, max_abs_weight
 from e2urec.io import atomic_dir, sha256_file
@@ -85,6 +85,14 @@ def degenerate_result(job: Job, model: Backbone) -> str | None:
     return degenerate(p, max_abs_weight(model.model))
 
 
+def unchanged(instance: Method, result: FitResult) -> str | None:
+    """Why an approximate method's result is the Original itself (its stopping rule or utility guard kept the
+    starting state, or it found nothing to unlearn), else None: a result that forgot nothing must say so."""
+    if instance.family != "approximate" or (result.kept or {}).get("step", 1) != 0:
+        return None
+    return f"the result is the Original: {result.kept.get('why', 'the starting weights were kept')}"
+
+
 def unlearn(method: str, original: Path, data: Path, out: Path, options: dict[str, Any] | None = None,
             keep_intermediates: bool = False, overwrite: bool = False) -> dict:
     """Unlearn the forget set of `data` from `original` with `method`; write `out` and return its meta."""
@@ -130,6 +138,7 @@ def unlearn(method: str, original: Path, data: Path, out: Path, options: dict[st
         "peak_memory_kind": "cuda_allocated" if torch.cuda.is_available() else "process_rss",
         "steps": result.steps,
         "fit": asdict(result),
+        "unchanged": unchanged(instance, result),
         "forget_samples": int(job.samples["forget"].sum()),
         **instance.facts,
     }
