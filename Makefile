@@ -10,7 +10,7 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	# torch first: the local CPU build, so the resolver never pulls a multi-GB CUDA build.
 	$(BIN)/python -m pip install -q torch==2.13.0
-	# Pinned to the versions the README's tables were measured with (constraints.txt).
+	# Pinned to the versions the documented results were measured with (constraints.txt).
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 

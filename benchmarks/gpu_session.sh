@@ -1,13 +1,11 @@
 #!/usr/bin/env bash
-# The GPU measurements of README "GPU and several GPUs", for a lent GPU machine given a GPU pack (the SmolLM2
-# weights and data as .gpu/a and .gpu/b beside the checkout). Two device calls, the second within 30 s:
-#   1. carry [".gpu/a"]:  bash .gpu/a/stage1.sh && source /tmp/e2/env.sh && bash benchmarks/gpu_session.sh speed
-#      (≈ 3-4 min after stage1: engine vs plain loop, evaluation speed and torch.compile, on a random model
-#      of SmolLM2-135M's shape — speed does not depend on the weights, which are not there yet)
-#   2. carry [".gpu/b"]:  bash .gpu/b/stage2.sh && source /tmp/e2/env.sh && bash benchmarks/gpu_session.sh bench
-#      (`e2urec bench --preset gpu` with the real SmolLM2-135M under a time limit, then the results file)
-# `all` does both in one call where the weights are already there (about 12 min: over one call's limit);
-# `summary` rebuilds the results file from whatever is there. Everything lands in $OUT (what comes back):
+# The GPU measurements of docs/gpu.md, on a machine with one GPU and the SmolLM2 weights and data in the cache
+# (E2UREC_CACHE). Two stages, each under ten minutes:
+#   speed: engine vs plain loop, evaluation speed and torch.compile, on a random model of SmolLM2-135M's shape
+#          (≈ 3-4 min; speed does not depend on the weights)
+#   bench: `e2urec bench --preset gpu` with the real SmolLM2-135M under a time limit, then the results file
+# `all` does both in one run where the weights are already there (about 12 min);
+# `summary` rebuilds the results file from whatever is there. Everything lands in $OUT:
 # gpu-<date>.json (device, library versions, samples/s, MFU, per-method seconds and metrics), the benchmark
 # JSONs, the bench's stage JSONs and report, logs. Copy gpu-<date>.json to benchmarks/results/ here.
 set -uo pipefail

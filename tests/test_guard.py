@@ -95,7 +95,7 @@ def test_every_writing_command_refuses_a_dangerous_out_and_changes_nothing(world
         assert option in result.output and "nothing was changed" in result.output or "--overwrite" in result.output
         assert "Traceback" not in result.output and isinstance(result.exception, SystemExit)
         assert tree(world) == before, f"{args} changed something on disk"
-    assert len(CASES) == 138  # the figure in README's Security section
+    assert len(CASES) == 138  # the figure in docs/security.md
 
 
 def test_overwrite_replaces_only_the_same_kind(world: Path, tmp_path: Path) -> None:

@@ -36,7 +36,7 @@ SHARDED = tuple(name for name, cls in REGISTRY.items() if cls.family == "sharded
 [EXACT] = (name for name, cls in REGISTRY.items() if cls.family == "exact")
 # Extra rows: a registered method under other options, reported as its own row.
 # `e2urec-label`: the teacher that lowers every fitted answer alike, its level matched on rank (AUC) to the
-# forgotten users' held-out samples; the validation rule's pick on `cpu`, not the default (README says why).
+# forgotten users' held-out samples; the validation rule's pick on `cpu`, not the default (docs/studies.md says why).
 VARIANTS = {"e2urec-reference": ("e2urec", {"profile": "reference"}),
             "e2urec-label": ("e2urec", {"push": "label", "level": "auc"})}
 # Noise floors, each trained again with another seed on the same data: the Original (forget set included)
@@ -89,7 +89,7 @@ PRESETS: dict[str, Preset] = {
                     mia_samples=2000),
     # One GPU, ≤ 8 min end to end with evaluation: the real SmolLM2-135M (full fine-tune, the paper's batch 32),
     # one seed, every method. The slice is sized from the 2026-11-26 H200 run (Original ≈ 188 samples/s before
-    # the engine's GPU features; see README "GPU and several GPUs"), not the full 100,000-sample protocol.
+    # the engine's GPU features; see docs/gpu.md), not the full 100,000-sample protocol.
     "gpu": Preset(last_n=10_000, seeds=(0,), train={"epochs": 2, "lr": 1e-4, "batch_size": 32, "eval_batch_size": 256},
                   mia_samples=1000, backbone="smollm2-135m", eval_batch_size=256),
 }

@@ -36,8 +36,9 @@ def init(
         help="where to create the ledger key (a new 0600 file outside every e2urec folder; default: "
              "E2UREC_CACHE/keys/<run id>.key)")
     ] = None,
-    overwrite: Annotated[bool, typer.Option(help="replace an existing --run whose ledger holds no request (a run's "
-                                                 "deletions are permanent: retire one by hand, see README)")] = False,
+    overwrite: Annotated[bool, typer.Option(
+        help="replace an existing --run whose ledger holds no request (a run's deletions are permanent: retire one "
+             "by hand, see docs/security.md)")] = False,
 ) -> None:
     """Deploy a model and its data as a run that takes deletion requests (`forget`, `serve`)."""
     from e2urec.ops.audit import AuditConfig, parse_settings

@@ -32,7 +32,7 @@ from e2urec.io import sha256_file
 from e2urec.options import MAX_HISTORY, MAX_ROWS, MAX_SEED, MAX_SHARDS
 
 # Off by default: on the demo and `cpu` slices (3 and 9 held-out users) the held-out level was no closer to
-# Retrain's than the later-period pools (README, "Which non-members").
+# Retrain's than the later-period pools (docs/studies.md, "Which non-members").
 HOLDOUT_FRACTION = 0.0
 INTEGER = re.compile(r"-?[0-9]{1,20}")  # digits only: no exponent, fraction, separator or sign games
 __all__ = ["MANIFEST_FILE", "SAMPLES_FILE", "PrepareConfig", "build_samples", "prepare"]

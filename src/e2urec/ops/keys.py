@@ -55,7 +55,7 @@ def check_key_file(path: Path, run_root: Path, inputs: tuple[Path, ...] = ()) ->
 
 RETIRE = ("A run's deletions are permanent: to retire it on purpose, stop its service, move or delete the folder "
           "by hand (knowingly: the data you would start again from still holds every user it forgot), then run "
-          "`e2urec init` (README, Security: retiring a run)")
+          "`e2urec init` (docs/security.md: retiring a run)")
 
 
 def check_replaceable(root: Path) -> None:

@@ -358,7 +358,7 @@ def create_app(run: Path, max_pairs: int = 1000, max_body_bytes: int = 1_000_000
     def job(job_id: str) -> Any:
         """A deletion request's ledger record: status, the version that honours it, test metrics, the forgetting
         audit, timing."""
-        # As recovery will leave it (a dead process's request is failed), counts coarse (README, Security)
+        # As recovery will leave it (a dead process's request is failed), counts coarse (docs/security.md)
         record = coarse(service.run.settle(service.ledger.get(job_id)))
         if record is None:
             raise HTTPException(404, f"no request {job_id!r} in this run's ledger")

@@ -46,7 +46,7 @@ MONITOR_PER_FORGET, MONITOR_FLOOR = 8, 256
 
 @dataclass
 class E2URecConfig(MethodConfig):
-    """Defaults from the validation-only sweep on the `cpu` preset's seed 0 (README: "Choosing E2URec's
+    """Defaults from the validation-only sweep on the `cpu` preset's seed 0 (docs/studies.md: "Choosing E2URec's
     defaults": the wide student reaches the non-member level, narrower ones do not; the sweep's marginal pick of
     the plain teacher was not adopted, for the reason given there); `profile=reference` starts from the
     reference code's values instead. Options given explicitly override either."""

@@ -108,7 +108,7 @@ ML1M_OCCUPATIONS = (
 def read_ml1m(path: Path) -> RawData:
     """MovieLens-1M from its folder (files directly or under `ml-1m/`) or straight from the official zip.
 
-    Occupation codes become the README's names so prompts read naturally; age stays the age-group code.
+    Occupation codes become the dataset README's names so prompts read naturally; age stays the age-group code.
     """
     path = Path(path)
     if path.is_file() and zipfile.is_zipfile(path):
