@@ -174,7 +174,22 @@ def test_methods_lists_ranges() -> None:
     assert result.exit_code == 0
     assert "lora_r=16" in result.output and "a whole number in [1, 4096]" in result.output
     assert "max_steps=None" in result.output and "or none]" in result.output
-    assert "true or false" in result.output and "one of default | reference" in result.output
+    assert "one of default | reference" in result.output
+    # essential options first; the advanced ones only for one method by name
+    assert "retain_ce=" not in result.output and "advanced options: e2urec methods e2urec" in result.output
+    full = runner.invoke(app, ["methods", "e2urec"], terminal_width=400)
+    assert full.exit_code == 0 and "  advanced:" in full.output and "true or false" in full.output
+    assert full.output.index("lora_r=16") < full.output.index("  advanced:") < full.output.index("retain_ce=True")
+    assert "neggrad" not in full.output
+    bad = runner.invoke(app, ["methods", "bogus"])
+    assert bad.exit_code == 2 and "unknown method 'bogus'" in bad.output
+
+
+def test_version() -> None:
+    from e2urec import __version__
+
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.output.strip() == f"e2urec {__version__}"
 
 
 def test_the_lora_rank_is_bounded_by_the_hidden_width() -> None:

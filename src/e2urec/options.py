@@ -47,10 +47,12 @@ KINDS = (bool, int, float, str)
 
 
 def option(default: Any, help: str, low: float | None = None, high: float | None = None,
-           choices: tuple[str, ...] | None = None, open_low: bool = False, open_high: bool = False) -> Any:
-    """A config field with its help text and the range it is checked against (`e2urec methods` shows both)."""
+           choices: tuple[str, ...] | None = None, open_low: bool = False, open_high: bool = False,
+           advanced: bool = False) -> Any:
+    """A config field with its help text and the range it is checked against (`e2urec methods` shows both);
+    `advanced` options are listed only by `e2urec methods NAME`."""
     return field(default=default, metadata={"help": help, "low": low, "high": high, "choices": choices,
-                                            "open_low": open_low, "open_high": open_high})
+                                            "open_low": open_low, "open_high": open_high, "advanced": advanced})
 
 
 @dataclass(frozen=True)

@@ -349,16 +349,34 @@ def demo(
     show_results(results, out)
 
 
-def methods() -> None:
-    """List the unlearning methods and their options with defaults (set them with `unlearn --set k=v`)."""
+@friendly
+def methods(
+    name: Annotated[str | None, typer.Argument(help="one method: all its options, advanced ones included")] = None,
+) -> None:
+    """List the unlearning methods and their essential options with defaults (set them with `unlearn --set k=v`);
+    `e2urec methods NAME` lists every option of one method."""
     import dataclasses
 
     from e2urec.unlearning.base import REGISTRY
 
-    for name, cls in REGISTRY.items():
-        out_console.print(f"[bold]{name}[/] ({cls.family}) — {escape((cls.__doc__ or name).strip().splitlines()[0])}")
+    if name is not None and name not in REGISTRY:
+        raise E2URecError(f"unknown method {name!r}; choose one of {', '.join(REGISTRY)}")
+    for method, cls in REGISTRY.items():
+        if name not in (None, method):
+            continue
+        out_console.print(f"[bold]{method}[/] ({cls.family}) — "
+                          f"{escape((cls.__doc__ or method).strip().splitlines()[0])}")
         specs = cap.specs(cls.Config)
-        for f in dataclasses.fields(cls.Config):
-            help_text = f"  {f.metadata['help']}" if f.metadata.get("help") else ""
-            out_console.print(f"  {f.name}={f.default}{help_text}  [{specs[f.name].describe()}]", highlight=False,
+        fields = dataclasses.fields(cls.Config)
+        advanced = [f for f in fields if f.metadata.get("advanced")]
+        for heading, group in (("", [f for f in fields if not f.metadata.get("advanced")]),
+                               ("  advanced:", advanced if name else [])):
+            if heading and group:
+                out_console.print(heading, highlight=False, markup=False)
+            for f in group:
+                help_text = f"  {f.metadata['help']}" if f.metadata.get("help") else ""
+                out_console.print(f"  {f.name}={f.default}{help_text}  [{specs[f.name].describe()}]",
+                                  highlight=False, markup=False)
+        if advanced and not name:
+            out_console.print(f"  … and {len(advanced)} advanced options: e2urec methods {method}", highlight=False,
                               markup=False)

@@ -55,7 +55,7 @@ class E2URecConfig(MethodConfig):
                           choices=("default", "reference"))
     epochs: float = option(10.0, "forget-set passes that size the schedule", low=0, high=cap.MAX_EPOCHS, open_low=True)
     min_steps: int = option(30, "at least this many student steps, whatever the forget set's size", low=1,
-                         high=cap.MAX_STEPS)
+                         high=cap.MAX_STEPS, advanced=True)
     forget_only: float = option(1.0, "share of the steps on the forgetting loss alone (then joint steps)",
                                 low=0, high=1)
     lr: float = option(1e-3, "student learning rate", low=0, high=cap.MAX_LR, open_low=True)
@@ -65,57 +65,59 @@ class E2URecConfig(MethodConfig):
                              "equals the Original's on held-out non-members; fixed: use alpha",
                              choices=("nonmember", "fixed"))
     alpha_max: float = option(50.0, "largest α the nonmember rule may choose", low=0, high=cap.MAX_WEIGHT,
-                              open_low=True)
+                              open_low=True, advanced=True)
     push: str = option("augmented", "what the forgetting teacher pushes down: augmented: what an augmented model "
                        "tuned on the forget set raised (the paper's); label: the true answer's two-token log-odds, "
-                       "by α on every sample (no augmented model)", choices=("augmented", "label"))
+                       "by α on every sample (no augmented model)", choices=("augmented", "label"), advanced=True)
     level: str = option("loss", "what 'like a non-member' compares, for alpha_rule and stop: loss (mean answer "
                         "loss) or auc (answer AUC: blind to a later period's base rate and calibration)",
-                        choices=("loss", "auc"))
+                        choices=("loss", "auc"), advanced=True)
     difficulty: str = option("none", "how the non-members' level carries over to the forget set: history: "
                              "plus a reference model's misfit on the forget set minus on the non-members (a "
                              "logistic regression on the history's ratings and the item's like-rate, fit on "
                              "retain), so easier users aim lower; none: the non-members' level as it is",
-                             choices=("history", "none"))
+                             choices=("history", "none"), advanced=True)
     beta: float = option(0.4, "joint steps: β·L_FGT + (1−β)·L_REM", low=0, high=1)
-    retain_ce: bool = option(True, "add the answer cross-entropy on retain to L_REM (the reference code's)")
+    retain_ce: bool = option(True, "add the answer cross-entropy on retain to L_REM (the reference code's)",
+                             advanced=True)
     lora_r: int = option(16, "LoRA rank (at most the backbone's hidden width)", low=1, high=cap.MAX_LORA_RANK)
-    lora_alpha: int = option(32, "LoRA scaling numerator", low=1, high=cap.MAX_LORA_ALPHA)
-    lora_dropout: float = option(0.05, "LoRA dropout", low=0, high=0.99)
+    lora_alpha: int = option(32, "LoRA scaling numerator", low=1, high=cap.MAX_LORA_ALPHA, advanced=True)
+    lora_dropout: float = option(0.05, "LoRA dropout", low=0, high=0.99, advanced=True)
     lora_targets: str = option("all-linear+embeddings", "attention (q/v) | all-linear | all-linear+embeddings",
                                choices=LORA_TARGETS)
     distill: str = option("vocab", "distil the full vocabulary or the two answer tokens",
-                          choices=("vocab", "answer"))
+                          choices=("vocab", "answer"), advanced=True)
     aug_epochs: float = option(1.5, "augmented model: passes over the forget set", low=0, high=cap.MAX_EPOCHS,
-                              open_low=True)
+                              open_low=True, advanced=True)
     aug_lr_scale: float = option(1.0, "augmented model lr as a multiple of the Original's lr (its meta.json)",
-                                 low=0, high=cap.MAX_WEIGHT, open_low=True)
+                                 low=0, high=cap.MAX_WEIGHT, open_low=True, advanced=True)
     aug_lr: float | None = option(None, "augmented model lr (overrides aug_lr_scale)", low=0, high=cap.MAX_LR,
-                                 open_low=True)
-    aug_steps: int | None = option(None, "augmented model steps (overrides aug_epochs)", low=1, high=cap.MAX_STEPS)
-    aug_batch_size: int = option(16, "augmented model batch size", low=1, high=cap.MAX_BATCH)
+                                 open_low=True, advanced=True)
+    aug_steps: int | None = option(None, "augmented model steps (overrides aug_epochs)", low=1, high=cap.MAX_STEPS,
+                                   advanced=True)
+    aug_batch_size: int = option(16, "augmented model batch size", low=1, high=cap.MAX_BATCH, advanced=True)
     aug_contrast: str = option("items", "what the augmented model is compared with: none (the Original), or "
                                "items: a control model tuned the same way on other users' samples of the same "
                                "items, so the teacher pushes down only what is specific to the forgotten users",
-                               choices=("none", "items"))
+                               choices=("none", "items"), advanced=True)
     stop: str = option("nonmember", "nonmember: stop once the forget set's misfit (see level) reaches held-out "
                        "non-members'; none: run the whole schedule", choices=("nonmember", "none"))
-    check_every: int = option(10, "steps between stopping-rule checks", low=1, high=cap.MAX_STEPS)
+    check_every: int = option(10, "steps between stopping-rule checks", low=1, high=cap.MAX_STEPS, advanced=True)
     stop_margin: float = option(0.0, "stop when the forget set's misfit ≥ the non-members' − margin (loss, or "
-                                "1 − AUC)", low=0, high=cap.MAX_WEIGHT)
+                                "1 − AUC)", low=0, high=cap.MAX_WEIGHT, advanced=True)
     utility_tolerance: float = option(0.01, "keep a state only while valid AUC ≥ the Original's − this (beyond "
-                                      "the margin utility_z sets)", low=0, high=1)
+                                      "the margin utility_z sets)", low=0, high=1, advanced=True)
     utility_z: float = option(1.645, "standard errors of the paired valid-AUC change added to utility_tolerance "
                               "(0: the bare tolerance, however few valid samples there are)", low=0,
-                              high=cap.MAX_WEIGHT)
+                              high=cap.MAX_WEIGHT, advanced=True)
     utility_cap: float = option(0.1, "the most valid AUC a kept state may lose, whatever its standard error (the "
-                                "SE of a paired change grows with the damage itself)", low=0, high=1)
+                                "SE of a paired change grows with the damage itself)", low=0, high=1, advanced=True)
     retain_match: str = option("random", "retain samples for the remembering term: random, or items: retained "
                                "samples of the forget set's items first, so the forgetting push must use what is "
-                               "specific to the forgotten users", choices=("random", "items"))
+                               "specific to the forgotten users", choices=("random", "items"), advanced=True)
     monitor_samples: int = option(1024, "forget, non-member and utility samples scored per check (at most; and "
                                   f"at most {MONITOR_PER_FORGET} per forget prompt, at least {MONITOR_FLOOR})",
-                                  low=10, high=cap.MAX_SAMPLES)
+                                  low=10, high=cap.MAX_SAMPLES, advanced=True)
 
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> MethodConfig:
