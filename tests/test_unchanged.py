@@ -42,3 +42,36 @@ def test_the_report_names_the_seeds_where_a_method_ended_where_it_started() -> N
     per_seed = {0: {"e2urec": {"unchanged": True}, "npo": {"unchanged": False}, "original": {"unchanged": None}},
                 1: {"e2urec": {"unchanged": False}}, 2: {"e2urec": {"unchanged": True}}}
     assert unchanged_seeds(per_seed) == {"e2urec": ["0", "2"]}
+
+
+def test_options_the_settings_do_not_read_are_named_and_contradictions_refused() -> None:
+    import pytest
+
+    from e2urec.errors import E2URecError
+
+    config = REGISTRY["e2urec"].Config
+    given = {"alpha": 5.0, "aug_steps": 10, "check_every": 3, "beta": 0.5}
+    unread = config.from_options(given).ignored_options(set(given))
+    assert set(unread) == {"alpha", "beta"} and "nonmember" in unread["alpha"] and "forget_only=1" in unread["beta"]
+    label = {"push": "label", "alpha_rule": "fixed", "alpha": 5.0, "aug_steps": 10, "stop": "none",
+             "check_every": 3, "level": "auc"}
+    unread = config.from_options(label).ignored_options(set(label))
+    assert set(unread) == {"aug_steps", "check_every", "level"}
+    assert config.from_options({"profile": "reference"}).ignored_options({"profile"}) == {}  # a profile's own values
+    with pytest.raises(E2URecError, match="aug_steps and aug_epochs both size"):
+        config.from_options({"aug_steps": 10, "aug_epochs": 2.0})
+    with pytest.raises(E2URecError, match="aug_lr and aug_lr_scale"):
+        config.from_options({"aug_lr": 1e-4, "aug_lr_scale": 2.0})
+    assert REGISTRY["npo"].Config.from_options({}).ignored_options({"lr"}) == {}
+
+
+def test_unlearn_warns_before_it_starts(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from e2urec.cli import app
+
+    result = CliRunner().invoke(app, ["unlearn", "--method", "e2urec", "--model", str(tmp_path / "none"), "--data",
+                                      str(tmp_path / "none"), "--out", str(tmp_path / "out"), "--set", "alpha=5"],
+                                terminal_width=400)
+    assert "warning: alpha is given but not used: alpha_rule=nonmember chooses α" in result.output
+    assert result.exit_code == 2 and not (tmp_path / "out").exists()  # then the missing model stops it

@@ -100,13 +100,16 @@ def parse_options(pairs: list[str], config_cls: type, where: str = "--set") -> d
 
 
 def method_options(method: str, options: dict[str, Any], where: str) -> dict[str, Any]:
-    """`options` checked by the method's own config (ranges, known keys) now, before any work is done."""
+    """`options` checked by the method's own config (ranges, known keys, contradictions) now, before any work is
+    done; options the chosen settings do not read are warned about."""
     from e2urec.unlearning.base import REGISTRY
 
     try:
-        REGISTRY[method].Config.from_options(options)
+        cfg = REGISTRY[method].Config.from_options(options)
     except E2URecError as exc:
         raise E2URecError(f"{where}: {exc}") from None
     except (TypeError, ValueError) as exc:
         raise E2URecError(f"{where}: invalid {method} option ({exc})") from None
+    for key, why in cfg.ignored_options(set(options)).items():
+        console.print(f"[bold yellow]warning:[/] {escape(key)} is given but not used: {escape(why)}", highlight=False)
     return options

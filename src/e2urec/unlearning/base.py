@@ -105,6 +105,11 @@ class MethodConfig:
             raise E2URecError(f"{cls.__name__}: unknown options {unknown}; known: {sorted(known)}")
         return cls(**options)
 
+    def ignored_options(self, given: set[str]) -> dict[str, str]:
+        """{option: why} for options given explicitly that these settings do not read (warned about and
+        recorded in meta.json: a setting that silently does nothing misleads whoever reads the run)."""
+        return {}
+
 
 @dataclass
 class RecipeOverrides(MethodConfig):

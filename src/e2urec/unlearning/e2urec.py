@@ -37,6 +37,9 @@ REFERENCE: dict[str, Any] = {
     "aug_lr": 5e-5, "aug_steps": 100, "aug_contrast": "none", "retain_match": "random", "alpha_rule": "fixed",
     "stop": "none", "push": "augmented", "level": "loss", "difficulty": "none",
 }
+# Options read only by the augmented model (push=augmented) and only by the stopping checks (stop=nonmember).
+AUGMENTED = ("aug_epochs", "aug_lr_scale", "aug_lr", "aug_steps", "aug_batch_size", "aug_contrast")
+CHECKS = ("check_every", "stop_margin", "utility_tolerance", "utility_z", "utility_cap", "monitor_samples")
 MIN_NON_MEMBERS = 20
 # Scoring dominates a small request (a one-user forget set of 34 prompts: 32 of its 48 s were checks), so the
 # non-member and utility samples follow the forget set's size: 8 per forget prompt, at least 256, at most
@@ -121,8 +124,25 @@ class E2URecConfig(MethodConfig):
 
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> MethodConfig:
+        for pair in (("aug_steps", "aug_epochs"), ("aug_lr", "aug_lr_scale")):
+            if set(pair) <= set(options):
+                raise E2URecError(f"e2urec: {pair[0]} and {pair[1]} both size the augmented model; give one")
         base = REFERENCE if options.get("profile") == "reference" else {}
         return super().from_options({**base, **options})
+
+    def ignored_options(self, given: set[str]) -> dict[str, str]:
+        unread = {}
+        for names, ignored, why in (
+                (("alpha",), self.alpha_rule == "nonmember", "alpha_rule=nonmember chooses α"),
+                (("alpha_max",), self.alpha_rule == "fixed", "alpha_rule=fixed uses alpha"),
+                (("level", "difficulty"), self.alpha_rule == "fixed" and self.stop == "none",
+                 "no non-member rule runs (alpha_rule=fixed, stop=none)"),
+                (AUGMENTED, self.push == "label", "push=label uses no augmented model"),
+                (CHECKS, self.stop == "none", "stop=none runs no checks"),
+                (("beta", "retain_ce", "retain_match"), self.forget_only == 1.0,
+                 "forget_only=1: every step is forget-only, the remembering term never runs")):
+            unread.update({name: why for name in names if ignored and name in given})
+        return unread
 
 
 class E2URecObjective:

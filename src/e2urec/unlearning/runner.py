@@ -139,6 +139,7 @@ def unlearn(method: str, original: Path, data: Path, out: Path, options: dict[st
         "steps": result.steps,
         "fit": asdict(result),
         "unchanged": unchanged(instance, result),
+        "ignored_options": cfg.ignored_options(set(options or {})),
         "forget_samples": int(job.samples["forget"].sum()),
         **instance.facts,
     }
