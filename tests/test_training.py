@@ -221,3 +221,14 @@ def test_two_processes_train_and_count_every_sample_once(data: Path, tmp_path: P
     one = pd.read_parquet(tmp_path / "e1" / "predictions.parquet").set_index("sample_id")
     assert len(two) == single["n"] and two.index.is_unique
     assert np.allclose(two.loc[one.index, "p_yes"], one["p_yes"], atol=1e-5)
+
+
+def test_cli_anchor_prints_and_writes_its_metrics(data: Path, tmp_path: Path) -> None:
+    result = runner.invoke(app, ["anchor", "--data", str(data), "--split", "test", "--out", str(tmp_path / "a")])
+    assert result.exit_code == 0, result.output
+    saved = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    assert saved["split"] == "test" and 0 <= saved["auc"] <= 1
+    again = runner.invoke(app, ["anchor", "--data", str(data), "--out", str(tmp_path / "a")])
+    assert again.exit_code == 2 and "--overwrite" in again.output  # an existing evaluation is not replaced silently
+    inside = runner.invoke(app, ["anchor", "--data", str(data), "--out", str(data / "x")])
+    assert inside.exit_code == 2 and not (data / "x").exists()  # never inside its input

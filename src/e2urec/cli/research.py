@@ -272,13 +272,23 @@ def unlearn(
 def anchor(
     data: Annotated[Path, typer.Option(help="prepared data folder")],
     split: Annotated[str, typer.Option(help="split to score")] = "test",
+    out: Annotated[Path | None, typer.Option(help="folder to write metrics.json into (default: print only)")
+                   ] = None,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing --out")] = False,
 ) -> None:
     """A non-LLM reference on the same split: logistic regression on user and item one-hots."""
     from e2urec.data.store import load_prepared
     from e2urec.evaluation import one_hot_anchor
+    from e2urec.io import atomic_dir, write_json_atomic
 
+    if out is not None:
+        guard_output(out, "evaluation", [data], overwrite)
     samples, _ = load_prepared(data)
     metrics = one_hot_anchor(samples, split)
+    if out is not None:
+        with atomic_dir(out, overwrite=True) as tmp:
+            write_json_atomic(tmp / "metrics.json", {"model": "one-hot logistic regression", "split": split,
+                                                     **metrics})
     print_counts(f"one-hot logistic regression, {split}", {k: v if isinstance(v, int) else round(v, 4)
                                                             for k, v in metrics.items()})
 
@@ -288,9 +298,9 @@ def bench(
     out: Annotated[Path, typer.Option(help="run folder (rerun to resume; finished stages are skipped)")],
     dataset: Annotated[str, typer.Option(help="ml-100k | ml-1m | goodreads | csv")] = "ml-100k",
     backbone: Annotated[str, typer.Option(help="tiny | tiny-t5 | smollm2-135m | hub id | local path")] = "tiny",
-    preset: Annotated[str, typer.Option(help="demo (≤10 min CPU) | planted-flip | planted-shilling (planted "
-                                                     "memorisation, ≤10 min CPU each) | cpu (~1 h CPU) | gpu "
-                                                     "(SmolLM2, one GPU) | paper (full, GPU)")] = "demo",
+    preset: Annotated[str, typer.Option(help="demo (≤10 min CPU) | planted-flip (planted label flips, docs/"
+                                                     "planted.md) | cpu (~1 h CPU) | gpu (SmolLM2, one GPU) | "
+                                                     "paper (full, GPU)")] = "demo",
     data_dir: Annotated[Path | None, typer.Option(help="dataset folder (needed for all but ml-100k)")] = None,
     seeds: Annotated[str | None, typer.Option(help="comma-separated seeds (preset default: 0,1,2)")] = None,
     rows: Annotated[str | None, typer.Option(help="comma-separated report rows (default: all; original and "
