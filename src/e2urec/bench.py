@@ -304,9 +304,10 @@ def bench(dataset: str, backbone: str, preset: str | Preset, out: Path, data_dir
     wanted = rows or tuple(r for r in ROWS if r not in preset.skip_rows)
     chosen = tuple(r for r in ROWS if r in {"original", EXACT, *wanted})
     out = Path(out)
+    made_by = provenance(command)  # the code as it is when the run starts
     stage = Stages(log)
     per_seed = {seed: run_seed(out / f"seed-{seed}", dataset, data_dir, backbone, preset, seed, stage, chosen)
                 for seed in preset.seeds}
     config = {**asdict(preset), "dataset": dataset, "backbone": backbone, "preset": preset_name, "rows": chosen,
-              **provenance(command)}
+              **made_by}
     return write_report(out, per_seed, config, machine())
