@@ -6,14 +6,19 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 
 from e2urec.errors import E2URecError
 
-if TYPE_CHECKING:
-    from e2urec.engine import TrainConfig
+
+class TrainConfig(Protocol):
+    """What the speed features read of a recipe (e2urec.engine.TrainConfig); a protocol, so this module does not
+    import the engine that imports it."""
+
+    batch_size: int
+    grad_accum: int
 
 BUCKET_WINDOW = 32  # optimiser steps whose samples are sorted by length together when bucketing
 

@@ -148,15 +148,6 @@ def seeded(seed: int, build: Callable[[], PreTrainedModel]) -> PreTrainedModel:
         return build()
 
 
-def __getattr__(name: str) -> object:
-    """SmolLM2's cache helpers lived here before the built-ins moved out; scripts still import them from here."""
-    if name in ("_smollm2_gguf", "_smollm2_tokenizer"):
-        from e2urec.model.builtins import smollm2
-
-        return getattr(smollm2, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 # --- anything else: hub id or local folder ------------------------------------------------------------------
 
 
