@@ -1,6 +1,6 @@
 """The bench end to end on a micro preset: every method row on one seed, report files, gap
 closure, and reruns that skip exactly the stages whose inputs did not change. The same run serves the CPU
-side of the `gpu` preset: its own backbone replacing bench's, its evaluation batch, and the GPU session's
+side of the `gpu` preset: its own backbone replacing bench's, its evaluation batch, and the GPU measurement's
 results file built from the bench folder (nothing here needs a GPU)."""
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ PLAIN = replace(MICRO, backbone=None)
 
 @pytest.fixture(scope="module")
 def micro_bench(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, list[str], Path]:
-    """The micro bench, run once: its results, its log lines and its folder (`<E2>/bench`, as the GPU session
+    """The micro bench, run once: its results, its log lines and its folder (`<E2>/bench`, as the GPU measurement
     lays it out)."""
     out = tmp_path_factory.mktemp("e2") / "bench"
     lines: list[str] = []
@@ -51,17 +51,17 @@ def test_gap_closure() -> None:
 
 def test_gpu_preset_runs_every_method_with_the_tiny_backbone(micro_bench: tuple[dict, list[str], Path]) -> None:
     """The preset's own code paths (its backbone replacing bench's, its evaluation batch) on a micro slice, then
-    the GPU session's results file built from the bench folder."""
+    the GPU measurement's results file built from the bench folder."""
     results, lines, out = micro_bench
     assert results["config"]["backbone"] == "tiny" and results["config"]["eval_batch_size"] == 32
     assert set(ROWS) <= {row["method"] for row in results["methods"]}
     assert any("backbone tiny (instead of smollm2-135m)" in line for line in lines)
     e2 = out.parent
-    session = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_session.sh"), "summary"], cwd=ROOT,
+    measured = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_measure.sh"), "summary"], cwd=ROOT,
                              env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "E2": str(e2),
                                   "OUT": str(e2 / "out"), "PYTHON": sys.executable},
                              capture_output=True, text=True, timeout=120)
-    assert session.returncode == 0, session.stderr[-2000:]
+    assert measured.returncode == 0, measured.stderr[-2000:]
     [path] = (e2 / "out").glob("gpu-*.json")
     report = json.loads(path.read_text())
     assert set(ROWS) <= {row["method"] for row in report["bench"]["methods"]}

@@ -1,6 +1,6 @@
 """The CPU side of the GPU work: the `gpu` preset, the engine's GPU speed features (forced on here), evaluation
 that scores each model once, and the GPU benchmark scripts on tiny sizes. Nothing here needs a GPU. The `gpu`
-preset's bench on a micro slice and the GPU session's results file: tests/test_bench.py (one bench run serves
+preset's bench on a micro slice and the GPU measurement's results file: tests/test_bench.py (one bench run serves
 both)."""
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ EVAL_ARGS=${EVAL_ARGS:---prompts 2590 --batch-sizes 64,256}
 COMPILE=${COMPILE:-1}
 py=${PYTHON:-python3}
 mkdir -p "$OUT" "$keep"
-log() { echo "[$(date -u +%T)] $*" | tee -a "$OUT/session.log"; }
+log() { echo "[$(date -u +%T)] $*" | tee -a "$OUT/gpu.log"; }
 
 speed() {
   log "speed benchmarks on $($py -c 'import torch; print(torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu")')"
