@@ -74,7 +74,7 @@ PRESETS: dict[str, Preset] = {
                    skip_rows=("receraser", "retrain-reseed", "e2urec-label")),
     # Planted memorisation (issue #26): the demo slice and recipe, the forget users' train labels flipped. Every
     # epoch runs (keep=last): a clean validation set calls the epochs that learn the planted rows worse, so early
-    # stopping would select against the plant. Power and what was tried: docs/results.md. RecEraser is left out
+    # stopping would select against the plant. Power and what was tried: docs/planted.md. RecEraser is left out
     # as in the demo: test AUC 0.459 ± 0.230 measured here (its aggregation on ~180 samples per shard).
     "planted-flip": Preset(last_n=1200, seeds=(0, 1, 2),
                            train={"epochs": 2, "lr": 1e-3, "batch_size": 16, "keep": "last"},

@@ -24,13 +24,12 @@ from tqdm.auto import tqdm
 from e2urec.errors import Diverged, E2URecError
 from e2urec.model.backbone import Backbone
 from e2urec.model.scoring import PromptSet, collator
+from e2urec.options import KEEP
 from e2urec.resume import Checkpoint, optimizer_tensors, restore_optimizer
 from e2urec.speed import Buckets, Speed, bucketed_batches
 
 Batch = dict[str, torch.Tensor]
 
-
-KEEP = ("best", "last")
 
 
 @dataclass
@@ -350,9 +349,8 @@ def fit(
                     stop = True
         if monitor is None and (valid_loss is None or cfg.keep == "last"):
             best_state = trainable_state(inner)
-            kept = {"epoch": epoch + 1, "step": steps,
-                    "why": "the last epoch (" + ("keep=last" if valid_loss is not None else "no validation loss to "
-                                                 "choose by") + ")"}
+            why = "keep=last" if valid_loss is not None else "no validation loss to choose by"
+            kept = {"epoch": epoch + 1, "step": steps, "why": f"the last epoch ({why})"}
         record["seconds"] = time.perf_counter() - started
         history.append(record)
         accelerator.print(f"{desc}: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"

@@ -25,6 +25,10 @@ from typing import Any
 
 from e2urec.errors import E2URecError
 
+# TrainConfig.keep: which epoch's weights a run keeps (here, not in the engine, so the CLI lists them without
+# importing torch).
+KEEP = ("best", "last")
+
 # Upper bounds, far above any intended value and far below what would exhaust memory or overflow an index.
 MAX_SEED = 2**32 - 1  # numpy seeds take 0..2**32-1
 MAX_EPOCHS = 2**16

@@ -39,18 +39,7 @@ def shilling(config: dict, rows: list[dict]) -> bool:
     return plant == "shilling" or any(r.get("promotion_hr10") is not None for r in rows)
 
 
-def columns(config: dict, rows: list[dict]) -> list[tuple]:
-    """The report's columns: COLUMNS, and the promotion ones on shilling-planted data."""
-    return COLUMNS + PROMOTION_COLUMNS if shilling(config, rows) else list(COLUMNS)
-
-
 POWER_GOAL = 5.0  # a testbed ranks methods where the Original–Retrain gap is this many reseed floors, every seed
-
-
-def planted_metric(config: dict, rows: list[dict]) -> str:
-    """The metric that carries a bench's planted signal: the target's promotion HR@10 on shilling data, else
-    forget AUC (measured against the labels the models trained on: the flipped ones on flip data)."""
-    return "promotion_hr10" if shilling(config, rows) else "forget_auc"
 
 
 def power(per_seed: dict[int, dict[str, dict]], metric: str) -> dict | None:
@@ -180,7 +169,10 @@ def write_report(out: Path, per_seed: dict[int, dict[str, dict]], config: dict, 
     retrain = next(r for r in rows if r["method"] == "retrain")
     # Rows measured on the forget set only (the forgetting teacher) are kept apart, so every per-seed row holds
     # the full set of metrics that tools reading results.json expect.
-    powered = power(per_seed, planted_metric(config, rows))
+    # The planted signal: the targets' promotion on shilling data, else forget AUC (against the labels the models
+    # trained on: the flipped ones on flip data); shilling data also gets the promotion columns.
+    promoted = shilling(config, rows)
+    powered = power(per_seed, "promotion_hr10" if promoted else "forget_auc")
     results = {"methods": rows, "config": config, "machine": machine, "power": powered,
                "per_seed": {str(k): {m: v for m, v in r.items() if "auc" in v} for k, r in per_seed.items()},
                "forget_only_per_seed": {str(k): {m: v for m, v in r.items() if "auc" not in v}
@@ -205,9 +197,9 @@ def write_report(out: Path, per_seed: dict[int, dict[str, dict]], config: dict, 
         "uses the whole run. KS forget quality: the p-value of a two-sample Kolmogorov–Smirnov test between the "
         "method's and Retrain's P(yes) on the forget set (TOFU's forget quality; high = indistinguishable from "
         "Retrain).",
-        *(["", PROMOTION_TEXT] if shilling(config, rows) else []),
+        *(["", PROMOTION_TEXT] if promoted else []),
         "",
-        markdown_table(rows, columns(config, rows)),
+        markdown_table(rows, COLUMNS + PROMOTION_COLUMNS if promoted else COLUMNS),
         "",
         *([power_text(powered), ""] if powered else []),
         f"Retrain's own MIA AUC on the forget set (the value to match): {cell(retrain, 'mia_auc_retrain', 3)}",

@@ -39,11 +39,9 @@ if TYPE_CHECKING:
     from e2urec.engine import TrainConfig
 
 
-class Keep(str, Enum):
-    """`train --keep`: the values of TrainConfig.keep (e2urec.engine.KEEP), as choices the help lists."""
+# `train --keep`: TrainConfig.keep's values as choices the help lists.
+Keep = Enum("Keep", {value: value for value in cap.KEEP}, type=str)
 
-    best = "best"
-    last = "last"
 
 @friendly
 def data_fetch(
@@ -166,7 +164,7 @@ def train(
     max_grad_norm: Annotated[float, typer.Option(help="clip gradients to this total L2 norm before each step (0: "
                                                  "off)", callback=number(0, 1e4))] = 1.0,
     keep: Annotated[Keep, typer.Option(help="the epoch whose weights are kept: best (lowest valid loss, early "
-                                       "stopping) or last (every epoch runs)")] = Keep.best,
+                                       "stopping) or last (every epoch runs)")] = Keep["best"],
     overwrite: Annotated[bool, typer.Option(help="replace an existing model folder")] = False,
 ) -> None:
     """Instruction-tune a backbone: the Original (all train samples) or Retrain (without the forget set)."""

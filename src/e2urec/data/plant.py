@@ -85,6 +85,11 @@ def _share(value: str) -> float:
     return share
 
 
+def plain_value(value):
+    """A numpy scalar (an item id read from a table) as the Python value JSON writes as itself, not as its str()."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
 def parse_plant(text: str) -> PlantSpec:
     """`KIND[:key=value,...]` → PlantSpec, or an E2URecError naming the bad part; values needing the data (does
     the target exist, are there enough fillers for --min-history, enough candidate targets) are checked later,
@@ -259,7 +264,7 @@ def plant_shilling(raw: RawData, spec: PlantSpec, cfg: PrepareConfig) -> tuple[R
     planted = RawData(raw.name, pd.concat([raw.interactions, fake_events], ignore_index=True),
                       pd.concat([raw.users, fake_users], ignore_index=True), raw.items, raw.files)
     genuine = [int(stats.loc[t, "size"]) if t in stats.index else 0 for t in targets]
-    plain = [t.item() if hasattr(t, "item") else t for t in targets]
+    plain = [plain_value(t) for t in targets]
     facts = {
         "planted": "shilling",
         "planted_fake_users": int(n),

@@ -18,6 +18,7 @@ import pandas as pd
 from accelerate import Accelerator
 from scipy.stats import ks_2samp
 
+from e2urec.data.plant import plain_value
 from e2urec.data.prompts import build_prompts, profile_text
 from e2urec.data.readers import ITEM_NOUN
 from e2urec.data.roles import rows_for, sample_rows
@@ -34,11 +35,6 @@ MAX_PROMOTION_PROMPTS = 1_000_000
 PROMOTION_KEYS = ("promotion_hr10", "promotion_rank", "promotion_z")
 ROW_KEYS = ("ks_forget_quality", *PROMOTION_KEYS)  # what a bench row carries from the two evaluations
 PROMOTION_FILE = "promotion.parquet"
-
-
-def _plain(value):
-    """A numpy scalar as the Python value JSON writes as itself (not as its str())."""
-    return value.item() if isinstance(value, np.generic) else value
 
 
 def ks_forget_quality(p_yes: np.ndarray, p_reference: np.ndarray) -> dict:
@@ -164,7 +160,7 @@ def promotion_prompts(samples: pd.DataFrame, tables: dict[str, pd.DataFrame], ma
     targets = planted_targets(manifest, items["item_id"])
     for target in targets:
         if target not in titles.index or pd.isna(titles.loc[target]):
-            raise E2URecError(f"promotion: the planted target item {_plain(target)!r} has no title in the items "
+            raise E2URecError(f"promotion: the planted target item {plain_value(target)!r} has no title in the items "
                               "table; prepare the data again")
     fakes = rows_for(samples, "forget")["user_id"].unique()  # shilling makes the fakes, and only they, the forget set
     test = rows_for(samples, "test")
@@ -207,9 +203,9 @@ def promotion(backbone: Backbone, samples: pd.DataFrame, tables: dict[str, pd.Da
     p = per_sample_p_yes(backbone, data, batch_size, accelerator).reshape(len(built.rows), built.candidates)
     k = len(built.targets)
     metrics, rank, z = promotion_scores(p, targets=k)
-    items = [_plain(t) for t in built.targets]
+    items = [plain_value(t) for t in built.targets]
     metrics.update(promotion_n=len(built.rows), promotion_target_item=items[0],
-                   promotion_control_items=[_plain(c) for c in built.controls])
+                   promotion_control_items=[plain_value(c) for c in built.controls])
     if k > 1:  # with one target the metrics stay exactly those of before targets= existed
         metrics["promotion_target_items"] = items
         metrics["promotion_per_target"] = [{"item": item, **each}
