@@ -41,16 +41,16 @@ def direct_logits(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_e2urec_objective_forgets_alone_then_mixes_with_beta(tiny: Backbone, direct_logits: None) -> None:
     gen = torch.Generator().manual_seed(0)
-    pair = list(tiny.answer_ids)
-    p_fgt, p_rem = (torch.softmax(torch.randn(4, 2, generator=gen), -1) for _ in range(2))
-    forget = batch(tiny, gen, fgt_p2=p_fgt)
-    retain = batch(tiny, gen, rem_p2=p_rem)
+    vocab = len(tiny.tokenizer)
+    fgt, rem = (compress(torch.randn(4, vocab, generator=gen), 64) for _ in range(2))
+    forget = batch(tiny, gen, **dict(zip(("fgt_idx", "fgt_p", "fgt_rest"), fgt, strict=True)))
+    retain = batch(tiny, gen, **dict(zip(("rem_idx", "rem_p", "rem_rest"), rem, strict=True)))
     for retain_ce in (False, True):
-        cfg = E2URecConfig(beta=0.25, distill="answer", retain_ce=retain_ce)
+        cfg = E2URecConfig(beta=0.25, retain_ce=retain_ce)
         objective = E2URecObjective(tiny, cfg, forget_only_steps=3)
         assert objective.streams(0, 2) == ("forget",) and objective.streams(1, 3) == ("forget", "retain")
-        l_fgt = soft_ce(forget["logits"][:, pair], p_fgt)
-        l_rem = soft_ce(retain["logits"][:, pair], p_rem)
+        l_fgt = compressed_soft_cross_entropy(forget["logits"], *fgt)
+        l_rem = compressed_soft_cross_entropy(retain["logits"], *rem)
         if retain_ce:
             l_rem = l_rem + F.cross_entropy(retain["logits"], retain["target"])
         torch.testing.assert_close(objective.loss(None, {"forget": forget}), l_fgt)
@@ -122,21 +122,3 @@ def test_one_hot_anchor_learns_user_and_item_biases() -> None:
     shuffled = samples.assign(label=rng.permutation(labels))
     assert abs(one_hot_anchor(shuffled, "test")["auc"] - 0.5) < 0.08  # nothing to learn: chance
 
-
-def test_item_matched_retain_reads_other_users_samples_of_the_forgotten_items_first(tiny: Backbone) -> None:
-    n_train = 400
-    items = np.where(np.arange(n_train) < 10, np.arange(n_train) % 3, 3 + np.arange(n_train) % 50)
-    items[100:130] = np.arange(30) % 3  # 30 retained samples share the forgotten items
-    samples = pd.DataFrame({"sample_id": range(n_train), "split": "train", "forget": np.arange(n_train) < 10,
-                            "label": np.arange(n_train) % 2, "user_id": np.arange(n_train) % 7, "item_id": items,
-                            "prompt": [f"user likes item {i}?" for i in range(n_train)]})
-    job = SimpleNamespace(samples=samples)
-    method = E2URec(E2URecConfig(retain_match="items", seed=3))
-    picked = method.item_matched(job, 20, 12)
-    assert len(picked) == 20 and set(picked["item_id"]) <= {0, 1, 2} and not picked["forget"].any()
-    assert picked.index.is_monotonic_increasing
-    more = method.item_matched(job, 50, 12)  # 30 matched, then 20 of the others
-    assert len(more) == 50 and (more["item_id"] < 3).sum() == 30 and not more["forget"].any()
-    need = method.retain_needed(10)
-    sets = method.prompt_sets(job, tiny)
-    assert len(sets["retain"]) == need

@@ -49,7 +49,7 @@ def test_none_is_refused_where_the_type_has_no_none(tmp_path: Path, method: str,
     refused(tmp_path, [*UNLEARN, "--method", method, "--set", f"{key}=None"], key, "none is not accepted")
 
 
-@pytest.mark.parametrize("key", ["profile", "alpha_rule", "lora_targets", "distill"])
+@pytest.mark.parametrize("key", ["profile", "alpha_rule", "lora_targets", "push"])
 def test_none_is_no_choice_of_a_text_option(tmp_path: Path, key: str) -> None:
     refused(tmp_path, [*UNLEARN, "--method", "e2urec", "--set", f"{key}=none"], key, "not a known choice", "one of")
 

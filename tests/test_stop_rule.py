@@ -150,64 +150,6 @@ def test_nothing_to_unlearn_when_the_calibrated_teacher_is_the_original() -> Non
     assert e2urec_module.calibrate_alpha(make, np.array([1]), target=0.5, alpha_max=50) == 0.0  # log 2 ≥ 0.5
 
 
-def test_the_stop_rule_adds_the_difficulty_offset(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A forget set known to be harder than the non-members (offset 0.2) is not done at the non-members' loss;
-    it is done once its loss exceeds theirs by the offset."""
-    utility = PromptSet([[1]] * 50, np.zeros(50, dtype=int))
-    labels, p = np.random.default_rng(3).integers(0, 2, 50), np.random.default_rng(4).random(50)
-    forget, non_members = PromptSet([[1]] * 3, np.zeros(3, dtype=int)), PromptSet([[1]] * 5, np.zeros(5, dtype=int))
-    for forget_loss, stops in ((0.75, False), (0.91, True)):
-        monkeypatch.setattr(e2urec_module, "answer_losses", Scripted(utility, [p, p], forget_loss, 0.7))
-        stop = NonMemberStop(None, forget, non_members, utility, labels, E2URecConfig(min_steps=1), offset=0.2)
-        stop(None, None, 0)
-        assert stop(None, None, 10).stop is stops
-
-
-def history_rows(likes: list[int], labels: list[int], items: list[int]) -> pd.DataFrame:
-    """Rows whose five history ratings are all 5 (liked) or all 1, with labels and items."""
-    return pd.DataFrame({"history_ratings": [[5.0] * 5 if x else [1.0] * 5 for x in likes], "label": labels,
-                         "item_id": items})
-
-
-def test_difficulty_reference_reads_taste_from_the_history_and_the_items_like_rate() -> None:
-    from e2urec.unlearning.difficulty import DifficultyReference
-
-    rng = np.random.default_rng(0)
-    likes = rng.integers(0, 2, 400)
-    labels = np.where(rng.random(400) < 0.85, likes, 1 - likes)  # users mostly go on as their history shows
-    reference = DifficultyReference(history_rows(likes.tolist(), labels.tolist(), [1] * 400), threshold=3.0)
-    p = reference.p_yes(history_rows([1, 0], [1, 0], [1, 2]))
-    assert p[0] > 0.7 and p[1] < 0.3
-    assert reference.item_rate.loc[1] == pytest.approx((labels.sum() + 5 * labels.mean()) / (400 + 5))
-    flat = DifficultyReference(history_rows([1, 0], [1, 1], [1, 1]), threshold=3.0)  # one answer: the base rate
-    assert flat.p_yes(history_rows([0], [0], [7])).tolist() == [1.0]
-
-
-def test_difficulty_offset_is_the_references_misfit_on_forget_minus_on_non_members(tmp_path) -> None:
-    """By hand: the offset is the reference's mean answer loss on the forget rows minus on the non-member rows;
-    0 with difficulty=none."""
-    from e2urec.unlearning.difficulty import DifficultyReference
-
-    rng = np.random.default_rng(5)
-    likes = rng.integers(0, 2, 300)
-    retain = history_rows(likes.tolist(), np.where(rng.random(300) < 0.8, likes, 1 - likes).tolist(), [1] * 300)
-    samples = retain.assign(split="train", forget=False)
-    easy = history_rows([1, 1, 0, 0], [1, 1, 0, 0], [1] * 4)  # answers as their histories say
-    hard = history_rows([1, 1, 0, 0], [0, 0, 1, 1], [1] * 4)  # against them
-    job = type("Job", (), {"samples": samples, "manifest": {"config": {"label_threshold": 3.0}}})()
-    method = E2URec(E2URecConfig(difficulty="history"))
-    reference = DifficultyReference(retain, 3.0)
-
-    def loss(rows: pd.DataFrame) -> float:
-        p = reference.p_yes(rows)
-        return float(np.mean(-np.log(np.where(rows["label"] == 1, p, 1 - p))))
-
-    offset = method.difficulty_offset(job, "loss", easy, hard, "stop")
-    assert offset == pytest.approx(loss(easy) - loss(hard)) and offset < -1  # easy users aim far lower
-    assert method.facts["difficulty"]["stop"]["offset"] == offset
-    assert E2URec(E2URecConfig(difficulty="none")).difficulty_offset(job, "loss", easy, hard, "stop") == 0.0
-
-
 def test_non_members_are_held_out_users_of_the_training_period(tmp_path) -> None:
     """Prepare's held-out users come first: unseen users of the same period, what the forgotten users are to
     Retrain. Without them (holdout_fraction 0) the forgotten users' later samples are used, as before."""

@@ -28,7 +28,7 @@ PER_PROCESS = 7
 # teacher (the contrasted one runs in every single-process contract test); a joint phase (forget_only below 1)
 # so the retain stream is split across processes too.
 E2UREC = {"stop": "none", "alpha_rule": "fixed", "lora_dropout": 0.0, "aug_steps": 2, "min_steps": 1, "epochs": 3,
-          "aug_batch_size": PER_PROCESS, "aug_contrast": "none", "forget_only": 1 / 3,
+          "aug_batch_size": PER_PROCESS, "forget_only": 1 / 3,
           "lora_targets": "attention"}
 
 

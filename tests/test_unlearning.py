@@ -4,6 +4,7 @@ guarantees (frozen backbone, purged intermediates) and the shard systems' retrai
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -17,9 +18,10 @@ from e2urec.data.prepare import PrepareConfig, prepare
 from e2urec.data.roles import rows_for
 from e2urec.data.sources import fetch
 from e2urec.data.store import load_prepared
-from e2urec.engine import TrainConfig
+from e2urec.engine import Check, TrainConfig
 from e2urec.evaluation import evaluate
 from e2urec.unlearning import METHODS
+from e2urec.unlearning.e2urec_rules import NonMemberStop
 from e2urec.unlearning.runner import unlearn
 from e2urec.unlearning.sharded import train_system
 
@@ -35,8 +37,8 @@ def run(workspace: Path) -> Path:
 
 def test_e2urec_changes_only_adapters_and_purges_forget_derived_files(run: Path) -> None:
     out = run / "e2urec-kept"
-    meta = unlearn("e2urec", run / "original", run / "data", out, {**QUICK, "aug_steps": 2},
-                   keep_intermediates=True, overwrite=True)
+    augmented = {**QUICK, "push": "augmented", "alpha_rule": "fixed", "aug_steps": 2}
+    meta = unlearn("e2urec", run / "original", run / "data", out, augmented, keep_intermediates=True, overwrite=True)
     work = run / ".e2urec-kept.work"
     assert (work / "augmented" / "model.safetensors").is_file(), "--keep-intermediates keeps the augmented model"
     assert meta["trainable_params"] < 0.15 * meta["total_params"]  # adapters only (the tiny model is 95% embeddings)
@@ -51,7 +53,7 @@ def test_e2urec_changes_only_adapters_and_purges_forget_derived_files(run: Path)
         assert torch.equal(original[plain], value.detach()), f"{plain} is no longer the Original's"
     assert changed_adapters > 0, "LoRA B matrices start at zero; training must have moved them"
     assert set(load_file(out / "adapter_model.safetensors")) and not (out / "model.safetensors").exists()
-    unlearn("e2urec", run / "original", run / "data", run / "e2urec-purged", {**QUICK, "aug_steps": 2})
+    unlearn("e2urec", run / "original", run / "data", run / "e2urec-purged", augmented)
     assert not (run / ".e2urec-purged.work").exists()
     leftovers = [p for p in (run / "e2urec-purged").rglob("*") if "augment" in p.name or "teacher" in p.name]
     assert leftovers == []
@@ -65,11 +67,17 @@ def test_registry_lists_every_method() -> None:
     assert "forget_only=1.0" in result.output and "share of the steps" in result.output
 
 
-def test_e2urec_stopping_rule_teacher_and_alpha_are_recorded(run: Path) -> None:
-    # a margin this large means "the forget set already looks like non-members": the rule stops at min_steps
+def test_e2urec_stopping_rule_teacher_and_alpha_are_recorded(run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the forget set "already looks like non-members" wherever the rule is scored: it stops at min_steps
+    scored = NonMemberStop.__call__
+
+    def reached(*args: object) -> Check:
+        check = scored(*args)
+        return replace(check, stop=check.stop or "forget_loss" in check.record)
+
+    monkeypatch.setattr(NonMemberStop, "__call__", reached)
     meta = unlearn("e2urec", run / "original", run / "data", run / "e2urec-stop",
-                   {"batch_size": 8, "aug_steps": 2, "min_steps": 2, "check_every": 1, "stop_margin": 100.0},
-                   overwrite=True)
+                   {"batch_size": 8, "min_steps": 2, "check_every": 1, "level": "loss"}, overwrite=True)
     schedule = meta["schedule"]
     assert schedule["stopped_at"] == 2 and meta["steps"] == 2 < schedule["total_steps"]
     assert [c["step"] for c in schedule["checks"]] == [0, 1, 2]
@@ -89,7 +97,7 @@ def test_label_push_needs_no_augmented_model_and_compares_aucs(run: Path) -> Non
     """push=label: no augmented or control model is tuned, the teacher lowers every true answer (α = 2 log-odds
     ranks the forget set's negatives above its positives); level=auc: the stopping rule compares AUCs, and the
     calibrated teacher ranks the forget set no better than the Original ranks the non-members."""
-    options = {"batch_size": 8, "push": "label", "level": "auc", "min_steps": 2, "check_every": 1, "max_steps": 3}
+    options = {"batch_size": 8, "min_steps": 2, "check_every": 1, "max_steps": 3}  # the default: label, auc
     fixed = unlearn("e2urec", run / "original", run / "data", run / "e2urec-label",
                     {**options, "alpha_rule": "fixed", "alpha": 2.0}, overwrite=True, keep_intermediates=True)
     assert not (run / ".e2urec-label.work" / "augmented").exists() and "augmented" not in fixed
@@ -114,9 +122,9 @@ def test_bad_options_are_refused_before_any_work(run: Path, options: dict) -> No
 @pytest.mark.parametrize("targets", ["all-linear", "all-linear+embeddings"])
 def test_lora_targets_reach_more_of_the_model(run: Path, targets: str) -> None:
     attention = unlearn("e2urec", run / "original", run / "data", run / "lora-attn",
-                        {"aug_steps": 1, "max_steps": 1, "stop": "none", "lora_targets": "attention"}, overwrite=True)
+                        {"max_steps": 1, "stop": "none", "lora_targets": "attention"}, overwrite=True)
     wider = unlearn("e2urec", run / "original", run / "data", run / f"lora-{targets}",
-                    {"aug_steps": 1, "max_steps": 1, "stop": "none", "lora_targets": targets}, overwrite=True)
+                    {"max_steps": 1, "stop": "none", "lora_targets": targets}, overwrite=True)
     assert wider["trainable_params"] > attention["trainable_params"]
     adapters = load_file(run / f"lora-{targets}" / "adapter_model.safetensors")
     assert any("mlp" in k for k in adapters)

@@ -27,9 +27,6 @@ def test_forgetting_teacher_pushes_down_what_the_augmented_model_pushed_up() -> 
     # token 0: aug raised it by 1 → 1 − 2·1; token 1: aug lowered it → unchanged; token 2: raised by .5 → 3 − 1
     assert torch.equal(forgetting_teacher_logits(z_orig, z_aug, alpha=2.0), torch.tensor([[-1.0, 2.0, 2.0]]))
     assert torch.equal(forgetting_teacher_logits(z_orig, z_aug, alpha=0.0), z_orig)
-    # against a control model: only what the augmented model raised beyond the control is pushed down
-    z_ref = torch.tensor([[1.5, 0.0, 4.0]])  # token 0: .5 beyond → 1 − 2·.5; token 1: 1 beyond → 2 − 2; token 2: none
-    assert torch.equal(forgetting_teacher_logits(z_orig, z_aug, 2.0, z_ref), torch.tensor([[0.0, 0.0, 3.0]]))
 
 
 def test_soft_cross_entropy_goes_from_teacher_to_student() -> None:
@@ -187,7 +184,7 @@ def test_two_token_jsd_from_p_yes_by_hand() -> None:
 
 @pytest.mark.parametrize("options, message", [
     ({"alpha": float("nan")}, "finite"), ({"lora_r": 0}, "lora_r"), ({"forget_only": 1.5}, "forget_only"),
-    ({"epochs": -1}, "epochs"), ({"min_steps": 0}, "min_steps"), ({"distill": "logits"}, "distill"),
+    ({"epochs": -1}, "epochs"), ({"min_steps": 0}, "min_steps"), ({"push": "logits"}, "push"),
     ({"unknown_key": 1}, "unknown"), ({"batch_size": 0}, "batch_size"), ({"lr": 0.0}, "lr"),
 ])
 def test_method_options_are_checked_before_any_work(options: dict, message: str) -> None:
@@ -252,10 +249,6 @@ def test_e2urec_objective_mixes_beta_and_optional_retain_ce() -> None:
     no_ce = E2URecObjective(_Backbone(), E2URecConfig(beta=0.25, retain_ce=False), 0)
     assert no_ce.loss(_Model(), {"forget": forget, "retain": retain}).item() == pytest.approx(
         (0.25 * l_fgt + 0.75 * l_rem).item(), rel=1e-5)
-    answer = E2URecObjective(_Backbone(), E2URecConfig(beta=1.0, distill="answer"), 0)
-    expected = soft_cross_entropy(z_f[:, [1, 2]], forget["fgt_p2"])
-    value = answer.loss(_Model(), {"forget": forget, "retain": retain}).item()
-    assert value == pytest.approx(expected.item(), rel=1e-5)
 
 
 def test_alpha_is_calibrated_to_the_non_member_loss() -> None:
@@ -275,17 +268,6 @@ def test_alpha_is_calibrated_to_the_non_member_loss() -> None:
     assert teacher_loss_at(alpha) == pytest.approx(0.6, abs=1e-6) and alpha > 0
     assert calibrate_alpha(plain, yes, target=teacher_loss_at(0.0) - 0.01, alpha_max=50) == 0.0
     assert calibrate_alpha(plain, yes, target=100.0, alpha_max=7.0) == 7.0
-    # with a control model the push is what the augmented model raised beyond the control
-    z_ref = z_orig + np.array([[-0.25, 0.25], [0.0, 0.0], [0.0, 1.0]])
-
-    def contrast_loss_at(alpha: float) -> float:
-        z = z_orig - alpha * np.maximum(z_aug - z_ref, 0)
-        p = np.exp(z) / np.exp(z).sum(1, keepdims=True)
-        return float(-np.log(p[np.arange(3), yes]).mean())
-
-    alpha_ref = calibrate_alpha(teacher_pairs("augmented", z_orig, yes, z_aug, z_ref), yes, target=0.6,
-                                alpha_max=50)
-    assert contrast_loss_at(alpha_ref) == pytest.approx(0.6, abs=1e-6) and alpha_ref > alpha
 
 
 def test_label_push_lowers_every_true_answer_by_alpha() -> None:

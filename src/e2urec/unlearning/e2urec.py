@@ -25,21 +25,29 @@ from e2urec.model.backbone import Backbone
 from e2urec.model.scoring import PromptSet, answer_logits, per_sample, prompt_set
 from e2urec.training import AnswerCrossEntropy
 from e2urec.unlearning.base import Job, MethodConfig, ObjectiveMethod, cache_teacher, logits_of, option, register
-from e2urec.unlearning.difficulty import DifficultyReference
 from e2urec.unlearning.e2urec_rules import NonMemberStop, answer_losses, calibrate_alpha, misfit, teacher_pairs
 from e2urec.unlearning.losses import forgetting_teacher_logits, label_push_logits, teacher_loss
 
-# The paper's reference code, exactly: 3 passes over the forget set, the first on the forgetting loss alone,
-# an augmented model at lr 5e-5 for 100 steps, q/v LoRA, full-vocabulary distillation, no stopping rule.
-REFERENCE: dict[str, Any] = {
-    "epochs": 3.0, "min_steps": 1, "forget_only": 1 / 3, "lr": 1e-3, "alpha": 2.0, "beta": 0.4, "retain_ce": True,
-    "lora_r": 16, "lora_alpha": 32, "lora_dropout": 0.05, "lora_targets": "attention", "distill": "vocab",
-    "aug_lr": 5e-5, "aug_steps": 100, "aug_contrast": "none", "retain_match": "random", "alpha_rule": "fixed",
-    "stop": "none", "push": "augmented", "level": "loss", "difficulty": "none",
+# The two profiles, side by side; options not named here have one default. `reference` is the paper's reference
+# code, exactly: 3 passes over the forget set, the first on the forgetting loss alone, the augmented model's
+# teacher at a fixed α = 2 (an augmented model at lr 5e-5 for 100 steps), q/v LoRA, no stopping rule.
+# `default` keeps only departures that measured beyond the reseed floor on planted-flip, where the reference
+# closes nothing of the Original-Retrain gap (docs/e2urec-ablation.md): the label push with α and the stop
+# chosen by the non-member AUC, and the wide student, which is what moves the forget set at all.
+PROFILES: dict[str, dict[str, Any]] = {
+    "default": {"epochs": 10.0, "min_steps": 30, "forget_only": 1.0, "lr": 1e-3, "alpha": 2.0, "beta": 0.4,
+                "retain_ce": True, "lora_r": 16, "lora_alpha": 32, "lora_dropout": 0.05,
+                "lora_targets": "all-linear+embeddings", "aug_lr": None, "aug_steps": None,
+                "alpha_rule": "nonmember", "stop": "nonmember", "push": "label", "level": "auc"},
+    "reference": {"epochs": 3.0, "min_steps": 1, "forget_only": 1 / 3, "lr": 1e-3, "alpha": 2.0, "beta": 0.4,
+                  "retain_ce": True, "lora_r": 16, "lora_alpha": 32, "lora_dropout": 0.05,
+                  "lora_targets": "attention", "aug_lr": 5e-5, "aug_steps": 100,
+                  "alpha_rule": "fixed", "stop": "none", "push": "augmented", "level": "loss"},
 }
+DEFAULT = PROFILES["default"]
 # Options read only by the augmented model (push=augmented) and only by the stopping checks (stop=nonmember).
-AUGMENTED = ("aug_epochs", "aug_lr_scale", "aug_lr", "aug_steps", "aug_batch_size", "aug_contrast")
-CHECKS = ("check_every", "stop_margin", "utility_tolerance", "utility_z", "utility_cap", "monitor_samples")
+AUGMENTED = ("aug_epochs", "aug_lr", "aug_steps", "aug_batch_size")
+CHECKS = ("check_every", "utility_tolerance", "utility_z", "utility_cap", "monitor_samples")
 MIN_NON_MEMBERS = 20
 # Scoring dominates a small request (a one-user forget set of 34 prompts: 32 of its 48 s were checks), so the
 # non-member and utility samples follow the forget set's size: 8 per forget prompt, at least 256, at most
@@ -49,65 +57,51 @@ MONITOR_PER_FORGET, MONITOR_FLOOR = 8, 256
 
 @dataclass
 class E2URecConfig(MethodConfig):
-    """Defaults from the validation-only sweep on the `cpu` preset's seed 0 (docs/studies.md: "Choosing E2URec's
-    defaults": the wide student reaches the non-member level, narrower ones do not; the sweep's marginal pick of
-    the plain teacher was not adopted, for the reason given there); `profile=reference` starts from the
-    reference code's values instead. Options given explicitly override either."""
+    """Defaults from PROFILES["default"]; `profile=reference` starts from the reference code's values instead.
+    Options given explicitly override either."""
 
-    profile: str = option("default", "default | reference (the paper code's exact values)",
-                          choices=("default", "reference"))
-    epochs: float = option(10.0, "forget-set passes that size the schedule", low=0, high=cap.MAX_EPOCHS, open_low=True)
-    min_steps: int = option(30, "at least this many student steps, whatever the forget set's size", low=1,
-                         high=cap.MAX_STEPS, advanced=True)
-    forget_only: float = option(1.0, "share of the steps on the forgetting loss alone (then joint steps)",
-                                low=0, high=1)
-    lr: float = option(1e-3, "student learning rate", low=0, high=cap.MAX_LR, open_low=True)
-    alpha: float = option(2.0, "forgetting teacher: z_orig − α·ReLU(z_aug − z_orig) (alpha_rule=fixed)", low=0,
-                          high=cap.MAX_WEIGHT)
-    alpha_rule: str = option("nonmember", "nonmember: choose α so the teacher's forget-set misfit (see level) "
-                             "equals the Original's on held-out non-members; fixed: use alpha",
+    profile: str = option("default", "default | reference (the paper code's exact values)", choices=tuple(PROFILES))
+    epochs: float = option(DEFAULT["epochs"], "forget-set passes that size the schedule", low=0,
+                           high=cap.MAX_EPOCHS, open_low=True)
+    min_steps: int = option(DEFAULT["min_steps"], "at least this many student steps, whatever the forget set's "
+                            "size", low=1, high=cap.MAX_STEPS, advanced=True)
+    forget_only: float = option(DEFAULT["forget_only"], "share of the steps on the forgetting loss alone (then "
+                                "joint steps)", low=0, high=1)
+    lr: float = option(DEFAULT["lr"], "student learning rate", low=0, high=cap.MAX_LR, open_low=True)
+    alpha: float = option(DEFAULT["alpha"], "how far the forgetting teacher pushes (see push; alpha_rule=fixed)",
+                          low=0, high=cap.MAX_WEIGHT)
+    alpha_rule: str = option(DEFAULT["alpha_rule"], "nonmember: choose α so the teacher's forget-set misfit (see "
+                             "level) equals the Original's on held-out non-members; fixed: use alpha",
                              choices=("nonmember", "fixed"))
     alpha_max: float = option(50.0, "largest α the nonmember rule may choose", low=0, high=cap.MAX_WEIGHT,
                               open_low=True, advanced=True)
-    push: str = option("augmented", "what the forgetting teacher pushes down: augmented: what an augmented model "
-                       "tuned on the forget set raised (the paper's); label: the true answer's two-token log-odds, "
-                       "by α on every sample (no augmented model)", choices=("augmented", "label"), advanced=True)
-    level: str = option("loss", "what 'like a non-member' compares, for alpha_rule and stop: loss (mean answer "
-                        "loss) or auc (answer AUC: blind to a later period's base rate and calibration)",
-                        choices=("loss", "auc"), advanced=True)
-    difficulty: str = option("none", "how the non-members' level carries over to the forget set: history: "
-                             "plus a reference model's misfit on the forget set minus on the non-members (a "
-                             "logistic regression on the history's ratings and the item's like-rate, fit on "
-                             "retain), so easier users aim lower; none: the non-members' level as it is",
-                             choices=("history", "none"), advanced=True)
-    beta: float = option(0.4, "joint steps: β·L_FGT + (1−β)·L_REM", low=0, high=1)
-    retain_ce: bool = option(True, "add the answer cross-entropy on retain to L_REM (the reference code's)",
+    push: str = option(DEFAULT["push"], "what the forgetting teacher pushes down: label: the trained answer's "
+                       "two-token log-odds, by α on every sample; augmented (the paper's): z_orig − "
+                       "α·ReLU(z_aug − z_orig), what an augmented model tuned further on the forget set raised",
+                       choices=("label", "augmented"))
+    level: str = option(DEFAULT["level"], "what 'like a non-member' compares, for alpha_rule and stop: auc (answer "
+                        "AUC: blind to a later period's base rate and calibration) or loss (mean answer loss; also "
+                        "where an AUC is undefined)", choices=("auc", "loss"), advanced=True)
+    beta: float = option(DEFAULT["beta"], "joint steps: β·L_FGT + (1−β)·L_REM", low=0, high=1)
+    retain_ce: bool = option(DEFAULT["retain_ce"], "add the answer cross-entropy on retain to L_REM (the reference "
+                             "code's)", advanced=True)
+    lora_r: int = option(DEFAULT["lora_r"], "LoRA rank (at most the backbone's hidden width)", low=1,
+                         high=cap.MAX_LORA_RANK)
+    lora_alpha: int = option(DEFAULT["lora_alpha"], "LoRA scaling numerator", low=1, high=cap.MAX_LORA_ALPHA,
                              advanced=True)
-    lora_r: int = option(16, "LoRA rank (at most the backbone's hidden width)", low=1, high=cap.MAX_LORA_RANK)
-    lora_alpha: int = option(32, "LoRA scaling numerator", low=1, high=cap.MAX_LORA_ALPHA, advanced=True)
-    lora_dropout: float = option(0.05, "LoRA dropout", low=0, high=0.99, advanced=True)
-    lora_targets: str = option("all-linear+embeddings", "attention (q/v) | all-linear | all-linear+embeddings",
+    lora_dropout: float = option(DEFAULT["lora_dropout"], "LoRA dropout", low=0, high=0.99, advanced=True)
+    lora_targets: str = option(DEFAULT["lora_targets"], "attention (q/v) | all-linear | all-linear+embeddings",
                                choices=LORA_TARGETS)
-    distill: str = option("vocab", "distil the full vocabulary or the two answer tokens",
-                          choices=("vocab", "answer"), advanced=True)
     aug_epochs: float = option(1.5, "augmented model: passes over the forget set", low=0, high=cap.MAX_EPOCHS,
-                              open_low=True, advanced=True)
-    aug_lr_scale: float = option(1.0, "augmented model lr as a multiple of the Original's lr (its meta.json)",
-                                 low=0, high=cap.MAX_WEIGHT, open_low=True, advanced=True)
-    aug_lr: float | None = option(None, "augmented model lr (overrides aug_lr_scale)", low=0, high=cap.MAX_LR,
-                                 open_low=True, advanced=True)
-    aug_steps: int | None = option(None, "augmented model steps (overrides aug_epochs)", low=1, high=cap.MAX_STEPS,
-                                   advanced=True)
+                               open_low=True, advanced=True)
+    aug_lr: float | None = option(DEFAULT["aug_lr"], "augmented model lr (unset: the Original's own, from its "
+                                  "meta.json)", low=0, high=cap.MAX_LR, open_low=True, advanced=True)
+    aug_steps: int | None = option(DEFAULT["aug_steps"], "augmented model steps (overrides aug_epochs)", low=1,
+                                   high=cap.MAX_STEPS, advanced=True)
     aug_batch_size: int = option(16, "augmented model batch size", low=1, high=cap.MAX_BATCH, advanced=True)
-    aug_contrast: str = option("items", "what the augmented model is compared with: none (the Original), or "
-                               "items: a control model tuned the same way on other users' samples of the same "
-                               "items, so the teacher pushes down only what is specific to the forgotten users",
-                               choices=("none", "items"), advanced=True)
-    stop: str = option("nonmember", "nonmember: stop once the forget set's misfit (see level) reaches held-out "
-                       "non-members'; none: run the whole schedule", choices=("nonmember", "none"))
+    stop: str = option(DEFAULT["stop"], "nonmember: stop once the forget set's misfit (see level) reaches "
+                       "held-out non-members'; none: run the whole schedule", choices=("nonmember", "none"))
     check_every: int = option(10, "steps between stopping-rule checks", low=1, high=cap.MAX_STEPS, advanced=True)
-    stop_margin: float = option(0.0, "stop when the forget set's misfit ≥ the non-members' − margin (loss, or "
-                                "1 − AUC)", low=0, high=cap.MAX_WEIGHT, advanced=True)
     utility_tolerance: float = option(0.01, "keep a state only while valid AUC ≥ the Original's − this (beyond "
                                       "the margin utility_z sets)", low=0, high=1, advanced=True)
     utility_z: float = option(1.645, "standard errors of the paired valid-AUC change added to utility_tolerance "
@@ -115,31 +109,28 @@ class E2URecConfig(MethodConfig):
                               high=cap.MAX_WEIGHT, advanced=True)
     utility_cap: float = option(0.1, "the most valid AUC a kept state may lose, whatever its standard error (the "
                                 "SE of a paired change grows with the damage itself)", low=0, high=1, advanced=True)
-    retain_match: str = option("random", "retain samples for the remembering term: random, or items: retained "
-                               "samples of the forget set's items first, so the forgetting push must use what is "
-                               "specific to the forgotten users", choices=("random", "items"), advanced=True)
     monitor_samples: int = option(1024, "forget, non-member and utility samples scored per check (at most; and "
                                   f"at most {MONITOR_PER_FORGET} per forget prompt, at least {MONITOR_FLOOR})",
                                   low=10, high=cap.MAX_SAMPLES, advanced=True)
 
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> MethodConfig:
-        for pair in (("aug_steps", "aug_epochs"), ("aug_lr", "aug_lr_scale")):
-            if set(pair) <= set(options):
-                raise E2URecError(f"e2urec: {pair[0]} and {pair[1]} both size the augmented model; give one")
-        base = REFERENCE if options.get("profile") == "reference" else {}
-        return super().from_options({**base, **options})
+        if {"aug_steps", "aug_epochs"} <= set(options):
+            raise E2URecError("e2urec: aug_steps and aug_epochs both size the augmented model; give one")
+        if options.get("profile", "default") not in PROFILES:  # the field's own check would come too late
+            raise E2URecError(f"e2urec: unknown profile {options['profile']!r}; one of {sorted(PROFILES)}")
+        return super().from_options({**PROFILES[options.get("profile", "default")], **options})
 
     def ignored_options(self, given: set[str]) -> dict[str, str]:
         unread = {}
         for names, ignored, why in (
                 (("alpha",), self.alpha_rule == "nonmember", "alpha_rule=nonmember chooses α"),
                 (("alpha_max",), self.alpha_rule == "fixed", "alpha_rule=fixed uses alpha"),
-                (("level", "difficulty"), self.alpha_rule == "fixed" and self.stop == "none",
+                (("level",), self.alpha_rule == "fixed" and self.stop == "none",
                  "no non-member rule runs (alpha_rule=fixed, stop=none)"),
                 (AUGMENTED, self.push == "label", "push=label uses no augmented model"),
                 (CHECKS, self.stop == "none", "stop=none runs no checks"),
-                (("beta", "retain_ce", "retain_match"), self.forget_only == 1.0,
+                (("beta", "retain_ce"), self.forget_only == 1.0,
                  "forget_only=1: every step is forget-only, the remembering term never runs")):
             unread.update({name: why for name in names if ignored and name in given})
         return unread
@@ -152,19 +143,18 @@ class E2URecObjective:
         self.kind = backbone.kind
         self.cfg = cfg
         self.forget_only_steps = forget_only_steps
-        self.answer = backbone.answer_ids if cfg.distill == "answer" else None
 
     def streams(self, epoch: int, step: int) -> tuple[str, ...]:
         return ("forget",) if step < self.forget_only_steps else ("forget", "retain")
 
     def loss(self, model: torch.nn.Module, batches: dict[str, Batch]) -> torch.Tensor:
         forget = batches["forget"]
-        l_fgt = teacher_loss(answer_logits(model, forget, self.kind), forget, "fgt", self.answer)
+        l_fgt = teacher_loss(answer_logits(model, forget, self.kind), forget, "fgt")
         if "retain" not in batches:
             return l_fgt
         retain = batches["retain"]
         logits = answer_logits(model, retain, self.kind)
-        l_rem = teacher_loss(logits, retain, "rem", self.answer)
+        l_rem = teacher_loss(logits, retain, "rem")
         if self.cfg.retain_ce:
             l_rem = l_rem + F.cross_entropy(logits.float(), retain["target"])
         return self.cfg.beta * l_fgt + (1 - self.cfg.beta) * l_rem
@@ -192,7 +182,6 @@ class E2URec(ObjectiveMethod):
         return lora_recipe(self.cfg.lora_r, self.cfg.lora_alpha, self.cfg.lora_dropout, self.cfg.lora_targets)
 
     processes = 1  # data-parallel processes: each step reads `batch_size` samples per process
-    _reference: DifficultyReference | None = None  # fit on first use, once per run
 
     def schedule(self, n_forget: int) -> tuple[int, int]:
         """(total student steps, forget-only steps)."""
@@ -206,24 +195,6 @@ class E2URec(ObjectiveMethod):
         total, forget_only = self.schedule(n_forget)
         return max(1, total - forget_only) * self.cfg.batch_size
 
-    def prompt_sets(self, job: Job, backbone: Backbone) -> dict[str, PromptSet]:
-        """With `retain_match=items`, the remembering term reads other users' samples of the forgotten items
-        first: what is general about those items stays anchored while the forget set moves."""
-        if self.cfg.retain_match == "random":
-            return super().prompt_sets(job, backbone)
-        forget = rows_for(job.samples, "forget")
-        retain = self.item_matched(job, self.retain_needed(len(forget)), 12)
-        return {"forget": prompt_set(backbone, forget, self.cfg.max_length),
-                "retain": prompt_set(backbone, retain, self.cfg.max_length)}
-
-    def item_matched(self, job: Job, n: int, stream: int) -> pd.DataFrame:
-        """`n` retained samples (seeded), those of the forget set's items first, then any others."""
-        retain = rows_for(job.samples, "retain")
-        same = retain["item_id"].isin(set(rows_for(job.samples, "forget")["item_id"])).to_numpy()
-        matched = sample_rows(retain[same], n, self.cfg.seed, stream)
-        rest = sample_rows(retain[~same], n - len(matched), self.cfg.seed, stream + 1)
-        return pd.concat([matched, rest]).sort_index()
-
     def train_config(self, data: dict[str, PromptSet]) -> TrainConfig:
         total, _ = self.schedule(len(data["forget"]))
         per_pass = math.ceil(len(data["forget"]) / (self.cfg.batch_size * self.processes))
@@ -232,15 +203,14 @@ class E2URec(ObjectiveMethod):
 
     def augmented(self, job: Job, data: PromptSet, role: str = "augmented") -> Backbone:
         """The Original tuned further on `data`, the forget set (every weight): it exaggerates what the Original
-        learned from it. Its steps follow the forget set's size; its lr follows the Original's own recipe.
-        The control model (`aug_contrast=items`) is tuned the same way on `data` of the same size."""
+        learned from it. Its steps follow the forget set's size; its lr follows the Original's own recipe."""
         folder = job.work / role
         if (folder / "meta.json").is_file():
             backbone, _ = load_model(folder)
             backbone.model.to(job.accelerator.device)
             return backbone
         original_lr = job.original_meta.get("config", {}).get("lr", self.cfg.lr)
-        lr = self.cfg.aug_lr or self.cfg.aug_lr_scale * original_lr
+        lr = self.cfg.aug_lr or original_lr
         per_pass = math.ceil(len(data) / (self.cfg.aug_batch_size * self.processes))
         steps = self.cfg.aug_steps or math.ceil(self.cfg.aug_epochs * len(data) / (self.cfg.aug_batch_size
                                                                                    * self.processes))
@@ -281,22 +251,6 @@ class E2URec(ObjectiveMethod):
         rows, name = self.non_member_rows(job)
         return prompt_set(backbone, rows, self.cfg.max_length), name
 
-    def difficulty_offset(self, job: Job, level: str, forget: pd.DataFrame, non_members: pd.DataFrame,
-                          where: str) -> float:
-        """How much more the forget rows misfit than the non-member rows under a reference model that saw
-        neither (`difficulty=history`, see e2urec.unlearning.difficulty), else 0; recorded under `where`."""
-        if self.cfg.difficulty == "none":
-            return 0.0
-        if self._reference is None:
-            threshold = float(job.manifest.get("config", {}).get("label_threshold", 3.0))
-            self._reference = DifficultyReference(rows_for(job.samples, "retain"), threshold, self.cfg.seed)
-        f_misfit, n_misfit = (misfit(level, self._reference.p_yes(rows), rows["label"].to_numpy() == 1)
-                              for rows in (forget, non_members))
-        offset = 0.0 if math.isnan(f_misfit - n_misfit) else f_misfit - n_misfit
-        self.facts.setdefault("difficulty", {"reference": self.cfg.difficulty})[where] = {
-            "offset": offset, f"reference_forget_{level}": f_misfit, f"reference_nonmember_{level}": n_misfit}
-        return offset
-
     def utility_set(self, job: Job, backbone: Backbone) -> tuple[PromptSet, np.ndarray]:
         """Valid samples of users who are not forgotten (every valid sample when they are too few): the utility
         the student must keep."""
@@ -308,8 +262,7 @@ class E2URec(ObjectiveMethod):
         return prompt_set(backbone, rows, self.cfg.max_length), rows["label"].to_numpy()
 
     def choose_alpha(self, job: Job, backbone: Backbone, teachers: list[Backbone], forget: PromptSet) -> float:
-        """`teachers`: the Original, then (push=augmented) the augmented model and, with a contrast, the control
-        model."""
+        """`teachers`: the Original, then (push=augmented) the augmented model."""
         if self.cfg.alpha_rule == "fixed":
             return self.cfg.alpha
         pair = list(backbone.answer_ids)
@@ -322,8 +275,7 @@ class E2URec(ObjectiveMethod):
         yes = (forget.targets == backbone.answer_ids[1]).astype(int)
         level = self.effective_level(forget, non_members, backbone)
         target = misfit(level, p_non, non_members.targets == backbone.answer_ids[1])
-        target += self.difficulty_offset(job, level, rows_for(job.samples, "forget"), rows, "alpha")
-        make = teacher_pairs(self.cfg.push, z[:, :2], yes, *(z[:, i:i + 2] for i in range(2, z.shape[1], 2)))
+        make = teacher_pairs(self.cfg.push, z[:, :2], yes, z[:, 2:4] if len(teachers) > 1 else None)
         alpha = calibrate_alpha(make, yes, target, self.cfg.alpha_max, level)
         self.facts["alpha"] = {"rule": "nonmember", "alpha": alpha, "level": level,
                                f"target_{level}": target if level == "loss" else 1 - target,
@@ -340,10 +292,6 @@ class E2URec(ObjectiveMethod):
         teachers = [job.load_original()]
         if self.cfg.push == "augmented":
             teachers.append(self.augmented(job, data["forget"]))
-            if self.cfg.aug_contrast == "items":
-                control = self.item_matched(job, len(data["forget"]), 14)
-                teachers.append(self.augmented(job, prompt_set(backbone, control, self.cfg.max_length),
-                                               "augmented-control"))
         z = [logits_of(t.model, t.kind) for t in teachers]
         alpha = self.choose_alpha(job, backbone, teachers, data["forget"])
         if self.cfg.push == "label":
@@ -351,9 +299,9 @@ class E2URec(ObjectiveMethod):
                 return label_push_logits(z[0](b), b["target"], backbone.answer_ids, alpha)
         else:
             def fgt(b: Batch) -> torch.Tensor:
-                return forgetting_teacher_logits(z[0](b), z[1](b), alpha, z[2](b) if len(z) > 2 else None)
+                return forgetting_teacher_logits(z[0](b), z[1](b), alpha)
         cache_teacher(backbone, data["forget"], fgt, "fgt", job.accelerator)
-        del teachers[1:], z[1:]  # the augmented and control models are not needed any more
+        del teachers[1:], z[1:]  # the augmented model is not needed any more
         cache_teacher(backbone, data["retain"], z[0], "rem", job.accelerator)
         forget = rows_for(job.samples, "forget")
         p_teacher = data["forget"].extras["fgt_p2"][:, 1].numpy()
@@ -371,10 +319,8 @@ class E2URec(ObjectiveMethod):
         forget = PromptSet([data["forget"].ids[i] for i in picked], data["forget"].targets[picked])
         rows, _ = self.non_member_rows(job)
         non_members = prompt_set(backbone, rows, self.cfg.max_length)
-        level = self.effective_level(forget, non_members, backbone)
-        offset = self.difficulty_offset(job, level, rows_for(job.samples, "forget").iloc[picked], rows, "stop")
-        return NonMemberStop(backbone, forget, non_members, *self.utility_set(job, backbone), self.cfg, level,
-                             offset)
+        return NonMemberStop(backbone, forget, non_members, *self.utility_set(job, backbone), self.cfg,
+                             self.effective_level(forget, non_members, backbone))
 
     def nothing_to_unlearn(self) -> bool:
         """The calibrated α is 0 when the Original's forget-set loss is already at the non-members' level: the

@@ -37,15 +37,15 @@ def misfit(level: str, p_yes: np.ndarray, yes: np.ndarray) -> float:
     return float(mia_features(yes, p_yes)[:, 0].mean())
 
 
-def teacher_pairs(push: str, z_orig: np.ndarray, yes: np.ndarray, z_aug: np.ndarray | None = None,
-                  z_ref: np.ndarray | None = None) -> Callable[[float], np.ndarray]:
+def teacher_pairs(push: str, z_orig: np.ndarray, yes: np.ndarray, z_aug: np.ndarray | None = None
+                  ) -> Callable[[float], np.ndarray]:
     """α → the forgetting teacher's [N, 2] answer logits (No, Yes): they depend on α elementwise, so the
-    calibration needs no vocabulary. push=augmented: z_orig − α·ReLU(z_aug − z_ref) (z_ref: the control model,
-    else the Original); push=label: the true answer's log-odds lowered by α."""
+    calibration needs no vocabulary. push=augmented: z_orig − α·ReLU(z_aug − z_orig); push=label: the true
+    answer's log-odds lowered by α."""
     if push == "label":
         toward_wrong = 0.5 - np.eye(2)[yes]
         return lambda alpha: z_orig + alpha * toward_wrong
-    raised = np.maximum(z_aug - (z_orig if z_ref is None else z_ref), 0.0)
+    raised = np.maximum(z_aug - z_orig, 0.0)
     return lambda alpha: z_orig - alpha * raised
 
 
@@ -75,17 +75,16 @@ def calibrate_alpha(teacher: Callable[[float], np.ndarray], yes: np.ndarray, tar
 
 class NonMemberStop:
     """The stopping rule: stop once the forget set's misfit (mean answer loss, or 1 − AUC with level=auc)
-    reaches that of held-out non-members (see `E2URec.non_members`) plus `offset` (how much harder the forget set
-    is than the non-members, see `E2URec.difficulty_offset`), after `min_steps`. A state is kept only
+    reaches that of held-out non-members (see `E2URec.non_member_rows`), after `min_steps`. A state is kept only
     while utility holds: the AUC on valid samples of users who are not forgotten, paired with the Original's on
     the same samples (the first check), may not fall by more than `utility_tolerance` beyond what those samples
     can resolve (`utility_z` bootstrap standard errors of the paired difference), and never by more than
     `utility_cap`. Needs no Retrain, no test data."""
 
     def __init__(self, backbone: Backbone, forget: PromptSet, non_members: PromptSet, utility: PromptSet,
-                 labels: np.ndarray, cfg: E2URecConfig, level: str = "loss", offset: float = 0.0):
+                 labels: np.ndarray, cfg: E2URecConfig, level: str = "loss"):
         self.backbone, self.forget, self.non_members, self.cfg = backbone, forget, non_members, cfg
-        self.level, self.offset = level, offset
+        self.level = level
         self.utility, self.labels = utility, labels
         self.every = cfg.check_every
         self.base_p: np.ndarray | None = None
@@ -109,4 +108,4 @@ class NonMemberStop:
             f_misfit, n_misfit = (misfit("auc", p, data.targets == self.backbone.answer_ids[1])
                                   for p, data in ((f_p, self.forget), (n_p, self.non_members)))
             record.update(forget_auc=1 - f_misfit, nonmember_auc=1 - n_misfit)
-        return Check(keep=True, stop=f_misfit >= n_misfit + self.offset - self.cfg.stop_margin, record=record)
+        return Check(keep=True, stop=f_misfit >= n_misfit, record=record)

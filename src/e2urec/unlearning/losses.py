@@ -14,11 +14,11 @@ from torch import Tensor
 from e2urec.engine import Batch
 
 
-def forgetting_teacher_logits(z_orig: Tensor, z_aug: Tensor, alpha: float, z_ref: Tensor | None = None) -> Tensor:
-    """z_fgt = z_orig − α·ReLU(z_aug − z_ref): push down whatever training on the forget set pushed up, beyond
-    what the same training on other data (a control model, `z_ref`; default the Original itself) pushed up."""
+def forgetting_teacher_logits(z_orig: Tensor, z_aug: Tensor, alpha: float) -> Tensor:
+    """z_fgt = z_orig − α·ReLU(z_aug − z_orig): push down whatever training further on the forget set pushed
+    up (the paper's forgetting teacher)."""
     z_orig, z_aug = z_orig.float(), z_aug.float()  # bf16 logits would round the push away
-    return z_orig - alpha * F.relu(z_aug - (z_orig if z_ref is None else z_ref.float()))
+    return z_orig - alpha * F.relu(z_aug - z_orig)
 
 
 def label_push_logits(z_orig: Tensor, target: Tensor, answer_ids: tuple[int, int], alpha: float) -> Tensor:
@@ -62,10 +62,6 @@ def flip_targets(targets: Tensor, answer_ids: tuple[int, int]) -> Tensor:
     return torch.where(targets == yes_id, no_id, yes_id)
 
 
-def teacher_loss(logits: torch.Tensor, batch: Batch, prefix: str, answer_ids: tuple[int, int] | None = None
-                 ) -> torch.Tensor:
-    """Soft cross-entropy to a cached teacher: over the full vocabulary, or (with `answer_ids`) over the two
-    answer tokens only, which leaves the rest of the vocabulary to the student."""
-    if answer_ids is not None:
-        return soft_cross_entropy(logits[:, list(answer_ids)], batch[f"{prefix}_p2"])
+def teacher_loss(logits: torch.Tensor, batch: Batch, prefix: str) -> torch.Tensor:
+    """Soft cross-entropy to a cached teacher over the full vocabulary (its compressed top-k, see `compress`)."""
     return compressed_soft_cross_entropy(logits, batch[f"{prefix}_idx"], batch[f"{prefix}_p"], batch[f"{prefix}_rest"])
