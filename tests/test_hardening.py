@@ -311,7 +311,8 @@ def test_wrong_messages_name_the_right_thing(workspace: Path, monkeypatch: pytes
     unknown backbone fails at once when the hub cannot be reached."""
     result = CliRunner().invoke(app, ["train", "--data", str(workspace / "data"), "--out", str(workspace / "r"),
                                       "--role", "bogus"])
-    assert result.exit_code == 2 and "original, retrain, sisa, receraser" in result.output
+    assert result.exit_code == 2 and all(f"'{role}'" in result.output
+                                         for role in ("original", "retrain", "sisa", "receraser"))
     from e2urec.ops.access import load_tokens
 
     monkeypatch.setenv("E2UREC_API_TOKEN", "short")

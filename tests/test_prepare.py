@@ -187,7 +187,7 @@ def test_cli_prepare_prints_summary(ml100k: Path, tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--dataset", "nope"], "unknown dataset"),
+        (["--dataset", "nope"], "'nope' is not one of"),
         (["--forget-fraction", "1.5"], "strictly between 0 and 1"),
         (["--forget-fraction", "0"], "strictly between 0 and 1"),
         (["--holdout-fraction", "1"], "out of range"),

@@ -199,7 +199,7 @@ def test_cli_train_and_evaluate(data: Path, tmp_path: Path) -> None:
     assert json.loads((tmp_path / "e" / "metrics.json").read_text())["split"] == "forget"
     bad = runner.invoke(app, ["evaluate", "--model", str(tmp_path / "m"), "--data", str(data),
                               "--split", "nope", "--out", str(tmp_path / "e2")])
-    assert bad.exit_code == 2 and "unknown split" in bad.output
+    assert bad.exit_code == 2 and "'nope' is not one of" in bad.output
 
 
 def test_two_processes_train_and_count_every_sample_once(data: Path, tmp_path: Path) -> None:

@@ -1,5 +1,6 @@
 """The one parser and validator of user-set options: a method's `--set key=value`, a run's audit settings
-(`init --set`), and the numeric limits the command line checks its own options against.
+(`init --set`), the numeric limits the command line checks its own options against, and the names its
+fixed-value options offer as choices.
 
 An option is a dataclass field made with `option()`: its annotation is its type (`int`, `float`, `bool`, `str`,
 or `X | None` when "unset" means something) and its metadata its help text, range and choices. From that one
@@ -25,9 +26,14 @@ from typing import Any
 
 from e2urec.errors import E2URecError
 
-# TrainConfig.keep: which epoch's weights a run keeps (here, not in the engine, so the CLI lists them without
-# importing torch).
-KEEP = ("best", "last")
+# The names the command line offers as choices. They live here, not beside the code that acts on them, so that
+# the CLI lists them (and refuses anything else at parse time) without importing pandas or torch; that code
+# imports them from here, so the two cannot differ.
+KEEP = ("best", "last")  # TrainConfig.keep: which epoch's weights a run keeps
+DATASETS = ("ml-100k", "ml-1m", "goodreads", "csv")  # the readers of e2urec.data.readers, in this order
+SPLITS = ("train", "valid", "test", "holdout", "forget", "retain")  # e2urec.data.roles.rows_for
+ROLES = ("original", "retrain")  # what one model trains on (e2urec.data.roles.role_rows)
+SHARD_SYSTEMS = ("sisa", "receraser")  # one model per shard (e2urec.unlearning.sharded.SYSTEMS, in this order)
 
 # Upper bounds, far above any intended value and far below what would exhaust memory or overflow an index.
 MAX_SEED = 2**32 - 1  # numpy seeds take 0..2**32-1

@@ -14,7 +14,7 @@ app = typer.Typer(
     add_completion=False,
 )
 data_app = typer.Typer(help="Fetch real datasets into the cache.", no_args_is_help=True)
-app.add_typer(data_app, name="data")
+app.add_typer(data_app, name="data", rich_help_panel="Data")
 data_app.command("fetch")(research.data_fetch)
 
 
@@ -30,9 +30,16 @@ def main(version: bool = typer.Option(False, "--version", help="print the versio
     """LLM-based recommendation that can forget: prepare data, train, unlearn, evaluate."""
 
 
-for command in (research.prepare, research.train, research.evaluate, research.unlearn, deletion.init,
-                deletion.forget, deletion.ledger, research.anchor, research.bench, research.demo, deletion.serve,
-                research.methods):
-    app.command()(command)
+# `e2urec --help` groups the commands by the step of the workflow they serve, in its order.
+PANELS = {
+    "Data": (research.prepare,),  # and the `data` group above: data fetch
+    "Train": (research.train, research.anchor),
+    "Unlearn": (research.unlearn, research.methods),
+    "Evaluate": (research.evaluate, research.bench, research.demo),
+    "Deploy": (deletion.init, deletion.forget, deletion.ledger, deletion.serve),
+}
+for panel, commands in PANELS.items():
+    for command in commands:
+        app.command(rich_help_panel=panel)(command)
 
 __all__ = ["app"]

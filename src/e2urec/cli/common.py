@@ -1,12 +1,15 @@
 """What every `e2urec` command shares: one clear message and exit code 2 for E2URecError, parse-time checks
-of numbers (each with an upper bound from `e2urec.options`) and ids, tables, and `--set key=value` options typed
-by a method's config through `e2urec.options`, the one option parser."""
+of numbers (each with an upper bound from `e2urec.options`) and ids, choices built from the library's own names,
+tables, and `--set key=value` options typed and listed by a config's fields through `e2urec.options`, the one
+option parser."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +21,7 @@ from rich.table import Table
 from e2urec import options as cap
 from e2urec.errors import E2URecError
 from e2urec.io import read_text
+from e2urec.presets import PRESETS
 
 console = Console(stderr=True, soft_wrap=True)
 
@@ -84,6 +88,26 @@ LORA_RANK, LORA_ALPHA = number(1, cap.MAX_LORA_RANK), number(1, cap.MAX_LORA_ALP
 TOKENS, SAMPLES, LR = number(1, cap.MAX_TOKENS), number(1, cap.MAX_SAMPLES), number(0, cap.MAX_LR, open_low=True)
 
 
+def choices(name: str, values: Iterable[str]) -> type[Enum]:
+    """Fixed values as the Enum typer turns into a choice: `--help` lists them and any other value stops at parse
+    time with typer's own message and exit code 2. Members are str; pass `.value` on, the plain string the library
+    expects."""
+    return Enum(name, {value: value for value in values}, type=str)
+
+
+# Each built from the one tuple or dict the library itself checks against.
+Keep = choices("Keep", cap.KEEP)  # train --keep
+Dataset = choices("Dataset", cap.DATASETS)  # prepare --dataset, bench --dataset
+Split = choices("Split", cap.SPLITS)  # evaluate --split, anchor --split
+Role = choices("Role", (*cap.ROLES, *cap.SHARD_SYSTEMS))  # train --role
+PresetName = choices("PresetName", PRESETS)  # bench --preset
+SPLIT_HELP = ("split to score (forget, retain: the train split's forgotten and kept rows; holdout: the held-out "
+              "users' train-period rows, `prepare --holdout-fraction`)")
+# The presets that bring their own backbone are named in `bench --backbone`'s help; `bench` says so when it swaps.
+BACKBONE_HELP = "tiny | tiny-t5 | smollm2-135m | hub id | local path" + "".join(
+    f"; preset {name} uses {preset.backbone} instead" for name, preset in PRESETS.items() if preset.backbone)
+
+
 def print_counts(title: str, counts: dict) -> None:
     table = Table(title=title, show_header=True)
     table.add_column("what")
@@ -91,6 +115,16 @@ def print_counts(title: str, counts: dict) -> None:
     for key, value in counts.items():
         table.add_row(key.replace("_", " "), f"{value:,}" if isinstance(value, int) else str(value))
     out_console.print(table)
+
+
+def print_fields(config_cls: type, group: Iterable[dataclasses.Field]) -> None:
+    """One line per option, `name=default  help  [what it accepts]`, read from the fields' `option()` metadata, so
+    a method's options and a run's audit settings are listed alike and never apart from the code that checks them."""
+    specs = cap.specs(config_cls)
+    for f in group:
+        help_text = f"  {f.metadata['help']}" if f.metadata.get("help") else ""
+        out_console.print(f"  {f.name}={f.default}{help_text}  [{specs[f.name].describe()}]", highlight=False,
+                          markup=False)
 
 
 def parse_options(pairs: list[str], config_cls: type, where: str = "--set") -> dict[str, Any]:

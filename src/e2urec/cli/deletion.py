@@ -30,8 +30,9 @@ def init(
     run: Annotated[Path, typer.Option(help="run folder to create (versions, ledger, current)")],
     data: Annotated[Path, typer.Option(help="prepared data folder the model was trained on")],
     model: Annotated[Path, typer.Option(help="the Original (`e2urec train --role original`)")],
-    set_: Annotated[list[str] | None, typer.Option("--set", help="E2URec option for requests, or an audit setting "
-                                                          "(on_unverified, audit_*, test_samples), key=value")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="key=value: an E2URec option for requests "
+                                                          "(`e2urec methods e2urec` lists them) or an audit setting "
+                                                          "(`e2urec methods --audit` lists them)")] = None,
     key_file: Annotated[Path | None, typer.Option(
         help="where to create the ledger key (a new 0600 file outside every e2urec folder; default: "
              "E2UREC_CACHE/keys/<run id>.key)")

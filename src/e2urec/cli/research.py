@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -12,6 +11,7 @@ from rich.table import Table
 
 from e2urec import options as cap
 from e2urec.cli.common import (
+    BACKBONE_HELP,
     BATCH,
     EPOCHS,
     LORA_ALPHA,
@@ -19,8 +19,14 @@ from e2urec.cli.common import (
     LR,
     SAMPLES,
     SEED,
+    SPLIT_HELP,
     STEPS,
     TOKENS,
+    Dataset,
+    Keep,
+    PresetName,
+    Role,
+    Split,
     console,
     friendly,
     log_line,
@@ -31,16 +37,13 @@ from e2urec.cli.common import (
     parse_ids,
     parse_options,
     print_counts,
+    print_fields,
 )
 from e2urec.errors import E2URecError
 from e2urec.io import guard_output, read_text
 
 if TYPE_CHECKING:
     from e2urec.engine import TrainConfig
-
-
-# `train --keep`: TrainConfig.keep's values as choices the help lists.
-Keep = Enum("Keep", {value: value for value in cap.KEEP}, type=str)
 
 
 @friendly
@@ -59,7 +62,8 @@ def data_fetch(
 
 @friendly
 def prepare(
-    dataset: Annotated[str, typer.Option(help="ml-100k | ml-1m | goodreads | csv")],
+    dataset: Annotated[Dataset, typer.Option(help="which reader: MovieLens, Goodreads, or any ratings file (csv: "
+                                                  "see the csv: options)")],
     out: Annotated[Path, typer.Option(help="output folder (written atomically)")],
     data_dir: Annotated[Path | None, typer.Option(help="dataset folder (or file for ml-1m zip / csv)")] = None,
     last_n: Annotated[int, typer.Option(help="keep the last N samples in time order",
@@ -100,15 +104,16 @@ def prepare(
     from e2urec.data.prepare import PrepareConfig
     from e2urec.data.prepare import prepare as run_prepare
 
+    name = dataset.value
     guard_output(out, "data", [data_dir, items, forget_interactions], overwrite)
     if forget_interactions is not None:
         read_text(forget_interactions, "--forget-interactions")
     reader_options = {}
-    if dataset == "csv":
+    if name == "csv":
         reader_options = {"items": str(items) if items else None, "user_col": user_col, "item_col": item_col,
                           "rating_col": rating_col, "time_col": time_col, "title_col": title_col, "sep": sep}
     cfg = PrepareConfig(
-        dataset=dataset,
+        dataset=name,
         data_dir=str(data_dir) if data_dir else None,
         last_n=last_n,
         history=history,
@@ -124,7 +129,7 @@ def prepare(
         **({} if holdout_fraction is None else {"holdout_fraction": holdout_fraction}),
     )
     manifest = run_prepare(cfg, out, overwrite=overwrite)
-    print_counts(f"{dataset} prepared → {out} (source: {manifest['source']})", manifest["counts"])
+    print_counts(f"{name} prepared → {out} (source: {manifest['source']})", manifest["counts"])
 
 
 def train_config(epochs: int, lr: float, batch_size: int, grad_accum: int, patience: int,
@@ -141,9 +146,9 @@ def train_config(epochs: int, lr: float, batch_size: int, grad_accum: int, patie
 def train(
     data: Annotated[Path, typer.Option(help="prepared data folder")],
     out: Annotated[Path, typer.Option(help="model folder to write")],
-    role: Annotated[str, typer.Option(
-        help="original (all train rows) | retrain (train minus forget) | sisa | receraser (shard systems)")
-    ] = "original",
+    role: Annotated[Role, typer.Option(
+        help="original: all train rows; retrain: train minus forget; " + ", ".join(cap.SHARD_SYSTEMS)
+             + ": a shard system (one model per shard)")] = Role["original"],
     backbone: Annotated[str, typer.Option(help="tiny | tiny-t5 | smollm2-135m | hub id | local path")] = "tiny",
     lora: Annotated[bool, typer.Option(help="train LoRA adapters only (peft) instead of full fine-tuning")] = False,
     lora_r: Annotated[int, typer.Option(help="LoRA rank (at most the backbone's hidden width)", callback=LORA_RANK)
@@ -168,25 +173,23 @@ def train(
     overwrite: Annotated[bool, typer.Option(help="replace an existing model folder")] = False,
 ) -> None:
     """Instruction-tune a backbone: the Original (all train samples) or Retrain (without the forget set)."""
-    from e2urec.data.roles import ROLES
     from e2urec.training import lora_config
     from e2urec.training import train as run_train
-    from e2urec.unlearning.sharded import SYSTEMS, train_system
+    from e2urec.unlearning.sharded import train_system
 
-    if role not in (*ROLES, *SYSTEMS):  # before any work: every role train takes, not only the single-model ones
-        raise E2URecError(f"unknown role {role!r}; choose one of {', '.join((*ROLES, *SYSTEMS))}")
+    role_name = role.value
     guard_output(out, "model", [data], overwrite)
     cfg = train_config(epochs, lr, batch_size, grad_accum, patience, max_steps, max_length, seed, max_grad_norm,
                        keep.value)
     recipe = lora_config(lora_r, lora_alpha, lora_dropout) if lora else None
-    if role in SYSTEMS:
-        meta = train_system(data, role, backbone, out, cfg, recipe, overwrite=overwrite)
-        out_console.print(f"{role} system → {out}: {meta['shards']} shards in {meta['train_seconds']:.1f} s")
+    if role_name in cap.SHARD_SYSTEMS:
+        meta = train_system(data, role_name, backbone, out, cfg, recipe, overwrite=overwrite)
+        out_console.print(f"{role_name} system → {out}: {meta['shards']} shards in {meta['train_seconds']:.1f} s")
         return
-    meta = run_train(data, role, backbone, out, cfg, lora=recipe, overwrite=overwrite)
+    meta = run_train(data, role_name, backbone, out, cfg, lora=recipe, overwrite=overwrite)
     valid = meta["valid"]
     out_console.print(
-        f"{role} → {out}: valid AUC {valid['auc']:.4f}, LogLoss {valid['logloss']:.4f}, "
+        f"{role_name} → {out}: valid AUC {valid['auc']:.4f}, LogLoss {valid['logloss']:.4f}, "
         f"{meta['fit']['epochs_run']} epochs in {meta['train_seconds']:.1f} s, "
         f"{meta['trainable_params']:,} of {meta['total_params']:,} parameters trained; kept epoch "
         f"{meta['fit']['kept']['epoch']}: {meta['fit']['kept']['why']}"
@@ -198,7 +201,7 @@ def evaluate(
     model: Annotated[Path, typer.Option(help="model folder written by train or unlearn")],
     data: Annotated[Path, typer.Option(help="prepared data folder")],
     out: Annotated[Path, typer.Option(help="folder for metrics.json and predictions.parquet")],
-    split: Annotated[str, typer.Option(help="test | valid | forget | retain | train")] = "test",
+    split: Annotated[Split, typer.Option(help=SPLIT_HELP)] = Split["test"],
     reference: Annotated[Path | None, typer.Option(help="Retrain model: adds JSD/L2 to it (and its MIA)")] = None,
     batch_size: Annotated[int, typer.Option(help="prompts per forward pass", callback=BATCH)] = 64,
     max_length: Annotated[int | None, typer.Option(help="truncate prompts to this many tokens", callback=TOKENS)
@@ -214,11 +217,11 @@ def evaluate(
 
     guard_output(out, "evaluation", [model, data, reference], overwrite)
     cfg = EvalConfig(batch_size=batch_size, max_length=max_length, mia_samples=mia_samples, seed=seed)
-    metrics = run_evaluate(model, data, split, out, cfg, reference=reference)
+    metrics = run_evaluate(model, data, split.value, out, cfg, reference=reference)
     shown = ("auc", "acc", "logloss", "within_user_auc", "jsd", "l2", "jsd_yesno", "l2_yesno", "sym_kl", "mia_auc",
              "mia_auc_reference", "n")
-    print_counts(f"{split} metrics → {out}", {k: metrics[k] if isinstance(metrics[k], int) else round(metrics[k], 4)
-                                              for k in shown if metrics.get(k) is not None})
+    print_counts(f"{split.value} metrics → {out}", {k: metrics[k] if isinstance(metrics[k], int) else
+                                                    round(metrics[k], 4) for k in shown if metrics.get(k) is not None})
     if metrics.get("degenerate"):  # its forget metrics would read as perfect forgetting: say so, and fail
         console.print(f"[bold red]degenerate model:[/] {metrics['degenerate']}; these metrics do not measure "
                       "forgetting (recorded as `degenerate` in metrics.json)")
@@ -269,7 +272,7 @@ def unlearn(
 @friendly
 def anchor(
     data: Annotated[Path, typer.Option(help="prepared data folder")],
-    split: Annotated[str, typer.Option(help="split to score")] = "test",
+    split: Annotated[Split, typer.Option(help=SPLIT_HELP)] = Split["test"],
     out: Annotated[Path | None, typer.Option(help="folder to write metrics.json into (default: print only)")
                    ] = None,
     overwrite: Annotated[bool, typer.Option(help="replace an existing --out")] = False,
@@ -282,23 +285,23 @@ def anchor(
     if out is not None:
         guard_output(out, "evaluation", [data], overwrite)
     samples, _ = load_prepared(data)
-    metrics = one_hot_anchor(samples, split)
+    metrics = one_hot_anchor(samples, split.value)
     if out is not None:
         with atomic_dir(out, overwrite=True) as tmp:
-            write_json_atomic(tmp / "metrics.json", {"model": "one-hot logistic regression", "split": split,
+            write_json_atomic(tmp / "metrics.json", {"model": "one-hot logistic regression", "split": split.value,
                                                      **metrics})
-    print_counts(f"one-hot logistic regression, {split}", {k: v if isinstance(v, int) else round(v, 4)
+    print_counts(f"one-hot logistic regression, {split.value}", {k: v if isinstance(v, int) else round(v, 4)
                                                             for k, v in metrics.items()})
 
 
 @friendly
 def bench(
     out: Annotated[Path, typer.Option(help="run folder (rerun to resume; finished stages are skipped)")],
-    dataset: Annotated[str, typer.Option(help="ml-100k | ml-1m | goodreads | csv")] = "ml-100k",
-    backbone: Annotated[str, typer.Option(help="tiny | tiny-t5 | smollm2-135m | hub id | local path")] = "tiny",
-    preset: Annotated[str, typer.Option(help="demo (≤10 min CPU) | planted-flip (planted label flips, docs/"
-                                                     "planted.md) | cpu (~1 h CPU) | gpu (SmolLM2, one GPU) | "
-                                                     "paper (full, GPU)")] = "demo",
+    dataset: Annotated[Dataset, typer.Option(help="which reader (see `prepare --help`)")] = Dataset["ml-100k"],
+    backbone: Annotated[str, typer.Option(help=BACKBONE_HELP)] = "tiny",
+    preset: Annotated[PresetName, typer.Option(help="protocol size: demo ≤10 min CPU; planted-flip planted label "
+                                                    "flips (docs/planted.md); cpu ~1 h CPU; gpu SmolLM2 on one "
+                                                    "GPU; paper the full protocol, GPU")] = PresetName["demo"],
     data_dir: Annotated[Path | None, typer.Option(help="dataset folder (needed for all but ml-100k)")] = None,
     seeds: Annotated[str | None, typer.Option(help="comma-separated seeds (preset default: 0,1,2)")] = None,
     rows: Annotated[str | None, typer.Option(help="comma-separated report rows (default: all; original and "
@@ -313,11 +316,11 @@ def bench(
     chosen = parse_seeds(seeds) if seeds else None
     guard_output(out, "bench", [data_dir])
     picked = tuple(r.strip() for r in rows.split(",") if r.strip()) if rows else None
-    command = " ".join(["e2urec bench", f"--out {out}", f"--dataset {dataset}", f"--backbone {backbone}",
-                        f"--preset {preset}", *([f"--data-dir {data_dir}"] if data_dir else []),
+    command = " ".join(["e2urec bench", f"--out {out}", f"--dataset {dataset.value}", f"--backbone {backbone}",
+                        f"--preset {preset.value}", *([f"--data-dir {data_dir}"] if data_dir else []),
                         *([f"--seeds {seeds}"] if seeds else []), *([f"--rows {rows}"] if rows else []),
                         *([f"--holdout-fraction {holdout_fraction}"] if holdout_fraction is not None else [])])
-    results = run_bench(dataset, backbone, preset, out, data_dir, chosen, log=log_line, rows=picked,
+    results = run_bench(dataset.value, backbone, preset.value, out, data_dir, chosen, log=log_line, rows=picked,
                         holdout_fraction=holdout_fraction, command=command)
     show_results(results, out)
 
@@ -360,11 +363,22 @@ def demo(
 @friendly
 def methods(
     name: Annotated[str | None, typer.Argument(help="one method: all its options, advanced ones included")] = None,
+    audit: Annotated[bool, typer.Option("--audit", help="list a deployed run's audit settings instead (`init --set "
+                                                        "key=value`)")] = False,
 ) -> None:
     """List the unlearning methods and their essential options with defaults (set them with `unlearn --set k=v`);
-    `e2urec methods NAME` lists every option of one method."""
+    `e2urec methods NAME` lists all of one method's, `e2urec methods --audit` a deployed run's audit settings."""
     import dataclasses
 
+    if audit:  # what `init --set` takes besides E2URec's options, read from AuditConfig's fields like those
+        if name is not None:
+            raise E2URecError("give a method NAME or --audit, not both")
+        from e2urec.ops.audit import AuditConfig
+
+        summary = " ".join((AuditConfig.__doc__ or "").split("\n\n")[0].split())
+        out_console.print(f"[bold]audit settings[/] — {escape(summary)}")
+        print_fields(AuditConfig, dataclasses.fields(AuditConfig))
+        return
     from e2urec.unlearning.base import REGISTRY
 
     if name is not None and name not in REGISTRY:
@@ -374,17 +388,13 @@ def methods(
             continue
         out_console.print(f"[bold]{method}[/] ({cls.family}) — "
                           f"{escape((cls.__doc__ or method).strip().splitlines()[0])}")
-        specs = cap.specs(cls.Config)
         fields = dataclasses.fields(cls.Config)
         advanced = [f for f in fields if f.metadata.get("advanced")]
         for heading, group in (("", [f for f in fields if not f.metadata.get("advanced")]),
                                ("  advanced:", advanced if name else [])):
             if heading and group:
                 out_console.print(heading, highlight=False, markup=False)
-            for f in group:
-                help_text = f"  {f.metadata['help']}" if f.metadata.get("help") else ""
-                out_console.print(f"  {f.name}={f.default}{help_text}  [{specs[f.name].describe()}]",
-                                  highlight=False, markup=False)
+            print_fields(cls.Config, group)
         if advanced and not name:
             out_console.print(f"  … and {len(advanced)} advanced options: e2urec methods {method}", highlight=False,
                               markup=False)

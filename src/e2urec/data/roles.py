@@ -8,9 +8,7 @@ import numpy as np
 import pandas as pd
 
 from e2urec.errors import E2URecError
-
-ROLES = ("original", "retrain")
-SPLITS = ("train", "valid", "test", "holdout", "forget", "retain")
+from e2urec.options import ROLES, SPLITS
 
 
 def rows_for(samples: pd.DataFrame, split: str) -> pd.DataFrame:

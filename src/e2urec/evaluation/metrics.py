@@ -10,7 +10,8 @@ from scipy.stats import rankdata
 from sklearn.metrics import log_loss, roc_auc_score
 from torch import Tensor
 
-from e2urec.errors import NonFinite
+from e2urec.data.roles import rows_for
+from e2urec.errors import E2URecError, NonFinite
 
 EPS = 1e-7
 
@@ -159,8 +160,9 @@ def one_hot_anchor(samples: pd.DataFrame, split: str = "test", seed: int = 0) ->
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import OneHotEncoder
 
-    train = samples[samples["split"] == "train"]
-    target = samples[samples["split"] == split]
+    train, target = rows_for(samples, "train"), rows_for(samples, split)  # forget, retain: parts of train
+    if target.empty:
+        raise E2URecError(f"split {split!r} has no samples")
     encoder = OneHotEncoder(handle_unknown="ignore")
     columns = ["user_id", "item_id"]
     x_train = encoder.fit_transform(train[columns].astype(str))

@@ -35,6 +35,7 @@ from e2urec.io import atomic_dir
 from e2urec.model.backbone import Backbone, load_backbone
 from e2urec.model.ensemble import AttentionAggregator
 from e2urec.model.scoring import answer_logits, per_sample, prompt_set
+from e2urec.options import SHARD_SYSTEMS
 from e2urec.training import as_lora_config, fit_rows, make_trainable
 from e2urec.unlearning.base import Job, Method, RecipeOverrides, register
 
@@ -44,7 +45,9 @@ class ShardSystem(NamedTuple):
     aggregation: str  # how shard predictions are combined: "mean" or a learned "attention"
 
 
-SYSTEMS = {"sisa": ShardSystem("sisa_shard", "mean"), "receraser": ShardSystem("receraser_shard", "attention")}
+# One per name of options.SHARD_SYSTEMS (the shard roles `train --role` offers), in that order.
+SYSTEMS = dict(zip(SHARD_SYSTEMS, (ShardSystem("sisa_shard", "mean"), ShardSystem("receraser_shard", "attention")),
+                   strict=True))
 
 
 def shard_dir(s: int) -> str:

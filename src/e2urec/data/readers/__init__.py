@@ -11,13 +11,12 @@ from e2urec.data.readers.goodreads import read_goodreads
 from e2urec.data.readers.movielens import read_ml1m, read_ml100k
 from e2urec.data.tables import RawData
 from e2urec.errors import E2URecError
+from e2urec.options import DATASETS
 
-READERS: dict[str, Callable[..., RawData]] = {
-    "ml-100k": read_ml100k,
-    "ml-1m": read_ml1m,
-    "goodreads": read_goodreads,
-    "csv": read_csv_interactions,
-}
+# One reader per name of options.DATASETS (the names `prepare --dataset` offers), in that order.
+READERS: dict[str, Callable[..., RawData]] = dict(
+    zip(DATASETS, (read_ml100k, read_ml1m, read_goodreads, read_csv_interactions), strict=True)
+)
 ITEM_NOUN = {"ml-100k": "movie", "ml-1m": "movie", "goodreads": "book", "csv": "item"}
 
 
