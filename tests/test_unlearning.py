@@ -65,6 +65,24 @@ def test_registry_lists_every_method() -> None:
     result = runner.invoke(app, ["methods"], terminal_width=400)
     assert result.exit_code == 0 and "e2urec" in result.output and "alpha=2.0" in result.output
     assert "forget_only=1.0" in result.output and "share of the steps" in result.output
+    one = runner.invoke(app, ["methods", "e2urec"], terminal_width=400).output
+    assert "profiles (default | reference)" in one and "push: default=label  reference=augmented" in one
+    assert "\n    lr: default" not in one  # only where the profiles differ
+
+
+def test_profiles_list_the_same_options_and_the_default_is_the_configs_own() -> None:
+    """One PROFILES table: `reference` pins every value it sets, `default` sets the same options to the config's
+    own defaults, so `profile=default` and no profile are one configuration."""
+    from dataclasses import asdict
+
+    from e2urec.unlearning.e2urec import PROFILES, E2URecConfig
+
+    assert set(PROFILES["default"]) == set(PROFILES["reference"])
+    plain = asdict(E2URecConfig())
+    assert {k: plain[k] for k in PROFILES["default"]} == PROFILES["default"]
+    assert asdict(E2URecConfig.from_options({"profile": "default"})) == plain
+    reference = asdict(E2URecConfig.from_options({"profile": "reference"}))
+    assert {k: reference[k] for k in PROFILES["reference"]} == PROFILES["reference"]
 
 
 def test_e2urec_stopping_rule_teacher_and_alpha_are_recorded(run: Path, monkeypatch: pytest.MonkeyPatch) -> None:

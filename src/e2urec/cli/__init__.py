@@ -4,7 +4,7 @@ commands live in `research` (data, models, bench) and `deletion` (a deployed run
 import typer
 
 from e2urec import __version__
-from e2urec.cli import deletion, research
+from e2urec.cli import catalog, deletion, research
 
 app = typer.Typer(
     name="e2urec",
@@ -34,7 +34,7 @@ def main(version: bool = typer.Option(False, "--version", help="print the versio
 PANELS = {
     "Data": (research.prepare,),  # and the `data` group above: data fetch
     "Train": (research.train, research.anchor),
-    "Unlearn": (research.unlearn, research.methods),
+    "Unlearn": (research.unlearn, catalog.methods),
     "Evaluate": (research.evaluate, research.bench, research.demo),
     "Deploy": (deletion.init, deletion.forget, deletion.ledger, deletion.serve),
 }

@@ -37,7 +37,6 @@ from e2urec.cli.common import (
     parse_ids,
     parse_options,
     print_counts,
-    print_fields,
 )
 from e2urec.errors import E2URecError
 from e2urec.io import guard_output, read_text
@@ -358,43 +357,3 @@ def demo(
     guard_output(out, "bench", [])
     results = run_bench("ml-100k", "tiny", "demo", out, log=log_line, command=f"e2urec demo --out {out}")
     show_results(results, out)
-
-
-@friendly
-def methods(
-    name: Annotated[str | None, typer.Argument(help="one method: all its options, advanced ones included")] = None,
-    audit: Annotated[bool, typer.Option("--audit", help="list a deployed run's audit settings instead (`init --set "
-                                                        "key=value`)")] = False,
-) -> None:
-    """List the unlearning methods and their essential options with defaults (set them with `unlearn --set k=v`);
-    `e2urec methods NAME` lists all of one method's, `e2urec methods --audit` a deployed run's audit settings."""
-    import dataclasses
-
-    if audit:  # what `init --set` takes besides E2URec's options, read from AuditConfig's fields like those
-        if name is not None:
-            raise E2URecError("give a method NAME or --audit, not both")
-        from e2urec.ops.audit import AuditConfig
-
-        summary = " ".join((AuditConfig.__doc__ or "").split("\n\n")[0].split())
-        out_console.print(f"[bold]audit settings[/] — {escape(summary)}")
-        print_fields(AuditConfig, dataclasses.fields(AuditConfig))
-        return
-    from e2urec.unlearning.base import REGISTRY
-
-    if name is not None and name not in REGISTRY:
-        raise E2URecError(f"unknown method {name!r}; choose one of {', '.join(REGISTRY)}")
-    for method, cls in REGISTRY.items():
-        if name not in (None, method):
-            continue
-        out_console.print(f"[bold]{method}[/] ({cls.family}) — "
-                          f"{escape((cls.__doc__ or method).strip().splitlines()[0])}")
-        fields = dataclasses.fields(cls.Config)
-        advanced = [f for f in fields if f.metadata.get("advanced")]
-        for heading, group in (("", [f for f in fields if not f.metadata.get("advanced")]),
-                               ("  advanced:", advanced if name else [])):
-            if heading and group:
-                out_console.print(heading, highlight=False, markup=False)
-            print_fields(cls.Config, group)
-        if advanced and not name:
-            out_console.print(f"  … and {len(advanced)} advanced options: e2urec methods {method}", highlight=False,
-                              markup=False)

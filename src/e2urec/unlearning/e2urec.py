@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -60,6 +60,7 @@ class E2URecConfig(MethodConfig):
     """Defaults from PROFILES["default"]; `profile=reference` starts from the reference code's values instead.
     Options given explicitly override either."""
 
+    PROFILES: ClassVar[dict[str, dict[str, Any]]] = PROFILES  # read by `e2urec methods e2urec`
     profile: str = option("default", "default | reference (the paper code's exact values)", choices=tuple(PROFILES))
     epochs: float = option(DEFAULT["epochs"], "forget-set passes that size the schedule", low=0,
                            high=cap.MAX_EPOCHS, open_low=True)
