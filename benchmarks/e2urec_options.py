@@ -1,7 +1,7 @@
 """E2URec under given options on every seed of an existing bench folder: where the forget set ends (gap
 closure against the bench's Original and Retrain), what utility does (test AUC, valid AUC), JSD to Retrain,
 steps run and the stopping rule's checks. For studying the method, not for choosing defaults (that reads
-Retrain and test data; `e2urec_sweep.py` chooses on validation data only). Usage:
+Retrain and test data; `studies/e2urec_sweep.py` chooses on validation data only). Usage:
 python benchmarks/e2urec_options.py --bench runs/demo --name forget-only --options '{"forget_only": 1.0}'
 Writes BENCH/seed-S/options/NAME/ (the model) and prints JSON (also BENCH/options-NAME.json).
 """
@@ -14,12 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-from common import run
+from common import run, save, scores
 from e2urec.bench import PRESETS, machine
 from e2urec.evaluation import EvalConfig
-from e2urec.io import read_json, write_json_atomic
+from e2urec.io import read_json
 from e2urec.unlearning.runner import unlearn
-from e2urec_sweep import scores
 
 
 def measure(bench: Path, preset: str, name: str, options: dict, seeds: list[int]) -> dict:
@@ -49,8 +48,7 @@ def measure(bench: Path, preset: str, name: str, options: dict, seeds: list[int]
               "closure_auc": mean_std([r["closure_auc"] for r in rows]),
               "test_auc_change": mean_std([r["test_auc"] - r["original"]["test_auc"] for r in rows]),
               "jsd_change": mean_std([r["jsd_to_retrain"] - r["original"]["jsd_to_retrain"] for r in rows])}
-    write_json_atomic(bench / f"options-{name}.json", report)
-    return report
+    return save(bench / f"options-{name}.json", report)
 
 
 def main() -> None:

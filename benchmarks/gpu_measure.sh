@@ -70,12 +70,16 @@ p = PRESETS['gpu']; run_seed(Path('$bench_dir') / 'seed-0', 'ml-100k', None, p.b
   summarise "$status"
 }
 
-summarise() {  # gpu-<date>.json from whatever finished
-  BENCH_STATUS=$1 KEEP=$keep BENCH_DIR=$bench_dir OUT=$OUT $py - <<'PY'
-import datetime, importlib.metadata as md, json, os, re
+summarise() {  # gpu-<date>.json from whatever finished, with the command (settings included) and commit
+  BENCH_STATUS=$1 KEEP=$keep BENCH_DIR=$bench_dir OUT=$OUT MODE=$mode SPEED_BACKBONE=$SPEED_BACKBONE \
+    TRAIN_ARGS=$TRAIN_ARGS EVAL_ARGS=$EVAL_ARGS COMPILE=$COMPILE BENCH_LIMIT=$BENCH_LIMIT BENCH_ROWS=$BENCH_ROWS \
+    $py - <<'PY'
+import datetime, importlib.metadata as md, json, os, re, shlex
 from pathlib import Path
 
 import torch
+
+from e2urec.bench import provenance
 
 keep, bench, out = Path(os.environ["KEEP"]), Path(os.environ["BENCH_DIR"]), Path(os.environ["OUT"])
 def load(path):
@@ -101,7 +105,11 @@ for meta in sorted(bench.glob("seed-0/*/meta.json")):
 log = (out / "bench.log").read_text(errors="replace") if (out / "bench.log").is_file() else ""
 stages = [{"stage": s.strip(), "seconds": float(t)} for s, t in re.findall(r"^(.+?): done in ([0-9.]+) s", log, re.M)]
 train, evaluation, compiled = (load(keep / f"{name}.json") for name in ("gpu_train", "gpu_eval", "gpu_train_compile"))
+settings = ("SPEED_BACKBONE", "TRAIN_ARGS", "EVAL_ARGS", "COMPILE", "BENCH_LIMIT", "BENCH_ROWS")
+made = provenance(" ".join([*(f"{k}={shlex.quote(os.environ[k])}" for k in settings if os.environ.get(k)),
+                            "bash benchmarks/gpu_measure.sh", os.environ["MODE"]]))
 report = {
+    "command": made["command"], "commit": made["commit"], "dirty": made["dirty"],
     "date": datetime.date.today().isoformat(),
     "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     "versions": versions,

@@ -30,8 +30,7 @@ from common import recent_samples, run
 from e2urec.bench import machine
 from e2urec.data.roles import rows_for
 from e2urec.engine import Check, TrainConfig, fit, make_accelerator
-from e2urec.model.backbone import Backbone, _configure_tokenizer, answer_token_ids, load_backbone
-from e2urec.model.builtins.smollm2 import _smollm2_tokenizer
+from e2urec.model.backbone import Backbone, answer_token_ids, load_backbone
 from e2urec.model.scoring import PromptSet, answer_logits, collator, prompt_set
 from e2urec.speed import Speed
 from e2urec.training import AnswerCrossEntropy
@@ -49,15 +48,15 @@ def peak_flops() -> float | None:
 
 
 def smollm2_shape() -> Backbone:
-    """SmolLM2-135M's architecture with random weights: the same speed without the weights (or their transfer)."""
-    tokenizer = _smollm2_tokenizer()
+    """SmolLM2-135M's architecture with random weights: the same speed without the weights (or their transfer).
+    Its tokenizer is the tiny built-in's, which is SmolLM2's, already set up for causal prompts by the loader."""
+    tokenizer = load_backbone("tiny").tokenizer
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
                          num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192, rope_theta=1e5,
                          rms_norm_eps=1e-5, tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config).eval()
-    _configure_tokenizer(tokenizer, "causal", "smollm2-shape")
     return Backbone(model, tokenizer, "causal", "smollm2-shape", answer_token_ids(tokenizer, "causal"))
 
 

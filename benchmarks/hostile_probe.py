@@ -32,6 +32,8 @@ from pathlib import Path
 
 import httpx
 
+from common import made_by
+
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**{k: v for k, v in os.environ.items() if not k.startswith(("E2UREC_API_", "E2UREC_KEY_FILE"))},
        "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
@@ -358,8 +360,7 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=5000, help="concurrent valid /score calls")
     parser.add_argument("--keep", action="store_true", help="keep the temporary workspace (its path is printed)")
     args = parser.parse_args()
-    commit, status = (subprocess.run(["git", "-C", str(REPO), *command], capture_output=True, text=True).stdout.strip()
-                      for command in (["rev-parse", "HEAD"], ["status", "--porcelain", "--untracked-files=no"]))
+    made = made_by()  # command, commit and dirty flag, as the probe starts
     root, started = Path(tempfile.mkdtemp(prefix="hostile-probe-")), time.perf_counter()
     try:
         (root / "ws").mkdir(), (root / "aux").mkdir()
@@ -384,8 +385,7 @@ def main() -> None:
         "unknown_id_echoed": [r["case"] for r in rows if r["id_echoed"]],
         "failures": [{k: r.get(k) for k in ("kind", "case", "result", "exit_code", "status", "changed", "output_tail")}
                      for r in rows if r["result"] != "ok"]}
-    report = {"command": " ".join(["python", *sys.argv]), "date": datetime.date.today().isoformat(),
-              "git_commit": commit, "working_tree_dirty": bool(status), "python": sys.version.split()[0],
+    report = {**made, "date": datetime.date.today().isoformat(), "python": sys.version.split()[0],
               "setup_seconds": round(setup_seconds, 1), "seconds": round(time.perf_counter() - started, 1),
               "summary": summary, "rows": rows}
     args.out.write_text(json.dumps(report, indent=1) + "\n")

@@ -13,12 +13,12 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from common import made_by, stamp
 from e2urec.checkpoint import load_model
 from e2urec.data.roles import rows_for
 from e2urec.data.store import load_prepared
@@ -59,6 +59,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
+    made_by()  # the commit as the run starts
     cfg = AuditConfig()
     configs = {bench: json.loads((bench / "results.json").read_text())["config"] for bench in args.bench}
     if len({(c["preset"], c.get("plant")) for c in configs.values()}) != 1:
@@ -81,8 +82,7 @@ def main() -> None:
             if s == seed:
                 requests.append({"seed": seed, "unit": k, **verdicts(seed_dir, found[k], samples, models, cfg)})
     told = sum(r["original"]["verdict"] != "pass" and r["retrain"]["verdict"] == "pass" for r in requests)
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False).stdout.strip()
-    report = {"benchmark": "planted_audit", "date": datetime.date.today().isoformat(), "commit": commit or None,
+    report = {"benchmark": "planted_audit", "date": datetime.date.today().isoformat(),
               "command": f"python benchmarks/planted_audit.py --bench {' '.join(map(str, args.bench))} "
                          f"--requests {args.requests} "
                          f"--seed {args.seed} --out {args.out}",
@@ -94,7 +94,7 @@ def main() -> None:
                           "retrain_passed": sum(r["retrain"]["verdict"] == "pass" for r in requests),
                           "told_apart": told}}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    args.out.write_text(json.dumps(stamp(report), indent=2) + "\n")
     print(json.dumps(report["summary"]))
 
 

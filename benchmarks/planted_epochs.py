@@ -2,7 +2,8 @@
 (seed + 1000) on planted data, every epoch kept (keep=last), and after each epoch prints one JSON line: the valid
 loss and, for flip data, forget AUC against the planted labels and test AUC; for shilling data, the targets'
 promotion (HR@10, mean rank, z over 200 genuine test prompts and 20 controls). A study script: it wraps the
-validation-loss hook of `e2urec.training` to score after every epoch. Usage:
+validation-loss hook of `e2urec.training` to score after every epoch. A first line `RUN {...}` gives the command and
+commit, for the JSON the lines are kept in. Usage:
 python benchmarks/planted_epochs.py OUT PLANT LAST_N EPOCHS SEEDS     e.g.  /tmp/p flip 1200 6 0,1,2
 (benchmarks/results/planted-epochs-2026-12-07.json holds the runs docs/planted.md cites.)
 """
@@ -16,6 +17,7 @@ from pathlib import Path
 from sklearn.metrics import roc_auc_score
 
 import e2urec.training as training
+from common import made_by
 from e2urec.data.prepare import PrepareConfig, prepare
 from e2urec.data.roles import role_rows, rows_for
 from e2urec.data.store import load_prepared, load_tables
@@ -53,6 +55,7 @@ def scored_valid_loss(backbone, data, batch_size):
 
 def main() -> None:
     out, plant, last_n, epochs = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+    print("RUN", json.dumps(made_by()), flush=True)
     training.valid_loss_fn = scored_valid_loss
     for seed in (int(s) for s in sys.argv[5].split(",")):
         data = out / f"data-{last_n}-{seed}"

@@ -20,13 +20,13 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from common import run
+from common import run, save  # noqa: E402
 from e2urec.bench import machine  # noqa: E402
 from e2urec.data.prepare import PrepareConfig, prepare  # noqa: E402
 from e2urec.data.roles import rows_for
 from e2urec.data.store import load_prepared  # noqa: E402
 from e2urec.engine import TrainConfig  # noqa: E402
-from e2urec.io import read_json, write_json_atomic  # noqa: E402
+from e2urec.io import read_json  # noqa: E402
 from e2urec.training import train  # noqa: E402
 from e2urec.unlearning.runner import unlearn  # noqa: E402
 
@@ -101,8 +101,7 @@ def main() -> dict:
               "backbone": "tiny", "recipe": RECIPE, "e2urec_options": E2UREC,
               "forget_sweep": forget_sweep, "retain_sweep": retain_sweep}
     plot(report, args.out / "scaling.png")
-    write_json_atomic(args.out / "scaling.json", report)
-    return report
+    return save(args.out / "scaling.json", report)
 
 
 if __name__ == "__main__":

@@ -5,23 +5,26 @@ both Originals (`retrain_noise.py`). This trains the same recipe (seed 0, like t
 Retrain) on the data without 10 *other* train users, drawn with `--seed` among users of the same sizes (each
 forgotten user's size quantile ± 1 user), and scores all test rows of the run's final data beside the Original
 and the Retrain. Prints JSON and writes benchmarks/results/drop-other-users-<date>.json; no user id is
-written. Usage: python benchmarks/drop_other_users.py [--out runs/requests-full] [--seed 7]
+written. Usage: python benchmarks/studies/drop_other_users.py [--out runs/requests-full] [--seed 7]
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from common import demo_recipe, full_test_auc, keep, pick_users, run
 from e2urec.bench import machine
 from e2urec.data.roles import rows_for
 from e2urec.data.store import load_prepared, load_tables, write_prepared
 from e2urec.training import train
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: common.py, shared with the benchmarks
+from common import demo_recipe, full_test_auc, keep, pick_users, run  # noqa: E402
 
 
 def measure(out: Path, seed: int, requests: int) -> dict:
@@ -62,7 +65,7 @@ def main() -> None:
 
     def go() -> dict:
         report = measure(args.out, args.seed, args.requests)
-        report["command"] = f"python benchmarks/drop_other_users.py --out {args.out} --seed {args.seed}"
+        report["command"] = f"python benchmarks/studies/drop_other_users.py --out {args.out} --seed {args.seed}"
         return keep(report, "drop-other-users")
 
     run(go)

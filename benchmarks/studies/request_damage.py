@@ -6,7 +6,7 @@ E2URec options; `{}` = the run default), each audited as a request is; then ever
 score all test rows, and the paired test-AUC change against the Original (bootstrap SE) says how much utility
 that one request took. Sequential requests add these up (deletion_requests.py: −0.018 after 10 requests at the
 default). Prints JSON and writes benchmarks/results/request-damage-<date>.json; no user id is written. Usage:
-python benchmarks/request_damage.py --request 9 --options '{}' '{"forget_only": 0.8}'
+python benchmarks/studies/request_damage.py --request 9 --options '{}' '{"forget_only": 0.8}'
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ import argparse
 import datetime
 import json
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
-from common import keep, pick_users, run
 from e2urec.bench import machine
 from e2urec.checkpoint import load_model
 from e2urec.data.roles import rows_for
@@ -27,6 +27,9 @@ from e2urec.evaluation import paired_auc_change, utility_metrics
 from e2urec.model.scoring import per_sample_p_yes, prompt_set
 from e2urec.ops import audit
 from e2urec.unlearning.runner import unlearn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: common.py, shared with the benchmarks
+from common import keep, pick_users, run  # noqa: E402
 
 
 def measure(out: Path, request: int, option_sets: list[dict], requests: int) -> dict:
@@ -80,7 +83,7 @@ def main() -> None:
 
     def go() -> dict:
         report = measure(args.out, args.request, args.options, args.requests)
-        report["command"] = (f"python benchmarks/request_damage.py --out {args.out} --request {args.request} "
+        report["command"] = (f"python benchmarks/studies/request_damage.py --out {args.out} --request {args.request} "
                              f"--options " + " ".join(f"'{json.dumps(o)}'" for o in args.options))
         return keep(report, "request-damage")
 

@@ -7,29 +7,32 @@ candidate pool, Retrain and the Original on the forget set, and reports each poo
 (Original's forget misfit − pool's) / (Original's forget misfit − Retrain's), 1 = the pool aims exactly at
 Retrain, > 1 = it aims past it (over-forgetting), < 1 = short of it. Candidates: held-out users' training-period
 samples (prepare's holdout), the forgotten users' own valid samples (a later period), unseen users' valid samples.
-Usage: python benchmarks/nonmember_pools.py --bench runs/cpu --seeds 0 1 2
+(The 2026-11-27 JSONs also hold `offset_*` and `closure_*_history`: a difficulty offset, removed with the
+`difficulty` option after 0.1.0.)
+Usage: python benchmarks/studies/nonmember_pools.py --bench runs/cpu --seeds 0 1 2
 Prints JSON (also BENCH/nonmember-pools.json).
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from common import run
 from e2urec.bench import machine
 from e2urec.checkpoint import load_model
 from e2urec.data.roles import prompts_seen_by_original, rows_for
 from e2urec.data.store import load_prepared
 from e2urec.engine import make_accelerator
-from e2urec.io import write_json_atomic
 from e2urec.model.scoring import prompt_set
-from e2urec.unlearning.difficulty import DifficultyReference
 from e2urec.unlearning.e2urec import non_member_pools
 from e2urec.unlearning.e2urec_rules import answer_losses, misfit
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: common.py, shared with the benchmarks
+from common import run, save  # noqa: E402
 
 LEVELS = ("loss", "auc")
 
@@ -43,15 +46,10 @@ def levels(backbone, model, rows: pd.DataFrame, accelerator, prompts: list[str] 
 
 def seed_report(seed_dir: Path) -> dict:
     accelerator = make_accelerator()
-    samples, manifest = load_prepared(seed_dir / "data")
+    samples, _ = load_prepared(seed_dir / "data")
     original, _ = load_model(seed_dir / "original")
     retrain, _ = load_model(seed_dir / "retrain")
     forget = rows_for(samples, "forget")
-    reference = DifficultyReference(rows_for(samples, "retain"), float(manifest["config"]["label_threshold"]))
-
-    def reference_misfit(level: str, rows: pd.DataFrame) -> float:
-        return misfit(level, reference.p_yes(rows), rows["label"].to_numpy() == 1)
-
     out = {"original_forget": levels(original, original.model, forget, accelerator, prompts_seen_by_original(forget)),
            "retrain_forget": levels(retrain, retrain.model, forget, accelerator)}
     for name, rows in non_member_pools(samples).items():
@@ -60,10 +58,7 @@ def seed_report(seed_dir: Path) -> dict:
         pool = levels(original, original.model, rows, accelerator)
         for level, key in (("loss", "loss"), ("auc", "auc_misfit")):
             gap = out["retrain_forget"][key] - out["original_forget"][key]
-            offset = reference_misfit(level, forget) - reference_misfit(level, rows)
-            pool[f"offset_{level}"] = offset
-            for name_, target in ((f"closure_{level}", pool[key]), (f"closure_{level}_history", pool[key] + offset)):
-                pool[name_] = (target - out["original_forget"][key]) / gap if gap else None
+            pool[f"closure_{level}"] = (pool[key] - out["original_forget"][key]) / gap if gap else None
         out[name] = pool
     return out
 
@@ -76,15 +71,14 @@ def main() -> dict:
     seeds = {str(s): seed_report(args.bench / f"seed-{s}") for s in args.seeds}
     summary = {}
     for name in non_member_pools(load_prepared(args.bench / f"seed-{args.seeds[0]}" / "data")[0]):
-        for key in (f"closure_{level}{how}" for level in LEVELS for how in ("", "_history")):
+        for key in (f"closure_{level}" for level in LEVELS):
             values = [r[name][key] for r in seeds.values()
                       if name in r and r[name][key] is not None and not np.isnan(r[name][key])]
             if values:
                 std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
                 summary[f"{name} {key}"] = {"mean": float(np.mean(values)), "std": std, "per_seed": values}
     result = {"bench": str(args.bench), "machine": machine(), "seeds": seeds, "summary": summary}
-    write_json_atomic(args.bench / "nonmember-pools.json", result)
-    return result
+    return save(args.bench / "nonmember-pools.json", result)
 
 
 if __name__ == "__main__":

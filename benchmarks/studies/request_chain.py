@@ -3,7 +3,7 @@ Original (copied from `--from`, which is left untouched), with the test AUC on *
 request (the ledger scores a 1,000-row sample) and the paired change each request made (bootstrap SE), so the
 run's total drop is split per request. No Retrain. Prints JSON and writes
 benchmarks/results/request-chain-<date>.json; no user id is written. Usage:
-python benchmarks/request_chain.py [--from runs/requests-full] [--out runs/request-chain]
+python benchmarks/studies/request_chain.py [--from runs/requests-full] [--out runs/request-chain]
 """
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ from __future__ import annotations
 import argparse
 import datetime
 import shutil
+import sys
 import time
 from pathlib import Path
 
-from common import keep, pick_users, run
 from e2urec.bench import machine
 from e2urec.checkpoint import load_model
 from e2urec.data.roles import rows_for
@@ -23,6 +23,9 @@ from e2urec.evaluation import paired_auc_change, utility_metrics
 from e2urec.model.scoring import per_sample_p_yes, prompt_set
 from e2urec.ops.forget import forget, read_request
 from e2urec.ops.run import init_run
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: common.py, shared with the benchmarks
+from common import keep, pick_users, run  # noqa: E402
 
 
 def measure(source: Path, out: Path, requests: int, seed: int) -> dict:
@@ -71,7 +74,7 @@ def main() -> None:
 
     def go() -> dict:
         report = measure(args.source, args.out, args.requests, args.seed)
-        report["command"] = f"python benchmarks/request_chain.py --from {args.source} --out {args.out}"
+        report["command"] = f"python benchmarks/studies/request_chain.py --from {args.source} --out {args.out}"
         return keep(report, "request-chain")
 
     run(go)

@@ -16,7 +16,7 @@ After `benchmarks/deletion_requests.py --out runs/requests-full` (which leaves t
 - the audit's verdict on the second Retrain judged against the Original (as deletion_requests.py judges the Retrain);
 - test AUC on all test rows for the five models, and valid AUC on the audit's valid non-members.
 Prints JSON and writes benchmarks/results/retrain-noise-<date>.json; no user id is written. Usage:
-python benchmarks/retrain_noise.py [--out runs/requests-full] [--reseed 1000]
+python benchmarks/studies/retrain_noise.py [--out runs/requests-full] [--reseed 1000]
 """
 
 from __future__ import annotations
@@ -25,18 +25,21 @@ import argparse
 import datetime
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from common import demo_recipe, full_test_auc, keep, pick_users, run
 from e2urec.bench import machine
 from e2urec.checkpoint import load_model
 from e2urec.data.roles import rows_for
 from e2urec.data.store import load_prepared
 from e2urec.ops import audit
 from e2urec.training import train
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: common.py, shared with the benchmarks
+from common import demo_recipe, full_test_auc, keep, pick_users, run  # noqa: E402
 
 
 def measure(out: Path, reseed: int, requests: int) -> dict:
@@ -104,7 +107,7 @@ def main() -> None:
 
     def go() -> dict:
         report = measure(args.out, args.reseed, args.requests)
-        report["command"] = f"python benchmarks/retrain_noise.py --out {args.out} --reseed {args.reseed}"
+        report["command"] = f"python benchmarks/studies/retrain_noise.py --out {args.out} --reseed {args.reseed}"
         return keep(report, "retrain-noise")
 
     run(go)

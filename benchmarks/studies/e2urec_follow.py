@@ -3,8 +3,8 @@ existing bench folder, the student is distilled from the teacher on the forget s
 scored every few steps: KL(teacher ‖ student) over the two answer tokens and the forget AUC / gap closure
 against the bench's Original and Retrain (for study: they read Retrain), beside what a rule may read (forget
 loss, the non-member pool's loss, valid AUC of users who are not forgotten). Usage:
-python benchmarks/e2urec_follow.py --bench runs/cpu --seed 0 --steps 120 --every 30 \
-    --options '{"distill": "answer", "lora_targets": "attention"}'
+python benchmarks/studies/e2urec_follow.py --bench runs/cpu --seed 0 --steps 120 --every 30 \
+    --options '{"lora_targets": "attention"}'
 Prints JSON (also BENCH/follow-NAME.json when --name is given).
 """
 
@@ -13,23 +13,25 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from common import run
 from e2urec.bench import closure, machine
 from e2urec.checkpoint import load_model
 from e2urec.data.roles import rows_for
 from e2urec.engine import TrainConfig, fit, make_accelerator
 from e2urec.evaluation import utility_metrics
-from e2urec.io import write_json_atomic
 from e2urec.model.scoring import per_sample_p_yes
 from e2urec.unlearning.base import Job
 from e2urec.unlearning.e2urec import E2URec, E2URecObjective
 from e2urec.unlearning.e2urec_rules import answer_losses
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: common.py, shared with the benchmarks
+from common import run, save  # noqa: E402
 
 
 def follow(seed_dir: Path, options: dict, steps: int, every: int) -> dict:
@@ -95,7 +97,7 @@ def main() -> None:
         report = follow(args.bench / f"seed-{args.seed}", {**json.loads(args.options), "seed": args.seed},
                         args.steps, args.every)
         if args.name:
-            write_json_atomic(args.bench / f"follow-{args.name}.json", report)
+            save(args.bench / f"follow-{args.name}.json", report)
         return report
 
     run(go)

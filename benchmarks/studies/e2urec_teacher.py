@@ -1,16 +1,19 @@
 """Is E2URec's forgetting teacher closer to Retrain than the Original is, sample by sample? (For study: reads
-the bench's Retrain.) On one seed of an existing bench folder, the Original, the augmented model and its control
-are rebuilt with E2URec's options, and on the forget set:
-- the teacher's push (how far it lowers the true answer's logit, before α) is correlated with the Original's
-  memorisation as Retrain reveals it (the Original's log-odds of the true answer minus Retrain's) and with how
-  wrong the Original was (1 − its P(true answer)): training on a sample moves it most where the loss is high;
+the bench's Retrain.) On one seed of an existing bench folder, the Original and the augmented model (the paper's
+push) are rebuilt with E2URec's options, and on the forget set:
+- the augmented push (how far it lowers the true answer's logit, before α: ReLU(z_aug − z_orig)) is correlated
+  with the Original's memorisation as Retrain reveals it (the Original's log-odds of the true answer minus
+  Retrain's) and with how wrong the Original was (1 − its P(true answer)): training on a sample moves it most
+  where the loss is high;
 - two-token JSD to Retrain of teacher variants, each with α set so its mean forget loss equals a target: the
-  non-member level E2URec uses (`level=loss`), or Retrain's own (an oracle level, to separate the level from the
-  shape); and with α set so its forget AUC equals the Original's AUC on those non-members (`level=auc`).
-  Variants: `teacher` (as configured), `plain` (no control model), `shrink` (the Original's log-odds pulled
-  towards their mean over the forget set: less confident, ranks kept), `label` (E2URec's push=label: every
-  true answer's log-odds lowered by α).
-Usage: python benchmarks/e2urec_teacher.py --bench runs/cpu --seeds 0 1 2 [--options JSON]
+  non-member loss level, or Retrain's own (an oracle level, to separate the level from the shape); and with α set
+  so its forget AUC equals the Original's AUC on those non-members (E2URec's default `level=auc`).
+  Variants: `augmented` (push=augmented: z_orig − α·ReLU(z_aug − z_orig)), `shrink` (the Original's log-odds
+  pulled towards their mean over the forget set: less confident, ranks kept), `label` (push=label, the default:
+  every true answer's log-odds lowered by α).
+(The JSONs of 2026-11-27 have `teacher` and `plain` instead of `augmented`: the teacher with and without a control
+model, removed with the `aug_contrast` option after 0.1.0.)
+Usage: python benchmarks/studies/e2urec_teacher.py --bench runs/cpu --seeds 0 1 2 [--options JSON]
 Prints JSON (also BENCH/teacher.json).
 """
 
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -27,16 +31,17 @@ import pandas as pd
 import torch
 from scipy.optimize import brentq
 
-from common import run
 from e2urec.bench import machine
 from e2urec.data.roles import rows_for
 from e2urec.engine import make_accelerator
 from e2urec.evaluation import jsd_yes_no, utility_metrics
-from e2urec.io import write_json_atomic
-from e2urec.model.scoring import answer_logits, per_sample, prompt_set
+from e2urec.model.scoring import answer_logits, per_sample
 from e2urec.unlearning.base import Job
 from e2urec.unlearning.e2urec import E2URec
 from e2urec.unlearning.e2urec_rules import answer_losses, misfit, teacher_pairs
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: common.py, shared with the benchmarks
+from common import run, save  # noqa: E402
 
 
 def log_odds(p: np.ndarray) -> np.ndarray:
@@ -54,8 +59,8 @@ def refit_loss(yes: np.ndarray, p: np.ndarray) -> float:
 
 
 def logits(seed_dir: Path, options: dict) -> tuple[np.ndarray, pd.DataFrame, dict]:
-    """[N, 6] answer logits (No, Yes) of the Original, the augmented model and the control; the forget rows; the
-    Original's mean loss, best-intercept loss and AUC on E2URec's non-member pool."""
+    """[N, 4] answer logits (No, Yes) of the Original and the augmented model; the forget rows; the Original's mean
+    loss, best-intercept loss and AUC on E2URec's non-member pool."""
     accelerator = make_accelerator()
     with tempfile.TemporaryDirectory() as scratch:
         job = Job(seed_dir / "original", seed_dir / "data", Path(scratch) / "out", Path(scratch) / "work",
@@ -65,9 +70,6 @@ def logits(seed_dir: Path, options: dict) -> tuple[np.ndarray, pd.DataFrame, dic
         student = method.student(job)
         forget = method.prompt_sets(job, student)["forget"]
         teachers = [job.load_original(), method.augmented(job, forget)]
-        control = method.item_matched(job, len(forget), 14)
-        teachers.append(method.augmented(job, prompt_set(student, control, method.cfg.max_length),
-                                         "augmented-control"))
         pair = list(student.answer_ids)
         z = per_sample(student, forget, lambda b: torch.cat([answer_logits(t.model, b, t.kind)[:, pair]
                                                             for t in teachers], 1), 64, accelerator,
@@ -77,8 +79,7 @@ def logits(seed_dir: Path, options: dict) -> tuple[np.ndarray, pd.DataFrame, dic
         yes = non_members.targets == student.answer_ids[1]
         pool = {"loss": float(losses.mean()), "refit_loss": refit_loss(yes, p_non),
                 "auc": 1 - misfit("auc", p_non, yes), "samples": len(yes)}
-        use_control = method.cfg.aug_contrast == "items"
-    return (z if use_control else np.concatenate([z[:, :4], z[:, :2]], 1)), rows_for(job.samples, "forget"), pool
+    return z, rows_for(job.samples, "forget"), pool
 
 
 def study(seed_dir: Path, options: dict) -> dict:
@@ -87,7 +88,7 @@ def study(seed_dir: Path, options: dict) -> dict:
     y = forget["label"].to_numpy()
     retrain = pd.read_parquet(seed_dir / "eval" / "retrain-forget" / "predictions.parquet")
     p_retrain = retrain.set_index("sample_id").loc[forget["sample_id"], "p_yes"].to_numpy()
-    z_orig, z_aug, z_ref = z[:, :2], z[:, 2:4], z[:, 4:]
+    z_orig, z_aug = z[:, :2], z[:, 2:4]
 
     def p_yes(zz: np.ndarray) -> np.ndarray:
         return 1 / (1 + np.exp(zz[:, 0] - zz[:, 1]))
@@ -98,12 +99,11 @@ def study(seed_dir: Path, options: dict) -> dict:
     p_orig = p_yes(z_orig)
     sign = np.where(y == 1, 1.0, -1.0)
     memorised = sign * (log_odds(p_orig) - log_odds(p_retrain))
-    push = np.maximum(z_aug - z_ref, 0)[np.arange(len(y)), y]
+    push = np.maximum(z_aug - z_orig, 0)[np.arange(len(y)), y]
     p_true = np.where(y == 1, p_orig, 1 - p_orig)
     centre = log_odds(p_orig).mean()
     variants: dict[str, Callable[[float], np.ndarray]] = {
-        "teacher": lambda a: p_yes(z_orig - a * np.maximum(z_aug - z_ref, 0)),
-        "plain": lambda a: p_yes(z_orig - a * np.maximum(z_aug - z_orig, 0)),
+        "augmented": lambda a: p_yes(teacher_pairs("augmented", z_orig, y, z_aug)(a)),
         "shrink": lambda a: 1 / (1 + np.exp(-(centre + (log_odds(p_orig) - centre) / (1 + a)))),
         "label": lambda a: p_yes(teacher_pairs("label", z_orig, y)(a)),
     }
@@ -155,10 +155,9 @@ def main() -> None:
         report = {"benchmark": "e2urec_teacher", "machine": machine(), "bench": str(args.bench), "options": options,
                   "seeds": {seed: study(args.bench / f"seed-{seed}", {**options, "seed": seed})
                             for seed in args.seeds},
-                  "command": f"python benchmarks/e2urec_teacher.py --bench {args.bench} --seeds "
+                  "command": f"python benchmarks/studies/e2urec_teacher.py --bench {args.bench} --seeds "
                              f"{' '.join(map(str, args.seeds))} --options '{args.options}'"}
-        write_json_atomic(args.bench / "teacher.json", report)
-        return report
+        return save(args.bench / "teacher.json", report)
 
     run(go)
 
