@@ -156,7 +156,7 @@ def test_a_diverging_method_is_a_failed_row_and_the_others_still_report(
     """After the rerun test: E2URec at lr 10 diverges; its row is empty and says why, every other row is there."""
     _, _, out = micro_bench
     lines: list[str] = []
-    broken = {**PLAIN.method_options["e2urec"], "lr": 10.0, "max_steps": 6, "stop": "none"}
+    broken = {**PLAIN.method_options["e2urec"], "lr": 10.0, "max_steps": 6, "stop": "none", "alpha_rule": "fixed"}
     results = bench("ml-100k", "tiny", replace(PLAIN, method_options={**PLAIN.method_options, "e2urec": broken}),
                     out, log=lines.append)
     row = results["per_seed"]["0"]["e2urec"]

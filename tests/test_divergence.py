@@ -46,7 +46,7 @@ def test_unlearn_that_diverges_leaves_no_model_and_no_scratch(workspace: Path) -
     out = workspace / "unlearned-diverged"
     result = runner.invoke(app, ["unlearn", "--method", "e2urec", "--model", str(workspace / "original"),
                                  "--data", str(workspace / "data"), "--out", str(out), "--lr", DIVERGING_LR,
-                                 "--max-steps", "6", "--set", "aug_steps=2", "--set", "stop=none"])
+                                 "--max-steps", "6", "--set", "alpha_rule=fixed", "--set", "stop=none"])
     assert result.exit_code == 2, result.output
     assert "e2urec: training diverged" in result.output and "Traceback" not in result.output
     assert not out.exists()
@@ -118,7 +118,7 @@ def test_a_nan_weight_is_named_when_scored(workspace: Path) -> None:
 
 def test_a_diverging_attempt_escalates_and_the_request_is_still_honoured(trained: Path, tmp_path: Path) -> None:
     run = init_run(tmp_path / "run", trained / "data", trained / "original",
-                   {"max_steps": 6, "aug_steps": 2, "lr": float(DIVERGING_LR), "stop": "none"},
+                   {"max_steps": 6, "alpha_rule": "fixed", "lr": float(DIVERGING_LR), "stop": "none"},
                    key_file=tmp_path / "run.key", audit={"audit_retries": 1})
     user = str(_a_train_user(run))
     record = forget(run, read_request(users=[user]), log=lambda _: None)

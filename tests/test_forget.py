@@ -26,7 +26,8 @@ from e2urec.ops.ledger import Ledger
 from e2urec.ops.run import Run, init_run
 
 runner = CliRunner()
-QUICK = {"max_steps": 2, "batch_size": 8, "aug_steps": 2}
+# the loss level: the fixture Original ranks its non-members better than the forget set, so AUC finds nothing
+QUICK = {"max_steps": 2, "batch_size": 8, "level": "loss"}
 # These tests are about the request's mechanics: the audit runs and is recorded, but asks for more forget prompts
 # than any request here has, so its verdict is `insufficient` and never escalates (escalation: test_audit.py).
 NO_ESCALATION = {"audit_min_prompts": 100_000}
