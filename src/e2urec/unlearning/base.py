@@ -169,7 +169,7 @@ class ObjectiveMethod(Method):
     """Train a student from the Original on (forget, retain) batches with a method-specific loss."""
 
     def lora_config(self) -> LoraConfig | None:
-        """The student's LoRA recipe, as peft takes it (build it with `e2urec.training.lora_config`, which
+        """The student's LoRA recipe, as peft takes it (build it with `e2urec.model.lora.lora_config`, which
         meta.json can record); None: full fine-tuning of a copy of the Original."""
         return None
 
