@@ -342,18 +342,15 @@ def unchanged_is_not_done(verdict: dict, facts: dict) -> dict:
 
 def escalation_plan(method: str, options: dict, settings: audit.AuditConfig, can_retrain: bool = True
                     ) -> list[tuple[str, dict]]:
-    """The attempts after a failed audit: `audit_retries` × (3× the steps each time, run to the end: the stopping
-    rule, which stops at the non-members' mean loss, is what left the first attempt short) then Retrain; or
-    Retrain; or none. Options go through unlearn()'s options; the method's code is not changed."""
+    """The attempts after a failed audit: `audit_retries` stronger attempts of the run's method (what each is, the
+    method's config says: `MethodConfig.stronger`) then Retrain; or Retrain; or none. Options go through
+    unlearn()'s options; the method's code is not changed."""
     if settings.on_unverified == "keep":
         return []
     retries = []
     if settings.on_unverified == "retry":
         base = REGISTRY[method].Config.from_options(options)
-        for k in range(1, settings.audit_retries + 1):
-            grown = {key: getattr(base, key) * 3**k for key in ("epochs", "min_steps", "max_steps")
-                     if getattr(base, key, None) is not None}
-            retries.append((method, {**options, **grown, **({"stop": "none"} if hasattr(base, "stop") else {})}))
+        retries = [(method, {**options, **base.stronger(k)}) for k in range(1, settings.audit_retries + 1)]
     return [*retries, ("retrain", {})] if can_retrain else retries
 
 

@@ -137,6 +137,11 @@ class E2URecConfig(MethodConfig):
             unread.update({name: why for name in names if ignored and name in given})
         return unread
 
+    def stronger(self, k: int) -> dict[str, Any]:
+        """The longer schedule, run to the end: the stopping rule, which stops once the forget set looks like the
+        non-members, is what left the failed attempt short."""
+        return {**super().stronger(k), "stop": "none"}
+
 
 class E2URecObjective:
     """Forget-only steps train L_FGT; joint steps β·L_FGT + (1−β)·(L_REM [+ CE on retain])."""
