@@ -20,7 +20,9 @@ from e2urec.errors import E2URecError
 from e2urec.evaluation import utility_metrics
 from e2urec.ops import audit
 from e2urec.ops.audit import AuditConfig, Scores, judge, label_stratified_auc, parse_settings
-from e2urec.ops.forget import escalation_plan, forget, read_request
+from e2urec.ops.escalation import escalation_plan
+from e2urec.ops.forget import forget
+from e2urec.ops.request import read_request
 from e2urec.ops.run import Run, init_run
 from e2urec.unlearning.base import REGISTRY, MethodConfig, RecipeOverrides
 from e2urec.unlearning.e2urec import E2URecConfig

@@ -314,7 +314,7 @@ def test_a_failed_request_stores_no_id_and_leaves_no_scratch(trained: Path, tmp_
     def boom(*args, **kwargs):
         raise RuntimeError(f"row for user {user} (item 5, user_id={user}) is odd")
 
-    monkeypatch.setattr("e2urec.ops.forget.unlearn", boom)
+    monkeypatch.setattr("e2urec.ops.escalation.unlearn_model", boom)
     with pytest.raises(RuntimeError):
         forget(run, read_request(users=[user]), log=lambda _: None)
     (record,) = ledger_of(run).requests()

@@ -32,11 +32,13 @@ from e2urec.errors import E2URecError
 from e2urec.io import atomic_dir, read_json, sha256_file, write_json_atomic
 from e2urec.model.lora import full_weights
 from e2urec.ops.audit import AuditConfig, reference_rows, reference_scores
+from e2urec.ops.escalation import escalation_plan
 from e2urec.ops.keys import KEY_ENV, check_key_file, check_replaceable, create_key, default_key_file, held_if_run
 from e2urec.ops.ledger import Ledger, key_id, settled
 from e2urec.options import check_lora_rank
 from e2urec.scratch import Owner, claim, read_owner, sweep
 from e2urec.scratch import log as scratch_log
+from e2urec.unlearning.base import REGISTRY
 
 RUN_FILE = "run.json"
 VERSION_FILE = "version.json"
@@ -206,10 +208,7 @@ class Run:
 
 def request_config(options: dict, audit: AuditConfig) -> Any:
     """The E2URec config of the run's requests, and a check that every attempt a failed audit may escalate to
-    (`audit_retries` × three times the steps, then Retrain) is valid too: a request must not be refused midway."""
-    from e2urec.ops.forget import escalation_plan  # here: ops.forget imports this module
-    from e2urec.unlearning.base import REGISTRY
-
+    (`audit_retries` stronger attempts, then Retrain) is valid too: a request must not be refused midway."""
     config = REGISTRY["e2urec"].Config.from_options(options)
     for attempt, (name, tried) in enumerate(escalation_plan("e2urec", options, audit), start=2):
         try:
