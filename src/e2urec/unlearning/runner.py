@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
+from accelerate.utils import extract_model_from_parallel
 
 from e2urec import __version__
 from e2urec.data.roles import rows_for, sample_rows
@@ -93,6 +94,15 @@ def unchanged(instance: Method, result: FitResult) -> str | None:
     return f"the result is the Original: {result.kept.get('why', 'the starting weights were kept')}"
 
 
+def without_training_wrappers(model: torch.nn.Module) -> None:
+    """Take off the mixed-precision wrapper accelerate puts on the forward of every model it prepares for training
+    (bf16 autocast on a GPU), in place: a model kept in memory then scores as the same weights loaded from disk do,
+    and whoever scores it chooses the precision."""
+    for module in model.modules():
+        if "_original_forward" in module.__dict__:
+            extract_model_from_parallel(module, keep_fp32_wrapper=False)
+
+
 def method_class(method: str) -> type[Method]:
     """The registered method of that name; an unknown name is refused before any work."""
     if method not in REGISTRY:
@@ -112,7 +122,8 @@ class Unlearned(NamedTuple):
 
 def unlearn_model(method: str, original: Path, data: Path, out: Path, options: dict[str, Any] | None = None,
                   keep_intermediates: bool = False) -> Unlearned:
-    """Unlearn the forget set of `data` from `original` with `method` and return the model in memory, unwritten.
+    """Unlearn the forget set of `data` from `original` with `method` and return the model in memory, unwritten
+    (and without training's mixed-precision wrapper, so it scores as the written model would).
 
     `out` is where the result would go: its scratch folder (`.OUT.work`) sits beside it. The scratch is purged
     before this returns (unless kept), as after any refused, diverged or degenerate run, so nothing derived from
@@ -139,6 +150,7 @@ def unlearn_model(method: str, original: Path, data: Path, out: Path, options: d
             job.purge()  # a refused, diverged or degenerate run leaves nothing derived from the forget set behind
             raise
         seconds = time.perf_counter() - started
+    without_training_wrappers(model.model)
     trainable, total = count_parameters(model.model)
     meta = {
         "e2urec_version": __version__,
