@@ -21,8 +21,9 @@ from typer.testing import CliRunner
 from e2urec.cli import app
 from e2urec.data.store import load_prepared, load_tables
 from e2urec.errors import E2URecError
-from e2urec.ops.forget import forget, read_request
+from e2urec.ops.forget import forget
 from e2urec.ops.ledger import Ledger
+from e2urec.ops.request import read_request
 from e2urec.ops.run import Run, init_run
 
 runner = CliRunner()
