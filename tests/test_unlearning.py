@@ -63,10 +63,11 @@ def test_e2urec_changes_only_adapters_and_purges_forget_derived_files(run: Path)
 def test_unlearn_model_keeps_the_student_in_memory_and_no_scratch(run: Path) -> None:
     """The in-memory core that a deletion request escalates with: nothing is written, the forget-derived scratch is
     purged before it returns, and the student scores as the folder `unlearn` writes from the same inputs."""
-    done = unlearn_model("e2urec", run / "original", run / "data", run / "in-memory", QUICK)
+    trains = {**QUICK, "alpha_rule": "fixed", "stop": "none"}  # a student that moves: not the Original itself
+    done = unlearn_model("e2urec", run / "original", run / "data", run / "in-memory", trains)
     assert not (run / "in-memory").exists() and not (run / ".in-memory.work").exists()
-    assert "base" not in done.meta and done.meta["method"] == "e2urec" and done.meta["steps"] > 0
-    written = unlearn("e2urec", run / "original", run / "data", run / "written", QUICK, overwrite=True)
+    assert "base" not in done.meta and done.meta["method"] == "e2urec" and done.meta["steps"] == 2
+    written = unlearn("e2urec", run / "original", run / "data", run / "written", trains, overwrite=True)
     assert "model" in written["base"] and not (run / ".written.work").exists()
     prompts = rows_for(load_prepared(run / "data")[0], "forget")["prompt"].tolist()[:16]
     assert abs(score(done.model, prompts) - score(load_model(run / "written")[0], prompts)).max() < 1e-5
