@@ -31,7 +31,8 @@ from e2urec.data.roles import rows_for
 from e2urec.data.store import load_prepared
 from e2urec.engine import TrainConfig
 from e2urec.ops import audit
-from e2urec.ops.forget import forget, read_request
+from e2urec.ops.forget import forget
+from e2urec.ops.request import read_request
 from e2urec.ops.run import init_run
 from e2urec.training import train
 

@@ -5,7 +5,7 @@ request had no forget prompt, too few to judge, or enough).
 
 The data is what e2urec's reader and `prepare` make of the real ML-100K files, at each `--last-n` (100,000 = the
 full protocol `e2urec init` deploys); for every user, the counts a request for that user alone records are computed
-by the request's own code (`e2urec.ops.forget.rebuild`), with the audit's counts of the forget prompts
+by the request's own code (`e2urec.data.rebuild.rebuild`), with the audit's counts of the forget prompts
 (`forget_prompts`, `forget_yes`). Users are then grouped by what a reader of each view sees: a user alone in a
 group is identified by it (anyone holding the public dataset can compute the same table). No user id is written.
 Prints JSON and writes benchmarks/results/ledger-counts-<date>.json. Usage:
@@ -27,10 +27,11 @@ from pathlib import Path
 from common import keep
 from e2urec.bench import machine
 from e2urec.data.prepare import PrepareConfig, prepare
+from e2urec.data.rebuild import rebuild
 from e2urec.data.store import load_prepared, load_tables
 from e2urec.ops.audit import AuditConfig, nothing_to_audit
-from e2urec.ops.forget import read_request, rebuild
 from e2urec.ops.ledger import bucket, coarse
+from e2urec.ops.request import match, read_request
 
 View = Callable[[dict], tuple]
 
@@ -44,7 +45,8 @@ def user_counts(last_n: int, seed: int) -> list[dict]:
         tables = load_tables(Path(tmp) / "data")
     found = []
     for user in tables["events"]["user_id"].drop_duplicates():
-        _, _, forget_rows, counts = rebuild(samples, tables, read_request(users=[str(user)]), manifest["config"])
+        mask = match(tables["events"], read_request(users=[str(user)]))
+        _, _, forget_rows, counts = rebuild(samples, tables, mask, manifest["config"], whole_users=True)
         found.append({"row_counts": counts, "audit": {"forget_prompts": int(len(forget_rows)),
                                                       "forget_yes": int(forget_rows["label"].sum())}})
     return found

@@ -27,7 +27,8 @@ from e2urec.data.store import load_prepared
 from e2urec.engine import TrainConfig, make_accelerator
 from e2urec.evaluation import EvalConfig, distances, utility_metrics
 from e2urec.model.scoring import per_sample_p_yes, prompt_set
-from e2urec.ops.forget import forget, read_request
+from e2urec.ops.forget import forget
+from e2urec.ops.request import read_request
 from e2urec.ops.run import init_run
 from e2urec.training import train
 

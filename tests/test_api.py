@@ -15,7 +15,8 @@ def test_every_documented_entry_point_resolves_to_the_real_function() -> None:
     from e2urec.data.prepare import PrepareConfig, prepare
     from e2urec.engine import TrainConfig
     from e2urec.evaluation import EvalConfig, evaluate
-    from e2urec.ops.forget import forget, read_request
+    from e2urec.ops.forget import forget
+    from e2urec.ops.request import read_request
     from e2urec.ops.run import init_run
     from e2urec.training import train
     from e2urec.unlearning.runner import unlearn

@@ -20,8 +20,11 @@ from e2urec.errors import E2URecError
 from e2urec.evaluation import utility_metrics
 from e2urec.ops import audit
 from e2urec.ops.audit import AuditConfig, Scores, judge, label_stratified_auc, parse_settings
-from e2urec.ops.forget import escalation_plan, forget, read_request
+from e2urec.ops.escalation import escalation_plan
+from e2urec.ops.forget import forget
+from e2urec.ops.request import read_request
 from e2urec.ops.run import Run, init_run
+from e2urec.unlearning.base import REGISTRY, MethodConfig, RecipeOverrides
 from e2urec.unlearning.e2urec import E2URecConfig
 
 runner = CliRunner()
@@ -218,6 +221,18 @@ def test_escalation_plans() -> None:
     assert escalation_plan("e2urec", options, AuditConfig(on_unverified="retrain")) == [("retrain", {})]
     assert escalation_plan("e2urec", options, AuditConfig(on_unverified="keep")) == []
     assert escalation_plan("e2urec", options, AuditConfig(), can_retrain=False)[-1][0] == "e2urec"
+
+
+def test_a_methods_config_says_what_a_stronger_attempt_is() -> None:
+    """`MethodConfig.stronger`: the schedule fields a config has and sets, ×3**k; E2URec's also runs to the end.
+    Every stronger attempt is a valid config of its method, so an escalation is never refused midway."""
+    base = E2URecConfig.from_options({"max_steps": 4})
+    assert base.stronger(2) == {"epochs": 9 * base.epochs, "min_steps": 9 * base.min_steps, "max_steps": 36,
+                                "stop": "none"}
+    assert MethodConfig(epochs=2).stronger(1) == {"epochs": 6}  # max_steps unset: not grown
+    assert RecipeOverrides().stronger(1) == {}  # Retrain's recipe is the Original's: nothing to grow
+    for cls in REGISTRY.values():  # unknown options and out-of-range values are refused here
+        cls.Config.from_options(cls.Config.from_options({}).stronger(1))
 
 
 def failing(monkeypatch: pytest.MonkeyPatch, passes_from: int | None = None) -> list[dict]:

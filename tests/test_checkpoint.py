@@ -10,20 +10,11 @@ import torch
 from peft import LoraConfig
 from peft.tuners.lora import LoraLayer
 
-from e2urec.checkpoint import (
-    LORA_TARGETS,
-    META_FORMAT,
-    ModelMeta,
-    load_model,
-    lora_from_meta,
-    lora_to_meta,
-    read_meta,
-    save_model,
-    write_meta,
-)
+from e2urec.checkpoint import META_FORMAT, ModelMeta, load_model, read_meta, save_model, write_meta
 from e2urec.errors import E2URecError
 from e2urec.model.backbone import Backbone, load_backbone
-from e2urec.training import lora_config, make_trainable
+from e2urec.model.lora import LORA_TARGETS, add_lora, full_weights, lora_config, lora_from_meta, lora_to_meta
+from e2urec.training import make_trainable
 from e2urec.unlearning.base import REGISTRY
 
 
@@ -139,10 +130,7 @@ def test_a_merged_version_serves_what_was_audited(tmp_path: Path, targets: str) 
     """The tiny backbone ties its head to the input embedding. An embedding adapter acts on the input side only;
     merged into the shared matrix it would move the head too. full_weights unties first, so the merged (and saved,
     and reloaded) version gives the student's own answers."""
-    from e2urec.checkpoint import load_model, save_model
     from e2urec.model.scoring import score
-    from e2urec.ops.run import full_weights
-    from e2urec.training import add_lora
 
     backbone = load_backbone("tiny", seed=0)
     add_lora(backbone, lora_config(8, 16, 0.0, targets))

@@ -22,7 +22,8 @@ from e2urec.evaluation import utility_metrics
 from e2urec.io import sha256_file, write_json_atomic
 from e2urec.model.backbone import load_backbone
 from e2urec.model.scoring import PromptSet, answer_logits, per_sample
-from e2urec.ops.forget import forget, read_request
+from e2urec.ops.forget import forget
+from e2urec.ops.request import read_request
 from e2urec.ops.run import init_run
 from e2urec.training import AnswerCrossEntropy, train
 from e2urec.unlearning.e2urec_rules import calibrate_alpha, teacher_pairs

@@ -21,8 +21,9 @@ from typer.testing import CliRunner
 from e2urec.cli import app
 from e2urec.data.store import load_prepared, load_tables
 from e2urec.errors import E2URecError
-from e2urec.ops.forget import forget, read_request
+from e2urec.ops.forget import forget
 from e2urec.ops.ledger import Ledger
+from e2urec.ops.request import read_request
 from e2urec.ops.run import Run, init_run
 
 runner = CliRunner()
@@ -315,7 +316,7 @@ def test_a_failed_request_stores_no_id_and_leaves_no_scratch(trained: Path, tmp_
     def boom(*args, **kwargs):
         raise RuntimeError(f"row for user {user} (item 5, user_id={user}) is odd")
 
-    monkeypatch.setattr("e2urec.ops.forget.unlearn", boom)
+    monkeypatch.setattr("e2urec.ops.escalation.unlearn_model", boom)
     with pytest.raises(RuntimeError):
         forget(run, read_request(users=[user]), log=lambda _: None)
     (record,) = ledger_of(run).requests()

@@ -14,11 +14,12 @@ from e2urec.cli import app
 from e2urec.data.plant import TARGET_RATINGS, parse_plant, plant_events
 from e2urec.data.prepare import PrepareConfig, build_samples, prepare
 from e2urec.data.readers import read_dataset
+from e2urec.data.rebuild import rebuild
 from e2urec.data.sources import fetch
 from e2urec.data.store import load_prepared, load_tables
 from e2urec.data.tables import RawData
 from e2urec.errors import E2URecError
-from e2urec.ops.forget import read_request, rebuild
+from e2urec.ops.request import match, read_request
 
 runner = CliRunner()
 LAST_N, SEED = 2000, 3
@@ -178,8 +179,8 @@ def test_a_deletion_request_rebuilds_from_the_planted_tables(shilled: Path) -> N
     samples, manifest = load_prepared(shilled)
     tables = load_tables(shilled)
     fake = int(samples.loc[samples["forget"], "user_id"].iloc[0])
-    retained, new_tables, forget_rows, counts = rebuild(samples, tables, read_request(users=[str(fake)]),
-                                                        manifest["config"])
+    mask = match(tables["events"], read_request(users=[str(fake)]))
+    retained, new_tables, forget_rows, counts = rebuild(samples, tables, mask, manifest["config"], whole_users=True)
     assert len(forget_rows) == 10 and counts["events_deleted"] == 15
     assert fake not in set(retained["user_id"]) and fake not in set(new_tables["users"]["user_id"])
 

@@ -39,3 +39,25 @@ def test_an_unknown_precision_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("E2UREC_PRECISION", "fp8")
     with pytest.raises(E2URecError, match="E2UREC_PRECISION='fp8' is not one of auto, fp32, bf16"):
         make_accelerator()
+
+
+def test_a_student_kept_in_memory_loses_trainings_bf16_wrapper() -> None:
+    """accelerate wraps the forward of a model it prepares in bf16 autocast; `unlearn_model` takes the wrapper off,
+    so a student kept in memory (a deletion request's) scores in full precision, as the written model would."""
+    script = (
+        "import torch\n"
+        "from e2urec.engine import make_accelerator\n"
+        "from e2urec.model.backbone import load_backbone\n"
+        "from e2urec.unlearning.runner import without_training_wrappers\n"
+        "model = load_backbone('tiny', seed=0).model\n"
+        "ids = torch.tensor([[5, 6, 7, 8]])\n"
+        "full = model(input_ids=ids).logits\n"
+        "accelerator = make_accelerator()\n"
+        "accelerator.prepare(model, torch.optim.AdamW(model.parameters()))\n"
+        "assert '_original_forward' in model.__dict__ and not torch.equal(model(input_ids=ids).logits, full)\n"
+        "without_training_wrappers(model)\n"
+        "assert '_original_forward' not in model.__dict__ and torch.equal(model(input_ids=ids).logits, full)\n"
+    )
+    env = {**os.environ, "E2UREC_PRECISION": "bf16", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -12,10 +12,11 @@ from typer.testing import CliRunner
 
 from e2urec.cli import app
 from e2urec.data.prepare import PrepareConfig, prepare
+from e2urec.data.rebuild import KEY, rebuild
 from e2urec.data.samples import history_index
 from e2urec.data.sources import fetch
 from e2urec.data.store import load_prepared, load_tables
-from e2urec.ops.forget import KEY, read_request, rebuild
+from e2urec.ops.request import match, read_request
 
 runner = CliRunner()
 
@@ -153,8 +154,9 @@ def test_a_deletion_request_rebuilds_prompts_as_prepare_builds_them(ml100k: Path
     prepare(PrepareConfig("ml-100k", data_dir=str(ml100k), last_n=2000,
                           forget_interactions=str(tmp_path / "gone.csv")), tmp_path / "forgot")
     forgot = load_prepared(tmp_path / "forgot")[0].set_index("sample_id")
-    retained, _, forget_rows, counts = rebuild(samples, load_tables(tmp_path / "base"),
-                                               read_request(interactions=gone.astype(str)), manifest["config"])
+    tables = load_tables(tmp_path / "base")
+    mask = match(tables["events"], read_request(interactions=gone.astype(str)))
+    retained, _, forget_rows, counts = rebuild(samples, tables, mask, manifest["config"], whole_users=False)
     assert counts["prompts_rebuilt"] > 0 and counts["samples_dropped_short_history"] == 0
     assert len(retained) == len(samples) - len(gone)
     expected = forgot.loc[retained["sample_id"]]

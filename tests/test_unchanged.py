@@ -5,7 +5,7 @@ deletion request, which is not `done` on such a result unless its audit passes."
 from __future__ import annotations
 
 from e2urec.engine import FitResult
-from e2urec.ops.forget import unchanged_is_not_done
+from e2urec.ops.escalation import unchanged_is_not_done
 from e2urec.report import unchanged_seeds
 from e2urec.unlearning.base import REGISTRY
 from e2urec.unlearning.runner import unchanged

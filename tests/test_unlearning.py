@@ -20,9 +20,10 @@ from e2urec.data.sources import fetch
 from e2urec.data.store import load_prepared
 from e2urec.engine import Check, TrainConfig
 from e2urec.evaluation import evaluate
+from e2urec.model.scoring import score
 from e2urec.unlearning import METHODS
 from e2urec.unlearning.e2urec_rules import NonMemberStop
-from e2urec.unlearning.runner import unlearn
+from e2urec.unlearning.runner import unlearn, unlearn_model
 from e2urec.unlearning.sharded import train_system
 
 runner = CliRunner()
@@ -57,6 +58,19 @@ def test_e2urec_changes_only_adapters_and_purges_forget_derived_files(run: Path)
     assert not (run / ".e2urec-purged.work").exists()
     leftovers = [p for p in (run / "e2urec-purged").rglob("*") if "augment" in p.name or "teacher" in p.name]
     assert leftovers == []
+
+
+def test_unlearn_model_keeps_the_student_in_memory_and_no_scratch(run: Path) -> None:
+    """The in-memory core that a deletion request escalates with: nothing is written, the forget-derived scratch is
+    purged before it returns, and the student scores as the folder `unlearn` writes from the same inputs."""
+    trains = {**QUICK, "alpha_rule": "fixed", "stop": "none"}  # a student that moves: not the Original itself
+    done = unlearn_model("e2urec", run / "original", run / "data", run / "in-memory", trains)
+    assert not (run / "in-memory").exists() and not (run / ".in-memory.work").exists()
+    assert "base" not in done.meta and done.meta["method"] == "e2urec" and done.meta["steps"] == 2
+    written = unlearn("e2urec", run / "original", run / "data", run / "written", trains, overwrite=True)
+    assert "model" in written["base"] and not (run / ".written.work").exists()
+    prompts = rows_for(load_prepared(run / "data")[0], "forget")["prompt"].tolist()[:16]
+    assert abs(score(done.model, prompts) - score(load_model(run / "written")[0], prompts)).max() < 1e-5
 
 
 def test_registry_lists_every_method() -> None:

@@ -21,7 +21,8 @@ from e2urec.data.roles import rows_for
 from e2urec.data.store import load_prepared
 from e2urec.evaluation import paired_auc_change, utility_metrics
 from e2urec.model.scoring import per_sample_p_yes, prompt_set
-from e2urec.ops.forget import forget, read_request
+from e2urec.ops.forget import forget
+from e2urec.ops.request import read_request
 from e2urec.ops.run import init_run
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: common.py, shared with the benchmarks

@@ -25,7 +25,7 @@ _ENTRY_POINTS = {
     "train": "e2urec.training", "TrainConfig": "e2urec.engine",
     "unlearn": "e2urec.unlearning.runner",
     "evaluate": "e2urec.evaluation", "EvalConfig": "e2urec.evaluation",
-    "init_run": "e2urec.ops.run", "forget": "e2urec.ops.forget", "read_request": "e2urec.ops.forget",
+    "init_run": "e2urec.ops.run", "forget": "e2urec.ops.forget", "read_request": "e2urec.ops.request",
 }
 __all__ = ["__version__", *_ENTRY_POINTS]
 

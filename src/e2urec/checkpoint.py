@@ -7,7 +7,7 @@ unpickling an untrusted file can run arbitrary code.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from e2urec.errors import E2URecError, NonFinite
 from e2urec.io import read_json, sha256_file, write_json_atomic
 from e2urec.model.backbone import Backbone, load_backbone
 from e2urec.model.ensemble import AttentionAggregator, ShardEnsemble
+from e2urec.model.lora import lora_from_meta, lora_to_meta
 
 META_FILE = "meta.json"
 SYSTEM_FILE = "system.json"
@@ -29,67 +30,6 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 
 # meta.json's format: 1 adds the `format` field itself; files without it (format 0) read the same way.
 META_FORMAT = 1
-
-# Where LoRA adapters go, by the names methods, the CLI and meta.json use. The input embedding's module name
-# depends on the model, so "all-linear+embeddings" holds placeholders that `training.add_lora` resolves.
-LORA_TARGETS = ("attention", "all-linear", "all-linear+embeddings")
-ALL_LINEAR, INPUT_EMBEDDINGS = "<all-linear>", "<input-embeddings>"
-LORA_META_KEYS = ("r", "alpha", "dropout", "targets")
-
-
-def _target_modules(targets: str) -> str | list[str] | None:
-    """peft `target_modules` for a named choice: attention → peft's per-architecture default (q/v projections);
-    all-linear → peft's shorthand; +embeddings → every linear layer but the head, and the input embedding."""
-    return {"attention": None, "all-linear": "all-linear",
-            "all-linear+embeddings": [ALL_LINEAR, INPUT_EMBEDDINGS]}[targets]
-
-
-def lora_config(r: int, alpha: int, dropout: float, targets: str = "attention") -> LoraConfig:
-    """The one object that carries LoRA settings from a method or the CLI to the model (task type and model-
-    dependent module names are filled in by `training.add_lora`)."""
-    if targets not in LORA_TARGETS:
-        raise E2URecError(f"unknown LoRA targets {targets!r}; choose one of {', '.join(LORA_TARGETS)}")
-    return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=_target_modules(targets))
-
-
-def lora_to_meta(config: LoraConfig, where: Path | str = "meta.json") -> dict:
-    """meta.json's `lora`: plain JSON with the keys older files have (r, alpha, dropout, targets). A config with
-    settings that record cannot hold is refused, so what is read back is what was trained."""
-    targets = next((t for t in LORA_TARGETS if _modules(config.target_modules) == _modules(_target_modules(t))),
-                   None)
-    if targets is None:
-        raise E2URecError(f"{where}: meta.json records LoRA targets by name ({', '.join(LORA_TARGETS)}); "
-                          f"target_modules {config.target_modules!r} is none of them")
-    record = {"r": config.r, "alpha": config.lora_alpha, "dropout": config.lora_dropout, "targets": targets}
-    expected = lora_config(**record).to_dict()
-    differ = sorted(k for k, v in replace(config, task_type=None).to_dict().items() if expected.get(k) != v)
-    if differ:
-        raise E2URecError(f"{where}: meta.json cannot record this LoraConfig's {', '.join(differ)}; build it with "
-                          f"e2urec.training.lora_config")
-    return record
-
-
-def _modules(target_modules: object) -> object:
-    """`target_modules` compared as peft reads them: a list and a set of the same names are the same."""
-    return frozenset(target_modules) if isinstance(target_modules, list | set | frozenset) else target_modules
-
-
-def lora_from_meta(record: Any, where: Path | str = "meta.json") -> LoraConfig:
-    """The LoraConfig that meta.json's `lora` records; files from before `targets` was recorded mean attention."""
-    if not (isinstance(record, dict) and {"r", "alpha", "dropout"} <= set(record) <= set(LORA_META_KEYS)):
-        raise E2URecError(f"{where}: `lora` must give r, alpha and dropout (and optionally targets), got {record!r}")
-    r, alpha, dropout = record["r"], record["alpha"], record["dropout"]
-    if not (_positive_int(r) and _positive_int(alpha) and isinstance(dropout, int | float)
-            and not isinstance(dropout, bool) and 0 <= dropout < 1):
-        raise E2URecError(f"{where}: `lora` needs whole r, alpha ≥ 1 and 0 ≤ dropout < 1, got {record!r}")
-    try:
-        return lora_config(r, alpha, dropout, record.get("targets", "attention"))
-    except E2URecError as exc:
-        raise E2URecError(f"{where}: `lora`: {exc}") from exc
-
-
-def _positive_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 @dataclass

@@ -5,17 +5,17 @@ from __future__ import annotations
 
 import shutil
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
 import pandas as pd
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
-from peft import LoraConfig, get_peft_model
+from peft import LoraConfig
 
 from e2urec import __version__
-from e2urec.checkpoint import ALL_LINEAR, INPUT_EMBEDDINGS, lora_config, lora_from_meta, lora_to_meta, save_model
+from e2urec.checkpoint import save_model
 from e2urec.data.roles import role_rows, rows_digest, rows_for
 from e2urec.data.store import load_prepared
 from e2urec.engine import Batch, FitResult, TrainConfig, count_parameters, fit, make_accelerator
@@ -23,8 +23,8 @@ from e2urec.errors import E2URecError
 from e2urec.evaluation.metrics import utility_metrics
 from e2urec.io import atomic_dir
 from e2urec.model.backbone import Backbone, load_backbone
+from e2urec.model.lora import add_lora, as_lora_config, lora_config, lora_to_meta
 from e2urec.model.scoring import PromptSet, answer_logits, per_sample, per_sample_p_yes, prompt_set
-from e2urec.options import check_lora_rank
 
 # `e2urec train --lora`: rank 16, alpha 32, dropout 0.05 on the attention projections. add_lora copies a config
 # before peft fills it in, so this one is never changed.
@@ -59,38 +59,6 @@ def valid_loss_fn(backbone: Backbone, data: PromptSet, batch_size: int):
         return float(losses.mean())
 
     return compute
-
-
-def resolve_target_modules(model: torch.nn.Module, target_modules: str | set[str] | None) -> str | list[str] | None:
-    """`target_modules` with lora_config's placeholders replaced by this model's module names: every linear
-    layer but the output head, and the input embedding. Anything else is left for peft to read."""
-    if not isinstance(target_modules, set | frozenset) or not target_modules & {ALL_LINEAR, INPUT_EMBEDDINGS}:
-        return target_modules
-    names = set(target_modules) - {ALL_LINEAR, INPUT_EMBEDDINGS}
-    if ALL_LINEAR in target_modules:
-        head = model.get_output_embeddings()
-        names |= {n.rsplit(".", 1)[-1] for n, m in model.named_modules()
-                  if isinstance(m, torch.nn.Linear) and m is not head}
-    if INPUT_EMBEDDINGS in target_modules:
-        embedding = model.get_input_embeddings()
-        names |= {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if m is embedding}
-    return sorted(names)
-
-
-def add_lora(backbone: Backbone, config: LoraConfig) -> None:
-    """Freeze the backbone and insert LoRA modules as `config` says. peft completes (mutates) the config it is
-    given, so it gets a copy with the task type and this model's module names filled in."""
-    check_lora_rank(config.r, backbone.model, backbone.name)  # before peft allocates r × width per adapter
-    task_type = config.task_type or ("SEQ_2_SEQ_LM" if backbone.kind == "seq2seq" else "CAUSAL_LM")
-    config = replace(config, task_type=task_type,
-                     target_modules=resolve_target_modules(backbone.model, config.target_modules))
-    backbone.model = get_peft_model(backbone.model, config)
-
-
-def as_lora_config(lora: LoraConfig | dict | None) -> LoraConfig | None:
-    """A LoRA recipe as a LoraConfig: a dict is meta.json's record (what Retrain and the shard systems reuse
-    from the Original's meta)."""
-    return lora_from_meta(lora) if isinstance(lora, dict) else lora
 
 
 def make_trainable(backbone: Backbone, lora: LoraConfig | dict | None) -> None:

@@ -87,7 +87,7 @@ def forget(
     """Honour a deletion request: rebuild the data, unlearn with E2URec, audit the forgetting (escalating when it
     fails), swap in a new version, purge."""
     from e2urec.ops.forget import forget as run_forget
-    from e2urec.ops.forget import read_request
+    from e2urec.ops.request import read_request
 
     if interactions is not None:
         read_text(interactions, "--interactions")

@@ -172,7 +172,7 @@ def train(
     overwrite: Annotated[bool, typer.Option(help="replace an existing model folder")] = False,
 ) -> None:
     """Instruction-tune a backbone: the Original (all train samples) or Retrain (without the forget set)."""
-    from e2urec.training import lora_config
+    from e2urec.model.lora import lora_config
     from e2urec.training import train as run_train
     from e2urec.unlearning.sharded import train_system
 

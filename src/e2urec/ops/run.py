@@ -24,20 +24,21 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import torch
 
 from e2urec import __version__
 from e2urec.checkpoint import load_model, save_model
 from e2urec.data.store import load_prepared, load_tables, write_prepared
 from e2urec.errors import E2URecError
 from e2urec.io import atomic_dir, read_json, sha256_file, write_json_atomic
-from e2urec.model.backbone import Backbone
+from e2urec.model.lora import full_weights
 from e2urec.ops.audit import AuditConfig, reference_rows, reference_scores
+from e2urec.ops.escalation import escalation_plan
 from e2urec.ops.keys import KEY_ENV, check_key_file, check_replaceable, create_key, default_key_file, held_if_run
 from e2urec.ops.ledger import Ledger, key_id, settled
 from e2urec.options import check_lora_rank
 from e2urec.scratch import Owner, claim, read_owner, sweep
 from e2urec.scratch import log as scratch_log
+from e2urec.unlearning.base import REGISTRY
 
 RUN_FILE = "run.json"
 VERSION_FILE = "version.json"
@@ -48,29 +49,6 @@ CURRENT = "current"
 def model_checksums(folder: Path) -> dict[str, str]:
     """sha256 of every file of a model folder, recorded in version.json and checked whenever a version loads."""
     return {p.name: sha256_file(p) for p in sorted(folder.iterdir()) if p.is_file()}
-
-
-def full_weights(backbone: Backbone) -> Backbone:
-    """Fold a LoRA adapter into its base so a version is one self-contained model (requests stack by merging).
-
-    An adapter on an input embedding that the output head shares (tied weights, as in the tiny backbone and
-    SmolLM2) changed only the input side while it trained and was audited; merged into the shared matrix it
-    would move the head too, and with it every answer (P(yes) shifted by up to 0.005 with a random adapter; after
-    three real requests the non-members' loss had risen from 0.61 to 0.69). So the head gets its own copy of the
-    weights first and the served version is the model that was audited, untied."""
-    model = backbone.model
-    if not hasattr(model, "merge_and_unload"):
-        return backbone
-    base = model.get_base_model()
-    head, embedding = base.get_output_embeddings(), base.get_input_embeddings()
-    embedding_weight = getattr(getattr(embedding, "base_layer", embedding), "weight", None)
-    if head is not None and embedding_weight is not None and head.weight is embedding_weight:
-        head.weight = torch.nn.Parameter(head.weight.detach().clone(), requires_grad=False)
-        base.config.tie_word_embeddings = False
-        if getattr(base.config, "get_text_config", None):
-            base.config.get_text_config().tie_word_embeddings = False
-    backbone.model = model.merge_and_unload()
-    return backbone
 
 
 class Run:
@@ -230,10 +208,7 @@ class Run:
 
 def request_config(options: dict, audit: AuditConfig) -> Any:
     """The E2URec config of the run's requests, and a check that every attempt a failed audit may escalate to
-    (`audit_retries` × three times the steps, then Retrain) is valid too: a request must not be refused midway."""
-    from e2urec.ops.forget import escalation_plan  # here: ops.forget imports this module
-    from e2urec.unlearning.base import REGISTRY
-
+    (`audit_retries` stronger attempts, then Retrain) is valid too: a request must not be refused midway."""
     config = REGISTRY["e2urec"].Config.from_options(options)
     for attempt, (name, tried) in enumerate(escalation_plan("e2urec", options, audit), start=2):
         try:

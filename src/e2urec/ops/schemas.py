@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, RootModel, StrictInt, StrictStr
 
-from e2urec.ops.forget import Request, read_request
+from e2urec.ops.request import Request, read_request
 
 # Every character Python's str.strip() removes: a text id must not start or end with one, since the data's ids
 # are stored stripped and a padded id would otherwise be trimmed into another, silently.

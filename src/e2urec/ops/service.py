@@ -32,8 +32,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from e2urec.errors import E2URecError, NonFinite, UnknownIds
 from e2urec.ops.access import Auth, BodyLimit, Tokens
-from e2urec.ops.forget import Request, failure, forget, recover, submit
+from e2urec.ops.forget import forget, recover, submit
 from e2urec.ops.ledger import FINAL, coarse
+from e2urec.ops.request import Request, failure
 from e2urec.ops.run import CURRENT, Run, data_dir
 from e2urec.ops.schemas import Accepted, Health, IdTypes, JobStatus, api_models, errors
 from e2urec.ops.scorer import Scorer, outside

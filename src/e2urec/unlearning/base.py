@@ -110,6 +110,13 @@ class MethodConfig:
         recorded in meta.json: a setting that silently does nothing misleads whoever reads the run)."""
         return {}
 
+    def stronger(self, k: int) -> dict[str, Any]:
+        """Options for the k-th stronger attempt after a failed forgetting audit (k = 1, 2, …): the schedule
+        fields this config has and sets (epochs, min_steps, max_steps), each ×3**k. Which options size the work
+        is the method's knowledge, so a deployed run escalates any method without naming its options."""
+        return {key: getattr(self, key) * 3**k for key in ("epochs", "min_steps", "max_steps")
+                if getattr(self, key, None) is not None}
+
 
 @dataclass
 class RecipeOverrides(MethodConfig):
@@ -169,7 +176,7 @@ class ObjectiveMethod(Method):
     """Train a student from the Original on (forget, retain) batches with a method-specific loss."""
 
     def lora_config(self) -> LoraConfig | None:
-        """The student's LoRA recipe, as peft takes it (build it with `e2urec.training.lora_config`, which
+        """The student's LoRA recipe, as peft takes it (build it with `e2urec.model.lora.lora_config`, which
         meta.json can record); None: full fine-tuning of a copy of the Original."""
         return None
 

@@ -15,13 +15,14 @@ import torch.nn.functional as F
 from peft import LoraConfig
 
 from e2urec import options as cap
-from e2urec.checkpoint import LORA_TARGETS, load_model, save_model
-from e2urec.checkpoint import lora_config as lora_recipe
+from e2urec.checkpoint import load_model, save_model
 from e2urec.data.roles import rows_for, sample_rows
 from e2urec.engine import Batch, TrainConfig, fit
 from e2urec.errors import E2URecError
 from e2urec.evaluation import utility_metrics, within_user_auc
 from e2urec.model.backbone import Backbone
+from e2urec.model.lora import LORA_TARGETS
+from e2urec.model.lora import lora_config as lora_recipe
 from e2urec.model.scoring import PromptSet, answer_logits, per_sample, prompt_set
 from e2urec.training import AnswerCrossEntropy
 from e2urec.unlearning.base import Job, MethodConfig, ObjectiveMethod, cache_teacher, logits_of, option, register
@@ -135,6 +136,11 @@ class E2URecConfig(MethodConfig):
                  "forget_only=1: every step is forget-only, the remembering term never runs")):
             unread.update({name: why for name in names if ignored and name in given})
         return unread
+
+    def stronger(self, k: int) -> dict[str, Any]:
+        """The longer schedule, run to the end: the stopping rule, which stops once the forget set looks like the
+        non-members, is what left the failed attempt short."""
+        return {**super().stronger(k), "stop": "none"}
 
 
 class E2URecObjective:

@@ -8,9 +8,10 @@ import json
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
+from accelerate.utils import extract_model_from_parallel
 
 from e2urec import __version__
 from e2urec.data.roles import rows_for, sample_rows
@@ -93,15 +94,42 @@ def unchanged(instance: Method, result: FitResult) -> str | None:
     return f"the result is the Original: {result.kept.get('why', 'the starting weights were kept')}"
 
 
-def unlearn(method: str, original: Path, data: Path, out: Path, options: dict[str, Any] | None = None,
-            keep_intermediates: bool = False, overwrite: bool = False) -> dict:
-    """Unlearn the forget set of `data` from `original` with `method`; write `out` and return its meta."""
+def without_training_wrappers(model: torch.nn.Module) -> None:
+    """Take off the mixed-precision wrapper accelerate puts on the forward of every model it prepares for training
+    (bf16 autocast on a GPU), in place: a model kept in memory then scores as the same weights loaded from disk do,
+    and whoever scores it chooses the precision."""
+    for module in model.modules():
+        if "_original_forward" in module.__dict__:
+            extract_model_from_parallel(module, keep_fp32_wrapper=False)
+
+
+def method_class(method: str) -> type[Method]:
+    """The registered method of that name; an unknown name is refused before any work."""
     if method not in REGISTRY:
         raise E2URecError(f"unknown method {method!r}; choose one of {', '.join(sorted(REGISTRY))}")
+    return REGISTRY[method]
+
+
+class Unlearned(NamedTuple):
+    """An unlearning's result in memory: the model, its meta (all but `base`, which depends on where it is
+    saved), and the method and job that saving it needs (a sharded system saves per shard)."""
+
+    model: Backbone
+    meta: dict
+    method: Method
+    job: Job
+
+
+def unlearn_model(method: str, original: Path, data: Path, out: Path, options: dict[str, Any] | None = None,
+                  keep_intermediates: bool = False) -> Unlearned:
+    """Unlearn the forget set of `data` from `original` with `method` and return the model in memory, unwritten
+    (and without training's mixed-precision wrapper, so it scores as the written model would).
+
+    `out` is where the result would go: its scratch folder (`.OUT.work`) sits beside it. The scratch is purged
+    before this returns (unless kept), as after any refused, diverged or degenerate run, so nothing derived from
+    the forget set outlives the call; whoever keeps the model decides where, if anywhere, it is written."""
+    cls = method_class(method)
     out, original = Path(out), Path(original)
-    if out.exists() and not overwrite and (out / "meta.json").is_file():
-        raise E2URecError(f"{out}: already holds a model; pass --overwrite to replace it")
-    cls: type[Method] = REGISTRY[method]
     cfg: MethodConfig = cls.Config.from_options(options or {})
     accelerator = make_accelerator()
     job = Job(original, Path(data), out, out.parent / f".{out.name}.work", accelerator, keep_intermediates)
@@ -122,6 +150,7 @@ def unlearn(method: str, original: Path, data: Path, out: Path, options: dict[st
             job.purge()  # a refused, diverged or degenerate run leaves nothing derived from the forget set behind
             raise
         seconds = time.perf_counter() - started
+    without_training_wrappers(model.model)
     trainable, total = count_parameters(model.model)
     meta = {
         "e2urec_version": __version__,
@@ -143,12 +172,28 @@ def unlearn(method: str, original: Path, data: Path, out: Path, options: dict[st
         "forget_samples": int(job.samples["forget"].sum()),
         **instance.facts,
     }
-    base = instance.base_meta(job, out)
+    accelerator.wait_for_everyone()  # every process is done with the scratch before its owner deletes it
+    if accelerator.is_main_process:
+        job.purge()
+    return Unlearned(model, meta, instance, job)
+
+
+def unlearn(method: str, original: Path, data: Path, out: Path, options: dict[str, Any] | None = None,
+            keep_intermediates: bool = False, overwrite: bool = False) -> dict:
+    """Unlearn the forget set of `data` from `original` with `method`; write `out` (atomically) and return its
+    meta."""
+    method_class(method)
+    out = Path(out)
+    if out.exists() and not overwrite and (out / "meta.json").is_file():
+        raise E2URecError(f"{out}: already holds a model; pass --overwrite to replace it")
+    done = unlearn_model(method, original, data, out, options, keep_intermediates)
+    meta = done.meta
+    base = done.method.base_meta(done.job, out)
     if base is not None:
         meta["base"] = base
+    accelerator = done.job.accelerator
     if accelerator.is_main_process:
         with atomic_dir(out, overwrite=True) as tmp:
-            instance.save(job, model, tmp, meta)
-        job.purge()
+            done.method.save(done.job, done.model, tmp, meta)
     accelerator.wait_for_everyone()
     return meta

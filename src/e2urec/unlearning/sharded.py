@@ -22,7 +22,6 @@ from e2urec.checkpoint import (
     META_FILE,
     ensemble_backbone,
     load_model,
-    lora_to_meta,
     read_meta,
     save_model,
     write_system,
@@ -34,9 +33,10 @@ from e2urec.errors import Diverged, E2URecError
 from e2urec.io import atomic_dir
 from e2urec.model.backbone import Backbone, load_backbone
 from e2urec.model.ensemble import AttentionAggregator
+from e2urec.model.lora import as_lora_config, lora_to_meta
 from e2urec.model.scoring import answer_logits, per_sample, prompt_set
 from e2urec.options import SHARD_SYSTEMS
-from e2urec.training import as_lora_config, fit_rows, make_trainable
+from e2urec.training import fit_rows, make_trainable
 from e2urec.unlearning.base import Job, Method, RecipeOverrides, register
 
 
