@@ -1,4 +1,4 @@
-"""Scratch folders that hold forget-derived data (an `unlearn`'s augmented and control models, teacher caches and
+"""Scratch folders that hold forget-derived data (an `unlearn`'s augmented model, teacher caches and
 resume checkpoints; a deletion request's rebuilt job data) and the process that owns each of them.
 
 A process killed with `kill -9` (or a power loss) cannot delete its scratch, and that scratch holds what a request

@@ -24,7 +24,7 @@ from e2urec.model.scoring import per_sample_p_yes, prompt_set
 from e2urec.scratch import orphaned, reclaim, sweep
 from e2urec.unlearning.base import REGISTRY, Job, Method, MethodConfig
 
-FORGET_DERIVED = "forget-derived scratch (augmented or control models, teacher caches, resume checkpoints)"
+FORGET_DERIVED = "forget-derived scratch (the augmented model, teacher caches, resume checkpoints)"
 
 
 class PeakMemory:
