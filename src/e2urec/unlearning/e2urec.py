@@ -255,6 +255,8 @@ class E2URec(ObjectiveMethod):
         return sample_rows(rows, self.monitor_size(job), self.cfg.seed, 32), name
 
     def non_members(self, job: Job, backbone: Backbone) -> tuple[PromptSet, str]:
+        """The non-member rows as prompts (α's calibration and the stopping rule score the same set), and the
+        pool's name."""
         rows, name = self.non_member_rows(job)
         return prompt_set(backbone, rows, self.cfg.max_length), name
 
@@ -276,8 +278,7 @@ class E2URec(ObjectiveMethod):
         z = per_sample(backbone, forget, lambda b: torch.cat([answer_logits(t.model, b, t.kind)[:, pair]
                                                               for t in teachers], 1),
                        64, job.accelerator, desc="calibrate", progress=False)
-        rows, pool = self.non_member_rows(job)
-        non_members = prompt_set(backbone, rows, self.cfg.max_length)
+        non_members, pool = self.non_members(job, backbone)
         p_non = answer_losses(backbone, teachers[0].model, non_members, job.accelerator)[1]
         yes = (forget.targets == backbone.answer_ids[1]).astype(int)
         level = self.effective_level(forget, non_members, backbone)
@@ -324,8 +325,7 @@ class E2URec(ObjectiveMethod):
         picked = np.sort(np.random.default_rng([self.cfg.seed, 31]).permutation(len(data["forget"]))
                          [:self.cfg.monitor_samples])
         forget = PromptSet([data["forget"].ids[i] for i in picked], data["forget"].targets[picked])
-        rows, _ = self.non_member_rows(job)
-        non_members = prompt_set(backbone, rows, self.cfg.max_length)
+        non_members, _ = self.non_members(job, backbone)
         return NonMemberStop(backbone, forget, non_members, *self.utility_set(job, backbone), self.cfg,
                              self.effective_level(forget, non_members, backbone))
 
